@@ -1,0 +1,27 @@
+# Quick start: `make demo` then `make test`. Override the interpreter with `make PYTHON=python3.11 ...`.
+PYTHON ?= python3
+# The CPU wheel of torch; installed only when torch is missing (set TORCH_SPEC=torch for a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+KG_CONFIG ?= configs/kg_ba.yaml
+TRAIN_CONFIG ?= configs/train_gpt_small.yaml
+
+.PHONY: install data train locate edit demo test bench clean
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet $(TORCH_SPEC)
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+
+data:
+	$(PYTHON) -m src.cli.make_kg --config $(KG_CONFIG)
+
+train: data
+	$(PYTHON) -m src.cli.train_lm --config $(TRAIN_CONFIG) --skip-if-trained
+
+demo: install train
+	@echo "demo: KG in data/kg/ba, model in outputs/models/gpt_small"
+
+test: install
+	$(PYTHON) -m pytest tests
+
+clean:
+	rm -rf outputs/* data/*

@@ -1,0 +1,20 @@
+"""Shared CLI plumbing: bad input prints one line and exits with status 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from src.utils.errors import InputError
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run `main`; an InputError becomes `error: <message>` on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Knowledge graphs: generation ("ba", "er"), graph.jsonl I/O, and the training corpus."""

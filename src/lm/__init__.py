@@ -1,0 +1,1 @@
+"""Language models on KG corpora: word-level tokenizer, GPT-2 from YAML, training and fact accuracy."""

@@ -1,0 +1,41 @@
+"""The training config file: where the KG is, where the model goes, the model shape and the optimiser."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from src.lm.model import ModelConfig
+from src.lm.train import OptimConfig
+from src.utils.config import dataclass_from_mapping, read_yaml, resolve_relative_to
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kg_dir: Path
+    output_dir: Path
+    seed: int
+    model: ModelConfig
+    optim: OptimConfig
+
+    def to_dict(self) -> dict:
+        return {"kg_dir": str(self.kg_dir), "output_dir": str(self.output_dir), "seed": self.seed,
+                "model": self.model.to_dict(), "optim": asdict(self.optim)}
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a training YAML; `kg_dir` and `output_dir` are relative to the YAML file."""
+    data = read_yaml(path)
+    top = {"kg_dir", "output_dir", "seed", "model", "optim"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        from src.utils.errors import InputError
+
+        raise InputError(f"unknown config key '{unknown[0]}' in {path}; allowed keys: {', '.join(sorted(top))}")
+    return TrainConfig(
+        kg_dir=resolve_relative_to(path, data.get("kg_dir", "../data/kg/ba")),
+        output_dir=resolve_relative_to(path, data.get("output_dir", "../outputs/models/gpt_small")),
+        seed=int(data.get("seed", 0)),
+        model=dataclass_from_mapping(ModelConfig, data.get("model") or {}, f"{path} (model)"),
+        optim=dataclass_from_mapping(OptimConfig, data.get("optim") or {}, f"{path} (optim)"),
+    )

@@ -1,0 +1,85 @@
+"""Train-and-save: KG directory + TrainConfig -> a loadable model directory with train_log.json and a curve PNG."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from src.kg.build import CORPUS_FILE, GRAPH_FILE
+from src.kg.corpus import read_corpus
+from src.kg.graph import read_graph_jsonl
+from src.lm.config import TrainConfig
+from src.lm.model import build_gpt2
+from src.lm.tokenizer import build_word_tokenizer, corpus_words
+from src.lm.train import TrainResult, train_model
+from src.utils.errors import InputError
+from src.utils.io import atomic_directory, atomic_write_json, sha256_file, sha256_json
+from src.viz.training import plot_training_curve
+
+TRAIN_LOG = "train_log.json"
+CURVE_PNG = "training_curve.png"
+
+
+def training_fingerprint(config: TrainConfig) -> str:
+    """Hash of everything that determines the trained weights: model and optimiser settings, seed, KG and corpus bytes."""
+    graph_path, corpus_path = config.kg_dir / GRAPH_FILE, config.kg_dir / CORPUS_FILE
+    for path in (graph_path, corpus_path):
+        if not path.is_file():
+            raise InputError(f"KG file not found: {path} (build it with: python -m src.cli.make_kg --config configs/kg_ba.yaml)")
+    settings = config.to_dict()
+    settings.pop("kg_dir")
+    settings.pop("output_dir")
+    return sha256_json({"settings": settings, "graph": sha256_file(graph_path), "corpus": sha256_file(corpus_path)})
+
+
+def existing_training(model_dir: Path, fingerprint: str) -> dict | None:
+    """The train_log of a finished training with this fingerprint in `model_dir`, else None."""
+    log_path = model_dir / TRAIN_LOG
+    if not (model_dir / "config.json").is_file() or not log_path.is_file():
+        return None
+    try:
+        log = json.loads(log_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return log if log.get("fingerprint") == fingerprint else None
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model_dir: Path
+    result: TrainResult
+    fingerprint: str
+
+
+def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress: bool = True) -> TrainedModel:
+    output_dir = Path(output_dir or config.output_dir)
+    fingerprint = training_fingerprint(config)
+    graph = read_graph_jsonl(config.kg_dir / GRAPH_FILE)
+    lines = read_corpus(config.kg_dir / CORPUS_FILE)
+    tokenizer = build_word_tokenizer(corpus_words(lines) | set(graph.entities) | set(graph.relations))
+    torch.manual_seed(config.seed)
+    model = build_gpt2(config.model, tokenizer)
+    started = time.time()
+    result = train_model(model, tokenizer, lines, list(graph.facts), config.optim, config.seed, progress=progress)
+    log = {
+        "fingerprint": fingerprint,
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "kg": {"graph": str(config.kg_dir / GRAPH_FILE), "num_facts": len(graph), "num_corpus_lines": len(lines)},
+        "result": {k: v for k, v in result.to_dict().items() if k != "history"},
+        "history": list(result.history),
+        "wall_seconds": time.time() - started,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+    }
+    with atomic_directory(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / TRAIN_LOG, log)
+        plot_training_curve(result.history, tmp / CURVE_PNG, config.optim.target_accuracy)
+    return TrainedModel(model_dir=output_dir, result=result, fingerprint=fingerprint)

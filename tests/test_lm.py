@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from src.cli import train_lm
+from src.kg.graph import read_graph_jsonl
+from src.lm.config import load_train_config
+from src.lm.evaluate import fact_accuracy
+from src.lm.model import load_model
+from src.lm.tokenizer import build_word_tokenizer
+from src.lm.train import encode_corpus
+from src.utils.errors import InputError
+from tests.conftest import REPO_ROOT
+
+
+def test_tokenizer_round_trip_one_token_per_word():
+    words = [f"E_{i:03d}" for i in range(50)] + ["R_00", "R_00_alt", ";"]
+    tokenizer = build_word_tokenizer(words)
+    text = "E_000 R_00 E_049 ; E_007 R_00_alt E_001"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.split())
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.convert_ids_to_tokens(ids) == text.split()
+    assert tokenizer("E_999", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
+
+
+def test_object_only_targets_sit_on_objects():
+    tokenizer = build_word_tokenizer(["a", "b", "c", "d", "r", "q", ";"])
+    data = encode_corpus(["a r b", "a r b ; c q d"], tokenizer, "objects", 16)
+    inputs, targets = data.buckets[2]
+    assert tokenizer.convert_ids_to_tokens(inputs[0].tolist()) == ["a", "r"]
+    assert targets[0].tolist() == [-100, tokenizer.convert_tokens_to_ids("b")]
+    inputs, targets = data.buckets[6]
+    expected = [-100, "b", -100, -100, -100, "d"]
+    assert [t if t == -100 else tokenizer.convert_ids_to_tokens(t) for t in targets[0].tolist()] == expected
+
+
+def test_tiny_model_learns_every_fact(tiny_trained, tiny_kg):
+    model_dir, result = tiny_trained
+    assert result.reached_target and result.final_accuracy == 1.0
+    model, tokenizer = load_model(model_dir, device="cpu")
+    assert fact_accuracy(model, tokenizer, list(tiny_kg.graph.facts)).accuracy == 1.0
+    log = json.loads((model_dir / "train_log.json").read_text())
+    assert log["history"] and log["seed"] == 0 and "fingerprint" in log
+    assert (model_dir / "training_curve.png").stat().st_size > 1000
+
+
+def test_auto_classes_load_the_saved_model(tiny_trained, tiny_kg):
+    model_dir, _ = tiny_trained
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    fact = tiny_kg.graph.facts[0]
+    ids = tokenizer(fact.prompt(), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    assert ids.shape == (1, 2)
+    with torch.no_grad():
+        predicted = model(ids).logits[0, -1].argmax().item()
+    assert tokenizer.convert_ids_to_tokens(predicted) == fact.o
+
+
+def test_training_is_bit_reproducible(tiny_train_config, tiny_trained, tmp_path):
+    import dataclasses
+
+    from src.lm.pipeline import train_and_save
+
+    config = dataclasses.replace(tiny_train_config, optim=dataclasses.replace(tiny_train_config.optim, max_steps=30))
+    first = train_and_save(config, tmp_path / "a", progress=False)
+    second = train_and_save(config, tmp_path / "b", progress=False)
+    a, _ = load_model(first.model_dir, "cpu")
+    b, _ = load_model(second.model_dir, "cpu")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+
+
+def test_train_cli_skips_when_already_trained(tiny_train_config, tiny_trained, tmp_path, capsys):
+    config_path = tmp_path / "train.yaml"
+    model_dir, _ = tiny_trained
+    o = tiny_train_config.optim
+    m = tiny_train_config.model
+    config_path.write_text(
+        f"kg_dir: {tiny_train_config.kg_dir}\noutput_dir: {model_dir}\nseed: 0\n"
+        f"model: {json.dumps(m.to_dict())}\n"
+        f"optim: {json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in o.__dict__.items()})}\n"
+    )
+    before = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert train_lm.run_cli(train_lm.main, ["--config", str(config_path), "--skip-if-trained"]) == 0
+    assert "Skipping training" in capsys.readouterr().out
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_train_config_unknown_key_exits_2(tmp_path, capsys):
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text("model:\n  n_layers: 3\n")
+    assert train_lm.run_cli(train_lm.main, ["--config", str(config_path)]) == 2
+    assert "unknown config key 'n_layers'" in capsys.readouterr().err
+
+
+def test_default_train_config_paths_resolve_from_the_config_file():
+    config = load_train_config(REPO_ROOT / "configs" / "train_gpt_small.yaml")
+    assert config.output_dir == REPO_ROOT / "outputs" / "models" / "gpt_small"
+    assert config.model.n_layer >= 6
+
+
+def test_missing_model_dir_says_how_to_train(tmp_path):
+    with pytest.raises(InputError, match="train_lm --config configs/train_gpt_small.yaml"):
+        load_model(tmp_path / "nope")
+
+
+def test_missing_kg_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="KG file not found"):
+        read_graph_jsonl(tmp_path / "graph.jsonl")
