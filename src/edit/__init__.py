@@ -1,0 +1,1 @@
+"""The science: causal tracing (CausalTracer) and rank-one model editing (ROME)."""

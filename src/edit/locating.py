@@ -1,0 +1,204 @@
+"""Batch locating: trace sampled KG facts, aggregate, plot, and write a results directory.
+
+Results directory:
+  locating_summary.json      run parameters, per-sample triple / probabilities / best layer / peak, skipped
+                             samples (the model gets them wrong), aggregate average effects per kind
+  traces.npz                 raw score arrays, key "NNN/<kind>" (tokens x layers), so plots never need recomputing
+  trace_NNN_<s>_<r>_<o>.png  heatmap per sample (one panel per kind, red line at the best layer)
+  average_indirect_effect.png, best_layers.png
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from src.edit.causal_tracing import KINDS, CausalTracer, TraceResult, default_window, normalize_kind
+from src.edit.prompts import check_known_words
+from src.edit.trace_stats import average_effects
+from src.kg.graph import Fact, read_graph_jsonl
+from src.lm.evaluate import predict_objects
+from src.lm.model import load_model
+from src.utils.errors import InputError
+from src.utils.io import atomic_path, atomic_write_json
+from src.viz.tracing import plot_average_effects, plot_best_layers, plot_trace
+
+SUMMARY_FILE = "locating_summary.json"
+TRACES_FILE = "traces.npz"
+
+
+@dataclass(frozen=True)
+class LocatingConfig:
+    model_dir: str = "outputs/models/gpt_small"
+    kg_file: str = "data/kg/ba/graph.jsonl"
+    num_samples: int = 50
+    output_dir: str = "outputs/locating_results"
+    noise_level: float = 3.0
+    num_noise_samples: int = 10
+    seed: int = 42
+    kinds: tuple[str, ...] = KINDS
+    window: int | None = None
+    position: str = "last"
+    device: str = "auto"
+    plots: bool = True
+
+    def validate(self) -> "LocatingConfig":
+        if self.num_samples < 1:
+            raise InputError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.noise_level <= 0:
+            raise InputError(f"--noise-level must be > 0, got {self.noise_level}")
+        if self.num_noise_samples < 1:
+            raise InputError(f"--num-noise-samples must be >= 1, got {self.num_noise_samples}")
+        if self.window is not None and self.window < 1:
+            raise InputError(f"--window must be >= 1, got {self.window}")
+        if self.position not in ("last", "subject_last"):
+            raise InputError(f"--position must be last or subject_last, got {self.position}")
+        kinds = tuple(normalize_kind(k) for k in self.kinds)
+        if not kinds:
+            raise InputError("--kinds needs at least one of hidden, mlp, attn")
+        return LocatingConfig(**{**asdict(self), "kinds": kinds})
+
+
+@dataclass(frozen=True)
+class SampleTrace:
+    index: int
+    fact: Fact
+    best_layer: int
+    traces: dict[str, TraceResult]
+
+    def to_dict(self) -> dict:
+        first = next(iter(self.traces.values()))
+        peaks = {}
+        for kind, trace in self.traces.items():
+            token, layer, effect = trace.peak()
+            peaks[kind] = {"token": token, "token_str": trace.input_tokens[token], "layer": layer, "effect": effect}
+        return {
+            "index": self.index, **self.fact.to_dict(), "clean_prob": first.high_score,
+            "corrupted_prob": first.low_score, "best_layer": self.best_layer, "peak": peaks,
+            "traces": {kind: trace.to_dict(include_scores=False) for kind, trace in self.traces.items()},
+        }
+
+
+@dataclass(frozen=True)
+class LocatingSummary:
+    config: LocatingConfig
+    samples: tuple[SampleTrace, ...]
+    skipped: tuple[dict, ...]
+    averages: dict
+    num_layers: int
+    seconds: float
+
+    @property
+    def best_layer_rule(self) -> str:
+        window = self.config.window or default_window(self.num_layers)
+        return (f"argmax over layers of the MLP indirect effect (window {window}) at the "
+                f"{self.config.position.replace('_', ' ')} token")
+
+    def to_dict(self) -> dict:
+        clean = [s.to_dict()["clean_prob"] for s in self.samples]
+        corrupted = [s.to_dict()["corrupted_prob"] for s in self.samples]
+        best = [s.best_layer for s in self.samples]
+        return {
+            "parameters": {**asdict(self.config), "kinds": list(self.config.kinds)},
+            "num_layers": self.num_layers,
+            "best_layer_rule": self.best_layer_rule,
+            "num_traced": len(self.samples),
+            "num_skipped": len(self.skipped),
+            "skipped": list(self.skipped),
+            "mean_best_layer": float(np.mean(best)) if best else None,
+            "mean_clean_prob": float(np.mean(clean)) if clean else None,
+            "mean_corrupted_prob": float(np.mean(corrupted)) if corrupted else None,
+            "seconds": self.seconds,
+            "average_effects": {kind: avg.to_dict() for kind, avg in self.averages.items()},
+            "samples": [s.to_dict() for s in self.samples],
+        }
+
+
+def sample_facts(facts: Sequence[Fact], num_samples: int, seed: int) -> list[Fact]:
+    """`num_samples` distinct facts (all of them if fewer), in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(facts), size=min(num_samples, len(facts)), replace=False)
+    return [facts[i] for i in picked.tolist()]
+
+
+def trace_file_name(index: int, fact: Fact) -> str:
+    return f"trace_{index:03d}_{fact.s}_{fact.r}_{fact.o}.png"
+
+
+def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSummary:
+    """Trace `num_samples` random facts that the model gets right; write the results directory."""
+    config = config.validate()
+    started = time.perf_counter()
+    graph = read_graph_jsonl(config.kg_file)
+    model, tokenizer = load_model(config.model_dir, device=config.device)
+    facts = sample_facts(graph.facts, config.num_samples, config.seed)
+    for fact in facts:
+        check_known_words(tokenizer, entity=fact.s, relation=fact.r, object=fact.o)
+    predictions = predict_objects(model, tokenizer, facts)
+    tracer = CausalTracer(model, tokenizer, device=config.device, subjects=graph.entities)
+
+    samples, skipped = [], []
+    bar = tqdm(list(enumerate(facts)), desc="tracing", unit="fact", disable=not progress)
+    for index, fact in bar:
+        if predictions[index] != fact.o:
+            skipped.append({"index": index, **fact.to_dict(), "predicted": predictions[index]})
+            continue
+        traces = tracer.trace_kinds(fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples,
+                                    config.kinds, config.window, seed=config.seed + index)
+        mlp = traces.get("mlp") or tracer.trace_important_states(
+            fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples, "mlp", config.window,
+            seed=config.seed + index)
+        samples.append(SampleTrace(index, fact, mlp.best_layer(config.position), traces))
+    averages = {kind: average_effects([s.traces[kind] for s in samples]) for kind in config.kinds} if samples else {}
+    summary = LocatingSummary(config, tuple(samples), tuple(skipped), averages, tracer.num_layers,
+                              time.perf_counter() - started)
+    write_results(summary, Path(config.output_dir), plots=config.plots, progress=progress)
+    return summary
+
+
+def write_results(summary: LocatingSummary, output_dir: Path, plots: bool = True, progress: bool = False) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{s.index:03d}/{kind}": t.scores for s in summary.samples for kind, t in s.traces.items()}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    with atomic_path(output_dir / TRACES_FILE) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    if plots:
+        plot_results(summary.samples, summary.averages, summary.num_layers, output_dir, progress)
+    atomic_write_json(output_dir / SUMMARY_FILE, summary.to_dict())
+
+
+def plot_results(samples: Sequence[SampleTrace], averages: dict, num_layers: int, output_dir: Path,
+                 progress: bool = False) -> None:
+    for sample in tqdm(samples, desc="plotting", unit="fig", disable=not progress):
+        plot_trace(sample.traces, output_dir / trace_file_name(sample.index, sample.fact), best_layer=sample.best_layer)
+    if averages:
+        plot_average_effects(averages, output_dir / "average_indirect_effect.png")
+        plot_best_layers([s.best_layer for s in samples], num_layers, output_dir / "best_layers.png")
+
+
+def load_results(output_dir: str | Path) -> tuple[dict, list[SampleTrace], dict]:
+    """Read a results directory back: (summary dict, samples with their traces, averages recomputed from traces)."""
+    output_dir = Path(output_dir)
+    summary_path, traces_path = output_dir / SUMMARY_FILE, output_dir / TRACES_FILE
+    if not summary_path.is_file() or not traces_path.is_file():
+        raise InputError(f"{output_dir} is not a locating results directory (needs {SUMMARY_FILE} and {TRACES_FILE}; "
+                         f"create one with ./run_locating.sh --output-dir {output_dir})")
+    summary = json.loads(summary_path.read_text())
+    arrays = np.load(traces_path)
+    samples = []
+    for record in summary["samples"]:
+        traces = {kind: TraceResult.from_dict(data, arrays[f"{record['index']:03d}/{kind}"])
+                  for kind, data in record["traces"].items()}
+        fact = Fact(record["s"], record["r"], record["o"])
+        samples.append(SampleTrace(record["index"], fact, record["best_layer"], traces))
+    kinds = summary["parameters"]["kinds"]
+    averages = {kind: average_effects([s.traces[kind] for s in samples]) for kind in kinds} if samples else {}
+    return summary, samples, averages

@@ -1,0 +1,120 @@
+"""Where things are inside a causal LM: a small typed table, one entry per family, chosen by `config.model_type`.
+
+Causal tracing and ROME reach modules only through `ModelLayout`, never by hard-coded names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from src.utils.errors import InputError
+
+
+@dataclass(frozen=True)
+class FamilyPaths:
+    """Dotted module paths; `{}` is the layer index.
+
+    mlp_out_transposed: True when the MLP output projection stores its weight as (d_ff, d_model) (GPT-2's Conv1D),
+    False for nn.Linear's (d_model, d_ff). Decided by module type, never by comparing shapes.
+    """
+
+    embed: str
+    blocks: str
+    final_norm: str
+    unembed: str
+    mlp: str
+    attn: str
+    mlp_out: str
+
+
+FAMILIES: dict[str, FamilyPaths] = {
+    "gpt2": FamilyPaths("transformer.wte", "transformer.h", "transformer.ln_f", "lm_head",
+                        "transformer.h.{}.mlp", "transformer.h.{}.attn", "transformer.h.{}.mlp.c_proj"),
+    "gpt_neox": FamilyPaths("gpt_neox.embed_in", "gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out",
+                            "gpt_neox.layers.{}.mlp", "gpt_neox.layers.{}.attention", "gpt_neox.layers.{}.mlp.dense_4h_to_h"),
+    "llama": FamilyPaths("model.embed_tokens", "model.layers", "model.norm", "lm_head",
+                         "model.layers.{}.mlp", "model.layers.{}.self_attn", "model.layers.{}.mlp.down_proj"),
+}
+FAMILIES["mistral"] = FAMILIES["qwen2"] = FAMILIES["llama"]
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Resolved modules of one model."""
+
+    model_type: str
+    paths: FamilyPaths
+    model: PreTrainedModel
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> "ModelLayout":
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in FAMILIES:
+            raise InputError(f"unsupported model_type '{model_type}'; supported: {', '.join(sorted(FAMILIES))}")
+        return cls(model_type=model_type, paths=FAMILIES[model_type], model=model)
+
+    def module(self, path: str) -> nn.Module:
+        return self.model.get_submodule(path)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.module(self.paths.blocks)  # type: ignore[return-value]
+
+    @property
+    def embed(self) -> nn.Module:
+        return self.module(self.paths.embed)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.module(self.paths.final_norm)
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.module(self.paths.unembed)
+
+    def check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.num_layers:
+            raise InputError(f"layer {layer} is out of range; this model has layers 0..{self.num_layers - 1}")
+        return layer
+
+    def block(self, layer: int) -> nn.Module:
+        return self.blocks[self.check_layer(layer)]
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.module(self.paths.mlp.format(self.check_layer(layer)))
+
+    def attn(self, layer: int) -> nn.Module:
+        return self.module(self.paths.attn.format(self.check_layer(layer)))
+
+    def mlp_out(self, layer: int) -> nn.Module:
+        return self.module(self.paths.mlp_out.format(self.check_layer(layer)))
+
+    def sublayer(self, kind: str, layer: int) -> nn.Module:
+        """The module whose output a trace restores: kind "hidden" (block output), "mlp" or "attn"."""
+        if kind == "hidden":
+            return self.block(layer)
+        if kind == "mlp":
+            return self.mlp(layer)
+        if kind == "attn":
+            return self.attn(layer)
+        raise InputError(f"unknown kind '{kind}'; allowed: hidden, mlp, attn")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embed.weight.shape[1]
+
+
+def mlp_out_weight_is_transposed(module: nn.Module) -> bool:
+    """True if `module.weight` is stored (in_features, out_features) as GPT-2's Conv1D; False for nn.Linear."""
+    if isinstance(module, nn.Linear):
+        return False
+    if type(module).__name__ == "Conv1D":
+        return True
+    raise InputError(f"unsupported MLP output projection type {type(module).__name__}; expected nn.Linear or Conv1D")

@@ -1,0 +1,56 @@
+"""Prompts for facts and where the subject sits in them, for any Hugging Face tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from src.lm.evaluate import first_token_id
+from src.utils.errors import InputError
+
+PROMPT_TEMPLATE = "{s} {r}"
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Token ids of `"{s} {r}"` (optionally behind a context prefix) and the subject's token range [b, e)."""
+
+    text: str
+    input_ids: tuple[int, ...]
+    subject_range: tuple[int, int]
+
+    @property
+    def last_subject_index(self) -> int:
+        return self.subject_range[1] - 1
+
+
+def check_known_words(tokenizer: PreTrainedTokenizerBase, **named_words: str | None) -> None:
+    """Raise InputError when a word maps to the unknown token, e.g. `check_known_words(tok, entity="E_1234")`."""
+    unk = tokenizer.unk_token_id
+    for role, word in named_words.items():
+        if word is None:
+            continue
+        if not word or not word.strip():
+            raise InputError(f"empty {role}")
+        if unk is not None and unk in tokenizer(word, add_special_tokens=False)["input_ids"]:
+            raise InputError(f"unknown {role} '{word}': the tokenizer does not know it")
+
+
+def encode_fact_prompt(tokenizer: PreTrainedTokenizerBase, s: str, r: str, prefix: str = "") -> EncodedPrompt:
+    """Encode `prefix + "{s} {r}"` and find the subject's tokens from character offsets (multi-token subjects work)."""
+    check_known_words(tokenizer, subject=s, relation=r)
+    text = prefix + PROMPT_TEMPLATE.format(s=s, r=r)
+    start, end = len(prefix), len(prefix) + len(s)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    covered = [i for i, (a, b) in enumerate(encoding["offset_mapping"]) if a < end and b > start]
+    if not covered:
+        raise InputError(f"subject '{s}' does not occur in the tokenized prompt {text!r}")
+    return EncodedPrompt(text=text, input_ids=tuple(ids), subject_range=(covered[0], covered[-1] + 1))
+
+
+def answer_token_id(tokenizer: PreTrainedTokenizerBase, obj: str) -> int:
+    """Token id of the object as the next token after the prompt (its first token for subword tokenizers)."""
+    check_known_words(tokenizer, object=obj)
+    return first_token_id(tokenizer, obj)

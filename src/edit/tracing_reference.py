@@ -1,0 +1,75 @@
+"""A deliberately plain causal tracer: the original ROME algorithm, one forward per restored (token, layer).
+
+Each forward has 1 + N rows: row 0 runs clean, rows 1..N get `noise` on the subject's token embeddings, and the
+restored states of rows 1..N are overwritten with row 0's. It exists to check `CausalTracer` (tests) and to measure
+its speed-up (benchmarks/bench_tracing.py); do not use it for real work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from src.edit.model_layout import ModelLayout
+
+
+def _set_first(output, tensor):
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def plain_trace(
+    model,
+    input_ids: list[int],
+    subject_range: tuple[int, int],
+    answer_id: int,
+    noise: torch.Tensor,
+    kind: str = "hidden",
+    window: int = 1,
+) -> tuple[np.ndarray, float, float]:
+    """(scores (T, L), low_score, high_score) for one prompt; noise is (N, e - b, hidden size), added as is."""
+    layout = ModelLayout.of(model)
+    num_layers, num_tokens = layout.num_layers, len(input_ids)
+    b, e = subject_range
+    n = noise.shape[0]
+    batch = torch.tensor([input_ids] * (n + 1), device=next(model.parameters()).device)
+
+    def run(patches: list[tuple[torch.nn.Module, int]]) -> torch.Tensor:
+        handles = []
+
+        def add_noise(_m, _i, output):
+            output = output.clone()
+            output[1:, b:e] += noise.to(output.device, output.dtype)
+            return output
+
+        handles.append(layout.embed.register_forward_hook(add_noise))
+        for module, token in patches:
+            def patch(_m, _i, output, token=token):
+                h = _first(output).clone()
+                h[1:, token] = h[0, token]
+                return _set_first(output, h)
+
+            handles.append(module.register_forward_hook(patch))
+        try:
+            logits = model(input_ids=batch, use_cache=False).logits[:, -1].float()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.softmax(logits, dim=-1)[:, answer_id]
+
+    unpatched = run([])
+    high_score, low_score = float(unpatched[0]), float(unpatched[1:].mean())
+    scores = np.zeros((num_tokens, num_layers), dtype=np.float32)
+    for token in range(num_tokens):
+        for layer in range(num_layers):
+            if kind == "hidden":
+                layers = [layer]
+            else:
+                layers = range(max(0, layer - window // 2), min(num_layers, layer - (-window // 2)))
+            patches = [(layout.sublayer(kind, l), token) for l in layers]
+            scores[token, layer] = float(run(patches)[1:].mean())
+    return scores, low_score, high_score

@@ -1,0 +1,96 @@
+"""Causal-trace figures: per-fact heatmaps, average indirect effect per token group, histogram of best layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
+
+from src.edit.causal_tracing import TraceResult
+from src.edit.trace_stats import TOKEN_GROUPS, AverageEffects
+from src.utils.io import atomic_path
+
+# green = negative indirect effect, white = none, red = positive (the usage guide's convention)
+EFFECT_CMAP = LinearSegmentedColormap.from_list("effect", ["#1a9850", "#ffffff", "#d73027"])
+KIND_TITLES = {"hidden": "hidden states (block outputs)", "mlp": "MLP outputs", "attn": "attention outputs"}
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def token_labels(trace: TraceResult) -> list[str]:
+    b, e = trace.subject_range
+    return [f"{tok}*" if b <= i < e else tok for i, tok in enumerate(trace.input_tokens)]
+
+
+def draw_trace(ax, trace: TraceResult, best_layer: int | None = None, colorbar: bool = True) -> None:
+    """Heatmap of the indirect effect (tokens x layers) into `ax`; subject tokens carry a `*`."""
+    effect = trace.indirect_effect
+    limit = max(float(np.abs(effect).max()), 1e-6)
+    image = ax.imshow(effect, cmap=EFFECT_CMAP, norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit),
+                      aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(len(trace.input_tokens)), token_labels(trace))
+    ax.set_xticks(range(trace.num_layers))
+    ax.set_xlabel("layer")
+    window = f", window {trace.window}" if trace.kind != "hidden" else ""
+    ax.set_title(f"{KIND_TITLES.get(trace.kind, trace.kind)}{window}", fontsize=9)
+    if best_layer is not None:
+        ax.axvline(best_layer, color="red", linewidth=2)
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, fraction=0.05)
+        bar.set_label(f"p({trace.answer}) - corrupted", fontsize=8)
+
+
+def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: str | Path,
+               best_layer: int | None = None, title: str | None = None) -> None:
+    """One panel per kind; the red vertical line marks `best_layer` on every panel."""
+    traces = list(traces.values()) if isinstance(traces, Mapping) else list(traces)
+    first = traces[0]
+    height = 1.2 + 0.35 * len(first.input_tokens)
+    fig, axes = plt.subplots(1, len(traces), figsize=(4.2 * len(traces), height), squeeze=False)
+    for ax, trace in zip(axes[0], traces):
+        draw_trace(ax, trace, best_layer)
+    fig.suptitle(title or f"{first.prompt} -> {first.answer}   (clean p={first.high_score:.3f}, "
+                 f"corrupted p={first.low_score:.3f})", fontsize=10)
+    # fixed margins (inches) instead of tight_layout: a third of the drawing time, and these figures are many
+    width, label_inches = fig.get_figwidth(), 0.1 + 0.08 * max(len(label) for label in token_labels(first))
+    fig.subplots_adjust(left=label_inches / width, right=0.95, bottom=0.55 / height, top=1 - 0.6 / height,
+                        wspace=0.55)
+    _save(fig, path)
+
+
+def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Path) -> None:
+    """Mean indirect effect per layer, one line per token group, shaded 95% intervals; one panel per kind."""
+    fig, axes = plt.subplots(1, len(averages), figsize=(4.6 * len(averages), 3.6), squeeze=False, sharey=True)
+    colors = dict(zip(TOKEN_GROUPS, plt.cm.tab10.colors))
+    for ax, (kind, average) in zip(axes[0], averages.items()):
+        for name, group in average.groups.items():
+            layers = np.arange(len(group.mean))
+            ax.plot(layers, group.mean, label=f"{name.replace('_', ' ')} (n={group.count})", color=colors[name])
+            ax.fill_between(layers, group.mean - group.ci95, group.mean + group.ci95, color=colors[name], alpha=0.2)
+        ax.axhline(0, color="black", linewidth=0.5)
+        window = f", window {average.window}" if kind != "hidden" else ""
+        ax.set_title(f"{KIND_TITLES.get(kind, kind)}{window}", fontsize=9)
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel("average indirect effect")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_best_layers(best_layers: Sequence[int], num_layers: int, path: str | Path, label: str = "best layer") -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    counts = np.bincount(np.asarray(best_layers, dtype=int), minlength=num_layers)
+    ax.bar(range(num_layers), counts, color="#d73027")
+    ax.set_xticks(range(num_layers))
+    ax.set_xlabel(label)
+    ax.set_ylabel("facts")
+    ax.set_title(f"{label} over {len(best_layers)} facts", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+
+from src.edit.causal_tracing import CausalTracer, TraceResult, default_window, window_layers
+from src.edit.tracing_reference import plain_trace
+from src.utils.errors import InputError
+from tests.tiny_models import tiny_gpt2, tiny_tokenizer
+
+TOL = 1e-5
+
+
+def assert_matches_reference(tracer, model, result, noise):
+    window = 1 if result.kind == "hidden" else result.window
+    ref, low, high = plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
+                                 noise, result.kind, window)
+    assert np.abs(result.scores - ref).max() <= TOL
+    assert abs(result.low_score - low) <= TOL and abs(result.high_score - high) <= TOL
+    return ref
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
+@pytest.mark.parametrize("window", [1, 2, 3, 10])
+def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation):
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer, attn_implementation=attn_implementation)
+    tracer = CausalTracer(model, tokenizer, device="cpu")
+    noise = torch.randn(6, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
+    # a two-token subject behind a context prefix: tokens before the subject, first/last subject token, relation
+    result = tracer.trace_important_states("a x", "b r", None, kind=kind, window=window, noise=noise, num_samples=6,
+                                           prefix="y q z ; ")
+    assert result.subject_range == (4, 6)
+    assert result.input_tokens == ("y", "q", "z", ";", "a", "x", "b", "r")
+    ref = assert_matches_reference(tracer, model, result, noise)
+    assert np.ptp(ref[4:]) > 1e-3  # the check is not vacuous: restorations change p(answer)
+
+
+def test_tracer_equals_reference_on_trained_kg_model(tiny_model, tiny_kg):
+    model, tokenizer = tiny_model
+    tracer = CausalTracer(model, tokenizer, device="cpu", subjects=tiny_kg.graph.entities)
+    fact = tiny_kg.graph.facts[5]
+    noise = torch.randn(10, 1, model.config.n_embd, generator=torch.Generator().manual_seed(0)) * 3 * tracer.embedding_std
+    for kind in ("hidden", "mlp", "attn"):
+        result = tracer.trace_important_states(fact.s, fact.r, fact.o, kind=kind, noise=noise, num_samples=10)
+        assert result.answer == fact.o and result.high_score > 0.5
+        assert_matches_reference(tracer, model, result, noise)
+    # restoring the last token's final hidden state restores the clean prediction exactly
+    hidden = tracer.trace_important_states(fact.s, fact.r, fact.o, kind="hidden", noise=noise, num_samples=10)
+    assert hidden.scores[-1, -1] == pytest.approx(hidden.high_score, abs=1e-5)
+
+
+def test_small_chunks_give_identical_scores():
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    noise = torch.randn(4, 1, 32, generator=torch.Generator().manual_seed(2))
+    big = CausalTracer(model, tokenizer, device="cpu").trace_kinds("a", "b r", noise=noise, num_samples=4)
+    small = CausalTracer(model, tokenizer, device="cpu", max_batch_tokens=12).trace_kinds("a", "b r", noise=noise, num_samples=4)
+    for kind in big:
+        np.testing.assert_allclose(big[kind].scores, small[kind].scores, atol=TOL)
+
+
+def test_seeded_noise_is_reproducible_and_scaled():
+    tokenizer = tiny_tokenizer()
+    tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")
+    first = tracer.trace_important_states("a", "b", noise_level=3.0, seed=7)
+    again = tracer.trace_important_states("a", "b", noise_level=3.0, seed=7)
+    other = tracer.trace_important_states("a", "b", noise_level=3.0, seed=8)
+    assert np.array_equal(first.scores, again.scores)
+    assert not np.array_equal(first.scores, other.scores)
+    assert first.noise_std == pytest.approx(3.0 * tracer.embedding_std)
+
+
+def test_result_fields_and_round_trip():
+    tokenizer = tiny_tokenizer()
+    tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")
+    result = tracer.trace_important_states("a", "b", kind=None, num_samples=3)
+    assert result.kind == "hidden" and result.scores.shape == (2, 5) and result.subject_range == (0, 1)
+    again = TraceResult.from_dict(result.to_dict())
+    assert np.array_equal(again.scores, result.scores)
+    assert again.to_dict() == result.to_dict()
+
+
+def test_locate_picks_argmax_of_mlp_effect_at_the_position():
+    tokenizer = tiny_tokenizer()
+    tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")
+    located = tracer.locate("a x", "b", "c", position="last", window=1, seed=3)
+    trace = tracer.trace_important_states("a x", "b", "c", kind="mlp", window=1, seed=3)
+    assert located.layer == int(np.argmax(trace.indirect_effect[-1]))
+    assert tracer.locate_important_layer("a x", "b", "c", window=1, seed=3) == located.layer
+    sub = tracer.locate("a x", "b", "c", position="subject_last", window=1, seed=3)
+    assert sub.token_index == 1 and sub.layer == int(np.argmax(trace.indirect_effect[1]))
+
+
+def test_windows_follow_the_original():
+    assert list(window_layers(7, 10, 48)) == list(range(2, 12))
+    assert list(window_layers(0, 10, 8)) == list(range(0, 5))
+    assert list(window_layers(3, 1, 8)) == [3]
+    assert default_window(48) == 10 and default_window(8) == 2 and default_window(2) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"s": "nope", "r": "b"}, "unknown subject 'nope'"),
+        ({"s": "a", "r": "nope"}, "unknown relation 'nope'"),
+        ({"s": "a", "r": "b", "o_target": "nope"}, "unknown object 'nope'"),
+        ({"s": "a", "r": "b", "kind": "resid"}, "unknown kind 'resid'"),
+        ({"s": "a", "r": "b", "window": 0}, "window must be >= 1"),
+        ({"s": "a", "r": "b", "noise_level": 0}, "noise_level must be > 0"),
+        ({"s": "a", "r": "b", "num_samples": 0}, "num_samples must be >= 1"),
+        ({"s": "a", "r": "b", "noise": torch.zeros(3, 2, 32)}, "noise has shape"),
+    ],
+)
+def test_bad_input_is_a_clear_error(kwargs, message):
+    tokenizer = tiny_tokenizer()
+    tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")
+    with pytest.raises(InputError, match=message):
+        tracer.trace_important_states(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    tokenizer = tiny_tokenizer()
+    with pytest.raises(InputError, match="CUDA is not available"):
+        CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cuda")
