@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib.pyplot as plt
+import matplotlib
+from matplotlib.figure import Figure
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
 
@@ -21,7 +22,6 @@ KIND_TITLES = {"hidden": "hidden states (block outputs)", "mlp": "MLP outputs", 
 def _save(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def token_labels(trace: TraceResult) -> list[str]:
@@ -53,7 +53,8 @@ def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: 
     traces = list(traces.values()) if isinstance(traces, Mapping) else list(traces)
     first = traces[0]
     height = 1.2 + 0.35 * len(first.input_tokens)
-    fig, axes = plt.subplots(1, len(traces), figsize=(4.2 * len(traces), height), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(traces), height))
+    axes = fig.subplots(1, len(traces), squeeze=False)
     for ax, trace in zip(axes[0], traces):
         draw_trace(ax, trace, best_layer)
     fig.suptitle(title or f"{first.prompt} -> {first.answer}   (clean p={first.high_score:.3f}, "
@@ -67,8 +68,9 @@ def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: 
 
 def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Path) -> None:
     """Mean indirect effect per layer, one line per token group, shaded 95% intervals; one panel per kind."""
-    fig, axes = plt.subplots(1, len(averages), figsize=(4.6 * len(averages), 3.6), squeeze=False, sharey=True)
-    colors = dict(zip(TOKEN_GROUPS, plt.cm.tab10.colors))
+    fig = Figure(figsize=(4.6 * len(averages), 3.6))
+    axes = fig.subplots(1, len(averages), squeeze=False, sharey=True)
+    colors = dict(zip(TOKEN_GROUPS, matplotlib.colormaps['tab10'].colors))
     for ax, (kind, average) in zip(axes[0], averages.items()):
         for name, group in average.groups.items():
             layers = np.arange(len(group.mean))
@@ -85,7 +87,8 @@ def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Pat
 
 
 def plot_best_layers(best_layers: Sequence[int], num_layers: int, path: str | Path, label: str = "best layer") -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     counts = np.bincount(np.asarray(best_layers, dtype=int), minlength=num_layers)
     ax.bar(range(num_layers), counts, color="#d73027")
     ax.set_xticks(range(num_layers))

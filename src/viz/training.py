@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from src.utils.io import atomic_path
 
 
 def plot_training_curve(history: Sequence[dict], path: str | Path, target_accuracy: float | None = None) -> None:
     steps = [h["step"] for h in history]
-    fig, loss_axis = plt.subplots(figsize=(6.4, 3.6))
+    fig = Figure(figsize=(6.4, 3.6))
+    loss_axis = fig.subplots()
     loss_axis.plot(steps, [h["loss"] for h in history], color="tab:blue", label="loss (object tokens)")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("loss", color="tab:blue")
@@ -26,4 +27,3 @@ def plot_training_curve(history: Sequence[dict], path: str | Path, target_accura
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -1,0 +1,454 @@
+"""ROME (ROME section 3): rewrite one fact with a rank-one update of one MLP output projection.
+
+For an edit s r -> o* at layer l, with W the MLP output projection (out(k) = W k + b):
+  1. k* = mean key (W's input) at the edit position over the bare prompt and the prompt behind context prefixes
+     (other KG facts in the corpus' chain format, "E_417 R_02 E_077 ; E_000 R_04").
+  2. u = C^-1 k*, C = E[k k^T] over the KG corpus (float64 solve; C = I without a corpus).
+  3. delta is optimised (Adam) so that the edited model predicts o* on those prompts, with a KL term that keeps
+     the subject's other facts, a weight decay and a norm clamp at clamp_norm_factor * |out(k_bare)|.
+     v_objective "rank_one" (default) optimises through the final update itself, W + delta u^T / (u . k*), so what
+     is optimised is the edited model at every position; "lookup" adds delta at the edit positions, as the original.
+  4. W' = W + delta u^T / (u . k), so out'(k*) = out(k*) + delta = v*: rank one.
+     key_mode "consistent" uses k = k* (the same key in residual and denominator); "original" uses the bare
+     prompt's key in the denominator, reproducing the original code's mixture.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.causal_tracing import CausalTracer, LocateResult
+from src.edit.hooks import Trace
+from src.edit.kg_context import KGContext, prefix_text
+from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
+from src.edit.prompt_batch import PromptBatch
+from src.edit.prompts import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
+from src.edit.rome_hparams import ROMEHyperParams, load_hparams
+from src.edit.second_moment import load_or_compute_second_moment
+from src.kg.graph import Fact
+from src.utils.device import resolve_device
+from src.utils.errors import InputError
+
+
+@dataclass(frozen=True)
+class EditMetrics:
+    """Fractions over the edit's evaluation prompts (None when there was nothing to measure).
+
+    generalization_prefix: target is top-1 behind context prefixes NOT used to compute the edit.
+    generalization_alias: target is top-1 with the relation's alias (`R_04_alt`), where the corpus has aliases.
+    specificity_subject: the subject's other facts keep their predictions. specificity_other: other subjects' facts do.
+    """
+
+    generalization_prefix: float | None
+    generalization_alias: float | None
+    specificity_subject: float | None
+    specificity_other: float | None
+    num_prefix_prompts: int
+    num_subject_facts: int
+    num_other_facts: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RankOneUpdate:
+    """The update dW = delta u^T / (u . key) in (d_model, d_ff) convention: out'(k) = out(k) + dW k.
+
+    k_star: mean key over the rewrite prompts; key: the key of the denominator (k_star, or the bare prompt's key
+    for key_mode "original"); u = C^-1 k_star. All float64 on the CPU.
+    """
+
+    k_star: torch.Tensor
+    key: torch.Tensor
+    u: torch.Tensor
+    delta: torch.Tensor
+
+    @property
+    def denominator(self) -> float:
+        return float(self.u @ self.key)
+
+    def matrix(self) -> torch.Tensor:
+        """(d_model, d_ff) float64."""
+        return torch.outer(self.delta, self.u) / self.denominator
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """Outcome of one `ROME.apply_edit`. Probabilities are of the next token after `"{s} {r}"`."""
+
+    subject: str
+    relation: str
+    target: str
+    original: str
+    status: str  # "edited" | "unchanged" (the model already predicted the target)
+    success: bool
+    layer: int
+    layer_source: str  # "argument" | "hparams" | "located"
+    fact_token: str
+    original_prediction: str
+    new_prediction: str
+    target_prob_before: float
+    target_prob_after: float
+    original_prob_before: float
+    original_prob_after: float
+    update_norm: float
+    delta_norm: float
+    v_steps: int
+    elapsed_seconds: float
+    metrics: EditMetrics | None
+    hparams: dict
+    note: str = ""
+    locate: dict | None = None
+    weight_name: str = ""
+    _saved_weight: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _update: RankOneUpdate | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        data["metrics"] = self.metrics.to_dict() if self.metrics else None
+        return data
+
+
+@dataclass
+class _EditPrompts:
+    rewrite: list[EncodedPrompt]
+    kl: list[EncodedPrompt]
+    eval_prefix: list[EncodedPrompt]
+    eval_alias: list[EncodedPrompt]
+    subject_facts: list[Fact]
+    other_facts: list[Fact]
+
+
+class ROME:
+    """Rank-One Model Editing.
+
+    Args:
+        model, tokenizer: a causal LM of a supported family and its tokenizer.
+        device: "auto", "cpu", "cuda", "cuda:N".
+        kg_corpus_path: the KG corpus: key statistics C, context prefixes, the subject's other facts (KL and
+            specificity), aliases (from meta.json beside it). Without it: C = I, no prefixes, no KL (warned).
+        use_mom2_adjustment: use C (else I).
+        hparams: ROMEHyperParams, a dict of overrides, or a YAML path (defaults: configs/rome_gpt_small.yaml).
+        stats_dir: cache directory for C (default $KG_ROME_CACHE or ~/.cache/kg_rome).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        device: str | torch.device = "auto",
+        kg_corpus_path: str | Path | None = None,
+        use_mom2_adjustment: bool = True,
+        hparams: ROMEHyperParams | Mapping[str, Any] | str | Path | None = None,
+        stats_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.hparams = load_hparams(hparams)
+        self.layout = ModelLayout.of(model)
+        self.corpus_path = Path(kg_corpus_path) if kg_corpus_path is not None else None
+        self.kg = KGContext.from_corpus(self.corpus_path) if self.corpus_path is not None else None
+        self.use_mom2_adjustment = use_mom2_adjustment
+        self.stats_dir = stats_dir
+        self.progress = progress
+        if self.kg is None:
+            warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
+                          "term on the subject's other facts; edits will be less specific", stacklevel=2)
+        if self.hparams.layer is not None:
+            self.layout.check_layer(self.hparams.layer)
+
+    # ------------------------------------------------------------------ public API
+
+    def apply_edit(self, s: str, r: str, o_target: str, copy_model: bool = True, layer: int | None = None,
+                   original: str | None = None) -> tuple[PreTrainedModel, EditResult]:
+        """Rewrite `s r -> o_target`. Returns (edited model, EditResult).
+
+        copy_model=True edits a deep copy and leaves `model` bit-identical; False edits in place, and
+        `rome.restore(model, result)` undoes it. layer None: hparams.layer, else located by causal tracing.
+        original: the object to compare against (default: the model's current prediction).
+        """
+        started = time.perf_counter()
+        hp = self.hparams
+        check_known_words(self.tokenizer, subject=s, relation=r, target=o_target, original=original)
+        if layer is not None:
+            self.layout.check_layer(layer)
+        model = self.model
+        bare = encode_fact_prompt(self.tokenizer, s, r)
+        target_id = answer_token_id(self.tokenizer, o_target)
+        probs_before = self._next_token_probs(model, [bare])[0]
+        prediction_id = int(probs_before.argmax())
+        original_id = answer_token_id(self.tokenizer, original) if original else prediction_id
+        original_name = original or self._token(prediction_id)
+
+        def result(model_after, status, layer_used, layer_source, fact_token, note="", **extra) -> EditResult:
+            probs_after = self._next_token_probs(model_after, [bare])[0]
+            return EditResult(
+                subject=s, relation=r, target=o_target, original=original_name, status=status,
+                success=int(probs_after.argmax()) == target_id, layer=layer_used, layer_source=layer_source,
+                fact_token=fact_token, original_prediction=self._token(prediction_id),
+                new_prediction=self._token(int(probs_after.argmax())),
+                target_prob_before=float(probs_before[target_id]), target_prob_after=float(probs_after[target_id]),
+                original_prob_before=float(probs_before[original_id]),
+                original_prob_after=float(probs_after[original_id]),
+                elapsed_seconds=time.perf_counter() - started, hparams=hp.to_dict(), note=note, **extra,
+            )
+
+        if prediction_id == target_id:
+            note = f"the model already predicts {o_target} for '{s} {r}'; nothing was edited"
+            return model, result(model, "unchanged", -1, "none", hp.fact_token, note, update_norm=0.0, delta_norm=0.0,
+                                 v_steps=0, metrics=None)
+
+        located = None
+        fact_token = hp.fact_token
+        if layer is not None:
+            layer_used, layer_source = layer, "argument"
+        elif hp.layer is not None:
+            layer_used, layer_source = hp.layer, "hparams"
+        else:
+            located = self._locate(s, r, fact_token)
+            layer_used, layer_source = located.layer, "located"
+        if fact_token == "auto":
+            located = located or self._locate(s, r, "auto")
+            fact_token = located.position
+
+        prompts = self._prompts(s, r)
+        eval_before = self._eval_predictions(model, prompts)
+        edited = copy.deepcopy(model) if copy_model else model
+        weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_id)
+        metrics = self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts), target_id)
+        return edited, result(
+            edited, "edited", layer_used, layer_source, fact_token, update_norm=float(update.matrix().norm()),
+            delta_norm=float(update.delta.norm()), v_steps=steps, metrics=metrics,
+            locate=located.to_dict() if located else None, weight_name=weight_name,
+            _saved_weight=None if copy_model else saved, _update=update,
+        )
+
+    @staticmethod
+    def restore(model: PreTrainedModel, result: EditResult) -> None:
+        """Undo an in-place edit (`copy_model=False`): put the saved weight back, bit for bit."""
+        if result._saved_weight is None:
+            raise InputError("this EditResult holds no saved weight (it was made with copy_model=True or changed nothing)")
+        with torch.no_grad():
+            model.get_submodule(result.weight_name).weight.copy_(result._saved_weight)
+
+    # ------------------------------------------------------------------ steps
+
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(token_id)
+
+    def _locate(self, s: str, r: str, fact_token: str) -> LocateResult:
+        hp = self.hparams
+        tracer = CausalTracer(self.model, self.tokenizer, self.device,
+                              subjects=sorted({f.s for f in self.kg.facts}) if self.kg else None)
+        kwargs = dict(noise_level=hp.locate_noise_level, num_samples=hp.locate_num_samples, window=hp.locate_window,
+                      seed=hp.seed)
+        if fact_token != "auto":
+            return tracer.locate(s, r, None, position=fact_token, **kwargs)
+        candidates = [tracer.locate(s, r, None, position=p, **kwargs) for p in ("last", "subject_last")]
+        return max(candidates, key=lambda c: max(c.effects))
+
+    def _prompts(self, s: str, r: str) -> _EditPrompts:
+        hp, kg = self.hparams, self.kg
+        rng = np.random.default_rng([hp.seed, 7])
+        bare = encode_fact_prompt(self.tokenizer, s, r)
+        if kg is None:
+            return _EditPrompts([bare], [], [], [], [], [])
+        subject_facts = [f for f in kg.facts_of(s) if f.r != r]
+        prefix_facts = kg.sample_facts(hp.num_context_prefixes + hp.num_eval_prefixes, rng, exclude_subjects={s})
+        train_prefixes = prefix_facts[: hp.num_context_prefixes]
+        eval_prefixes = prefix_facts[hp.num_context_prefixes :]
+        alias = kg.aliases.get(r)
+        known_alias = alias is not None and self.tokenizer.unk_token_id not in self.tokenizer(alias, add_special_tokens=False)["input_ids"]
+        others = kg.sample_facts(hp.num_eval_other_facts, rng, exclude_subjects={s})
+        return _EditPrompts(
+            rewrite=[bare] + [encode_fact_prompt(self.tokenizer, s, r, prefix_text(f)) for f in train_prefixes],
+            kl=[encode_fact_prompt(self.tokenizer, f.s, f.r) for f in subject_facts],
+            eval_prefix=[encode_fact_prompt(self.tokenizer, s, r, prefix_text(f)) for f in eval_prefixes],
+            eval_alias=[encode_fact_prompt(self.tokenizer, s, alias)] if known_alias else [],
+            subject_facts=subject_facts,
+            other_facts=others,
+        )
+
+    def _next_token_probs(self, model: PreTrainedModel, prompts: list[EncodedPrompt]) -> torch.Tensor:
+        with torch.no_grad():
+            batch = PromptBatch.of([p.input_ids for p in prompts], self._pad_id, self.device)
+            return torch.softmax(batch.last_logits(model), dim=-1).cpu()
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts) -> dict[str, list[int]]:
+        groups = {
+            "prefix": prompts.eval_prefix,
+            "alias": prompts.eval_alias,
+            "subject": [encode_fact_prompt(self.tokenizer, f.s, f.r) for f in prompts.subject_facts],
+            "other": [encode_fact_prompt(self.tokenizer, f.s, f.r) for f in prompts.other_facts],
+        }
+        flat = [p for group in groups.values() for p in group]
+        if not flat:
+            return {name: [] for name in groups}
+        predictions = self._next_token_probs(model, flat).argmax(dim=-1).tolist()
+        out, start = {}, 0
+        for name, group in groups.items():
+            out[name] = predictions[start : start + len(group)]
+            start += len(group)
+        return out
+
+    @staticmethod
+    def _metrics(prompts: _EditPrompts, before: dict, after: dict, target_id: int) -> EditMetrics:
+        def share(values: list[bool]) -> float | None:
+            return float(np.mean(values)) if values else None
+
+        return EditMetrics(
+            generalization_prefix=share([p == target_id for p in after["prefix"]]),
+            generalization_alias=share([p == target_id for p in after["alias"]]),
+            specificity_subject=share([a == b for a, b in zip(after["subject"], before["subject"])]),
+            specificity_other=share([a == b for a, b in zip(after["other"], before["other"])]),
+            num_prefix_prompts=len(after["prefix"]), num_subject_facts=len(after["subject"]),
+            num_other_facts=len(after["other"]),
+        )
+
+    def _prompt_weights(self, n_rewrite: int) -> torch.Tensor:
+        """Weights of the rewrite prompts in k* and in the NLL: the bare prompt gets bare_prompt_weight, the prompts
+        behind context prefixes share the rest (all of it goes to the bare prompt when there are none)."""
+        if n_rewrite == 1:
+            return torch.ones(1)
+        bare = self.hparams.bare_prompt_weight
+        return torch.tensor([bare] + [(1 - bare) / (n_rewrite - 1)] * (n_rewrite - 1))
+
+    def _edit_positions(self, prompts: list[EncodedPrompt], fact_token: str) -> list[int]:
+        if fact_token == "last":
+            return [len(p.input_ids) - 1 for p in prompts]
+        return [p.last_subject_index for p in prompts]
+
+    def _keys(self, model: PreTrainedModel, prompts: list[EncodedPrompt], positions: list[int], layer: int) -> torch.Tensor:
+        """(len(prompts), d_ff) float32: the input of layer's MLP output projection at each prompt's position."""
+        batch = PromptBatch.of([p.input_ids for p in prompts], self._pad_id, self.device)
+        with torch.no_grad(), Trace(ModelLayout.of(model).mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        return trace.input[torch.arange(len(prompts)), torch.tensor(positions)].float()
+
+    def _key_covariance(self, model: PreTrainedModel, layer: int, size: int) -> torch.Tensor | None:
+        if not self.use_mom2_adjustment or self.corpus_path is None:
+            return None
+        moment, _ = load_or_compute_second_moment(
+            model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples, self.hparams.mom2_dtype,
+            self.stats_dir, self.progress)
+        if moment.shape != (size, size):
+            raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
+        return moment
+
+    def _edit(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
+              target_id: int) -> tuple[str, torch.Tensor, RankOneUpdate, int]:
+        """Compute and apply the update to `model`; returns (weight name, saved weight, update, steps)."""
+        hp = self.hparams
+        layout = ModelLayout.of(model)  # `model` may be a copy: its own modules, not self.model's
+        module = layout.mlp_out(layer)
+        weight_name = layout.paths.mlp_out.format(layer)
+        positions = self._edit_positions(prompts.rewrite, fact_token)
+        keys = self._keys(model, prompts.rewrite, positions, layer).double().cpu()
+        weights = self._prompt_weights(len(prompts.rewrite)).double()
+        k_star, k_bare = weights @ keys, keys[0]
+        moment = self._key_covariance(model, layer, k_star.shape[0])
+        u = k_star.clone() if moment is None else solve_psd(moment.double(), k_star)
+        k_denominator = k_star if hp.key_mode == "consistent" else k_bare
+        denominator = float(u @ k_denominator)
+        if abs(denominator) < 1e-12:
+            raise InputError(f"degenerate key at layer {layer}: u . k = {denominator:.3g}")
+
+        delta, steps = self._optimize_delta(model, prompts, layer, fact_token, target_id, u, denominator)
+        update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu())
+        weight = module.weight
+        saved = weight.detach().clone()
+        apply_update(module, update.matrix())
+        return weight_name, saved, update, steps
+
+    def _optimize_delta(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
+                        target_id: int, u: torch.Tensor, denominator: float) -> tuple[torch.Tensor, int]:
+        """delta (d_model,) float32 such that the edited model predicts the target (see module docstring)."""
+        hp = self.hparams
+        all_prompts = prompts.rewrite + prompts.kl
+        n_rewrite = len(prompts.rewrite)
+        positions = torch.tensor(self._edit_positions(all_prompts, fact_token), device=self.device)
+        batch = PromptBatch.of([p.input_ids for p in all_prompts], self._pad_id, self.device)
+        module = ModelLayout.of(model).mlp_out(layer)
+        rows = torch.arange(len(all_prompts), device=self.device)
+        with torch.no_grad(), Trace(module) as trace:
+            logits_init = batch.last_logits(model)
+        out_bare = trace.output[0, positions[0]].float()
+        kl_init = torch.log_softmax(logits_init[n_rewrite:], dim=-1) if prompts.kl else None
+        max_norm = hp.clamp_norm_factor * float(out_bare.norm())
+
+        delta = torch.zeros_like(out_bare, requires_grad=True)
+        direction = (u / denominator).float().to(self.device)
+
+        def add_delta(_module, inputs, output):
+            if hp.v_objective == "rank_one":  # the update itself: out(k) += (k . u / u . k*) delta, everywhere
+                return output + (inputs[0].float() @ direction)[..., None].to(output.dtype) * delta.to(output.dtype)
+            added = torch.zeros_like(output)
+            added[rows, positions] = delta.to(output.dtype)
+            return output + added
+
+        prompt_weights = self._prompt_weights(n_rewrite).to(self.device)
+        optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+        handle = module.register_forward_hook(add_delta)
+        steps = 0
+        try:
+            for steps in range(1, hp.v_num_grad_steps + 1):
+                logits = batch.last_logits(model)
+                log_probs = torch.log_softmax(logits, dim=-1)
+                target_log_probs = log_probs[:n_rewrite, target_id]
+                if bool((logits[:n_rewrite].argmax(-1) == target_id).all()) and \
+                        float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
+                    steps -= 1
+                    break
+                nll = -(prompt_weights * target_log_probs).sum()
+                kl = (F.kl_div(log_probs[n_rewrite:], kl_init, log_target=True, reduction="batchmean")
+                      if kl_init is not None else torch.zeros((), device=self.device))
+                decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
+                loss = nll + hp.kl_factor * kl + decay
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    norm = delta.norm()
+                    if norm > max_norm:
+                        delta.mul_(max_norm / norm)
+        finally:
+            handle.remove()
+        return delta.detach(), steps
+
+
+def apply_update(module: torch.nn.Module, update: torch.Tensor) -> None:
+    """W += update, for update in (d_model, d_ff) convention; the storage orientation comes from the module type."""
+    transposed = mlp_out_weight_is_transposed(module)
+    with torch.no_grad():
+        module.weight.add_((update.T if transposed else update).to(module.weight.device, module.weight.dtype))
+
+
+def solve_psd(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """matrix^-1 vector in float64 on the CPU, without forming the inverse: Cholesky, else least squares
+    (for an ill-conditioned or singular C)."""
+    matrix, vector = matrix.double().cpu(), vector.double().cpu()
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        solution = torch.cholesky_solve(vector[:, None], factor)[:, 0]
+        if torch.isfinite(solution).all():
+            return solution
+    return torch.linalg.lstsq(matrix, vector[:, None], driver="gelsd").solution[:, 0]

@@ -1,0 +1,75 @@
+"""ROME hyperparameters: a frozen dataclass with defaults, loadable from YAML or a dict (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from src.utils.config import dataclass_from_mapping, read_yaml
+from src.utils.errors import InputError
+
+FACT_TOKENS = ("last", "subject_last", "auto")
+KEY_MODES = ("consistent", "original")
+V_OBJECTIVES = ("rank_one", "lookup")
+
+
+@dataclass(frozen=True)
+class ROMEHyperParams:
+    """Every field is documented in configs/rome_gpt_small.yaml and README.md ("ROME hyperparameters")."""
+
+    layer: int | None = None
+    fact_token: str = "last"
+    clamp_norm_factor: float = 20.0
+    kl_factor: float = 0.0625
+    v_lr: float = 0.5
+    v_num_grad_steps: int = 100
+    v_weight_decay: float = 0.001
+    v_stop_prob: float = 0.95
+    v_objective: str = "rank_one"
+    num_context_prefixes: int = 10
+    bare_prompt_weight: float = 0.5
+    key_mode: str = "consistent"
+    mom2_n_samples: int = 0
+    mom2_dtype: str = "float64"
+    locate_noise_level: float = 3.0
+    locate_num_samples: int = 10
+    locate_window: int | None = None
+    num_eval_prefixes: int = 5
+    num_eval_other_facts: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.fact_token in FACT_TOKENS, f"fact_token must be one of {', '.join(FACT_TOKENS)}, got '{self.fact_token}'"),
+            (self.key_mode in KEY_MODES, f"key_mode must be one of {', '.join(KEY_MODES)}, got '{self.key_mode}'"),
+            (self.v_objective in V_OBJECTIVES, f"v_objective must be one of {', '.join(V_OBJECTIVES)}, got '{self.v_objective}'"),
+            (self.mom2_dtype in ("float32", "float64"), f"mom2_dtype must be float32 or float64, got '{self.mom2_dtype}'"),
+            (self.clamp_norm_factor > 0, f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}"),
+            (self.v_num_grad_steps >= 1, f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"),
+            (self.num_context_prefixes >= 0, f"num_context_prefixes must be >= 0, got {self.num_context_prefixes}"),
+            (0 < self.bare_prompt_weight <= 1, f"bare_prompt_weight must be in (0, 1], got {self.bare_prompt_weight}"),
+            (self.layer is None or self.layer >= 0, f"layer must be >= 0 or null, got {self.layer}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **overrides: Any) -> "ROMEHyperParams":
+        return replace(self, **overrides)
+
+
+def load_hparams(source: "ROMEHyperParams | Mapping[str, Any] | str | Path | None") -> ROMEHyperParams:
+    """From a dataclass, a dict, or a YAML path; None gives the defaults."""
+    if source is None:
+        return ROMEHyperParams()
+    if isinstance(source, ROMEHyperParams):
+        return source
+    if isinstance(source, Mapping):
+        return dataclass_from_mapping(ROMEHyperParams, dict(source), "hparams")
+    if isinstance(source, (str, Path)):
+        return dataclass_from_mapping(ROMEHyperParams, read_yaml(source), str(source))
+    raise InputError(f"hparams must be a path to YAML, a dict or ROMEHyperParams, got {type(source).__name__}")

@@ -1,0 +1,104 @@
+"""Second-moment statistics of MLP keys, C = E[k k^T], over a text corpus, cached on disk.
+
+k is the input of layer l's MLP output projection (after the activation), at every corpus token. The cache key
+hashes the model's weights, the corpus bytes, the layer, the sample count and the dtype, never a model name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.hooks import Trace
+from src.edit.model_layout import ModelLayout
+from src.utils.errors import InputError
+from src.utils.io import atomic_path, sha256_file
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def default_cache_dir() -> Path:
+    """$KG_ROME_CACHE, else ~/.cache/kg_rome (never the working directory)."""
+    return Path(os.environ.get("KG_ROME_CACHE", Path.home() / ".cache" / "kg_rome"))
+
+
+def weights_fingerprint(model: PreTrainedModel) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def stats_key(model: PreTrainedModel, corpus_path: Path, layer: int, n_samples: int, dtype: str) -> str:
+    parts = [weights_fingerprint(model), sha256_file(corpus_path), f"layer={layer}", f"n={n_samples}", f"dtype={dtype}"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+@torch.no_grad()
+def compute_second_moment(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    lines: list[str],
+    layer: int,
+    dtype: str = "float64",
+    batch_size: int = 512,
+    progress: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """(C (d_ff, d_ff) on CPU in `dtype`, number of tokens). Lines are grouped by token length: no padding."""
+    layout = ModelLayout.of(model)
+    device = next(model.parameters()).device
+    encoded = [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
+    by_length: dict[int, list[list[int]]] = {}
+    for ids in encoded:
+        if ids:
+            by_length.setdefault(len(ids), []).append(ids)
+    batches = [group[i : i + batch_size] for group in by_length.values() for i in range(0, len(group), batch_size)]
+    total, count = None, 0
+    for batch in tqdm(batches, desc=f"key statistics, layer {layer}", unit="batch", disable=not progress):
+        with Trace(layout.mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
+            model(input_ids=torch.tensor(batch, device=device), use_cache=False)
+        keys = trace.input.reshape(-1, trace.input.shape[-1]).to(DTYPES[dtype])
+        product = keys.T @ keys
+        total = product if total is None else total + product
+        count += keys.shape[0]
+    if total is None:
+        raise InputError("the statistics corpus has no tokens")
+    return (total / count).cpu(), count
+
+
+def load_or_compute_second_moment(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus_path: str | Path,
+    layer: int,
+    n_samples: int,
+    dtype: str = "float64",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, bool]:
+    """(C, loaded_from_cache). Uses the first `n_samples` corpus lines (all if n_samples <= 0)."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown mom2_dtype '{dtype}'; allowed: {', '.join(DTYPES)}")
+    corpus_path = Path(corpus_path)
+    if not corpus_path.is_file():
+        raise InputError(f"Corpus file not found: {corpus_path} (the corpus is optional; it is written by "
+                         "python -m src.cli.make_kg, e.g. data/kg/ba/corpus.train.txt)")
+    cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{stats_key(model, corpus_path, layer, n_samples, dtype)}.pt"
+    if cache_file.is_file():
+        return torch.load(cache_file, map_location="cpu", weights_only=True)["mom2"], True
+    lines = [line.strip() for line in corpus_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if n_samples > 0:
+        lines = lines[:n_samples]
+    moment, count = compute_second_moment(model, tokenizer, lines, layer, dtype, progress=progress)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache_file) as tmp:
+        torch.save({"mom2": moment, "num_tokens": count, "layer": layer, "corpus": str(corpus_path)}, tmp)
+    return moment, False

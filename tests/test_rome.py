@@ -1,0 +1,190 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from src.edit.model_layout import ModelLayout
+from src.edit.rome import ROME, RankOneUpdate, apply_update, solve_psd
+from src.edit.rome_hparams import ROMEHyperParams, load_hparams
+from src.edit.second_moment import load_or_compute_second_moment, stats_key
+from src.utils.errors import InputError
+from tests.conftest import REPO_ROOT
+from tests.tiny_models import tiny_gpt2, tiny_tokenizer
+
+FAST = {"num_context_prefixes": 3, "num_eval_prefixes": 2, "num_eval_other_facts": 10, "v_num_grad_steps": 60,
+        "clamp_norm_factor": 20, "v_weight_decay": 0.001}
+
+
+@pytest.fixture()
+def tiny_corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("a r b\nx q y ; c r d\nb q a\nc r x\nd q z ; a q c\ny r a\nz r b\nx r c\n")
+    return path
+
+
+def changed_tensors(before: dict, after: dict) -> list[str]:
+    return [name for name in before if not torch.equal(before[name], after[name])]
+
+
+def test_rank_one_update_closed_form():
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(500, 6, generator=generator, dtype=torch.float64)
+    moment = keys.T @ keys / 500
+    k_star = torch.randn(6, generator=generator, dtype=torch.float64)
+    delta = torch.randn(4, generator=generator, dtype=torch.float64)
+    u = solve_psd(moment, k_star)
+    assert torch.allclose(moment @ u, k_star, atol=1e-10)
+    update = RankOneUpdate(k_star=k_star, key=k_star, u=u, delta=delta)
+    matrix = update.matrix()
+    assert torch.allclose(matrix @ k_star, delta, atol=1e-12)  # W' k* = W k* + delta = v*
+    assert torch.linalg.matrix_rank(matrix).item() == 1
+    expected = torch.outer(delta, torch.linalg.inv(moment) @ k_star) / (k_star @ torch.linalg.inv(moment) @ k_star)
+    assert torch.allclose(matrix, expected, atol=1e-10)
+
+
+def test_solve_falls_back_on_a_singular_moment():
+    vector = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    singular = torch.diag(torch.tensor([2.0, 4.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(solve_psd(singular, vector), torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n_inner", [None, 32])  # 32 == n_embd: a square MLP, where a shape test would be wrong
+def test_edit_is_rank_one_on_one_tensor_and_hits_v_star(tiny_corpus, tmp_path, n_inner):
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer, n_inner=n_inner)
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_corpus, hparams={**FAST, "layer": 2},
+                stats_dir=tmp_path / "cache", progress=False)
+    before = copy.deepcopy(model.state_dict())
+    edited, result = rome.apply_edit("a", "r", "z", copy_model=True)
+    after = edited.state_dict()
+    assert changed_tensors(before, after) == ["transformer.h.2.mlp.c_proj.weight"]
+    assert result.weight_name == "transformer.h.2.mlp.c_proj"
+    diff = (after["transformer.h.2.mlp.c_proj.weight"] - before["transformer.h.2.mlp.c_proj.weight"]).double()
+    assert torch.linalg.matrix_rank(diff, atol=1e-5 * diff.abs().max()).item() == 1
+    update = result._update
+    # the edited projection maps k* to its old output plus delta (Conv1D stores (d_ff, d_model): y = k W + b)
+    module = ModelLayout.of(edited).mlp_out(2)
+    k = update.k_star.float()[None]
+    with torch.no_grad():
+        new_out = module(k)[0].double()
+        old_out = (k @ before["transformer.h.2.mlp.c_proj.weight"] + before["transformer.h.2.mlp.c_proj.bias"])[0].double()
+    assert torch.allclose(new_out - old_out, update.delta, atol=1e-4 * update.delta.norm())
+
+
+def test_linear_orientation_with_square_weight():
+    linear = torch.nn.Linear(5, 5, bias=False)
+    before = linear.weight.detach().clone()
+    update = torch.outer(torch.arange(5.0), torch.ones(5)).double()
+    apply_update(linear, update)
+    assert torch.allclose(linear.weight - before, update.float())  # nn.Linear stores (out, in): no transpose
+
+
+def test_original_key_mode_uses_the_bare_key_in_the_denominator(tiny_corpus, tmp_path):
+    tokenizer = tiny_tokenizer()
+    rome = ROME(tiny_gpt2(tokenizer), tokenizer, device="cpu", kg_corpus_path=tiny_corpus,
+                hparams={**FAST, "layer": 1, "key_mode": "original", "v_objective": "lookup"},
+                stats_dir=tmp_path / "cache", progress=False)
+    _, result = rome.apply_edit("a", "r", "z")
+    update = result._update
+    assert not torch.allclose(update.key, update.k_star)
+    assert torch.allclose(update.matrix() @ update.key, update.delta, atol=1e-9)
+
+
+def test_copy_model_leaves_model_bit_identical_and_restore_undoes_in_place(tiny_corpus, tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_corpus, hparams={**FAST, "layer": 1},
+                stats_dir=tmp_path / "cache", progress=False)
+    original = copy.deepcopy(model.state_dict())
+    edited, _ = rome.apply_edit("a", "r", "z", copy_model=True)
+    assert edited is not model and changed_tensors(original, model.state_dict()) == []
+    same, result = rome.apply_edit("a", "r", "z", copy_model=False)
+    assert same is model and len(changed_tensors(original, model.state_dict())) == 1
+    ROME.restore(model, result)
+    assert changed_tensors(original, model.state_dict()) == []
+
+
+def test_statistics_cache_is_keyed_by_weights(tiny_corpus, tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    first, cached = load_or_compute_second_moment(model, tokenizer, tiny_corpus, 1, 0, cache_dir=tmp_path, progress=False)
+    again, cached_again = load_or_compute_second_moment(model, tokenizer, tiny_corpus, 1, 0, cache_dir=tmp_path, progress=False)
+    assert not cached and cached_again and torch.equal(first, again)
+    key = stats_key(model, tiny_corpus, 1, 0, "float64")
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] += 1e-3
+    assert stats_key(model, tiny_corpus, 1, 0, "float64") != key
+    assert stats_key(model, tiny_corpus, 2, 0, "float64") != stats_key(model, tiny_corpus, 1, 0, "float64")
+    changed, cached_changed = load_or_compute_second_moment(model, tokenizer, tiny_corpus, 1, 0, cache_dir=tmp_path, progress=False)
+    assert not cached_changed and not torch.equal(changed, first)
+    # C is the uncentered second moment of the keys
+    assert torch.allclose(first, first.T) and torch.linalg.eigvalsh(first).min() > -1e-9
+
+
+def test_edit_on_trained_kg_model_succeeds_and_keeps_other_facts(tiny_model, tiny_kg, tmp_path):
+    model, tokenizer = tiny_model
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path,
+                hparams={"num_context_prefixes": 5, "clamp_norm_factor": 20, "v_weight_decay": 0.001},
+                stats_dir=tmp_path / "cache", progress=False)
+    fact = tiny_kg.graph.facts[0]
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+    edited, result = rome.apply_edit(fact.s, fact.r, target)
+    assert result.success and result.new_prediction == target and result.original_prediction == fact.o
+    assert result.status == "edited" and result.layer_source == "located"
+    assert result.target_prob_after > 0.5 > result.target_prob_before
+    assert result.metrics.specificity_other >= 0.9
+    from src.lm.evaluate import fact_accuracy
+
+    others = [f for f in tiny_kg.graph.facts if (f.s, f.r) != (fact.s, fact.r)]
+    assert fact_accuracy(edited, tokenizer, others).accuracy >= 0.95
+    data = result.to_dict()
+    assert data["success"] is True and "_saved_weight" not in data and data["metrics"]["num_other_facts"] > 0
+
+
+def test_target_equal_to_prediction_changes_nothing(tiny_model, tiny_kg, tmp_path):
+    model, tokenizer = tiny_model
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path, progress=False)
+    fact = tiny_kg.graph.facts[0]
+    same, result = rome.apply_edit(fact.s, fact.r, fact.o)
+    assert same is model and result.status == "unchanged" and "already predicts" in result.note
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda rome: rome.apply_edit("nope", "r", "z"), "unknown subject 'nope'"),
+        (lambda rome: rome.apply_edit("a", "nope", "z"), "unknown relation 'nope'"),
+        (lambda rome: rome.apply_edit("a", "r", "nope"), "unknown target 'nope'"),
+        (lambda rome: rome.apply_edit("a", "r", "z", layer=9), r"layer 9 is out of range; this model has layers 0\.\.4"),
+    ],
+)
+def test_bad_edit_input_is_a_clear_error(call, message, tiny_corpus, tmp_path):
+    tokenizer = tiny_tokenizer()
+    rome = ROME(tiny_gpt2(tokenizer), tokenizer, device="cpu", kg_corpus_path=tiny_corpus, stats_dir=tmp_path, progress=False)
+    with pytest.raises(InputError, match=message):
+        call(rome)
+
+
+def test_missing_corpus_and_bad_hparams_are_clear_errors(tmp_path):
+    tokenizer = tiny_tokenizer()
+    with pytest.raises(InputError, match="Corpus file not found"):
+        ROME(tiny_gpt2(tokenizer), tokenizer, device="cpu", kg_corpus_path=tmp_path / "none.txt")
+    with pytest.raises(InputError, match="unknown config key 'clamp'"):
+        load_hparams({"clamp": 1})
+    with pytest.raises(InputError, match="fact_token must be one of"):
+        ROMEHyperParams(fact_token="first")
+
+
+def test_default_hparams_file_matches_the_dataclass():
+    from_yaml = load_hparams(REPO_ROOT / "configs" / "rome_gpt_small.yaml")
+    assert isinstance(from_yaml, ROMEHyperParams)
+
+
+def test_no_corpus_warns_and_uses_identity(tmp_path):
+    tokenizer = tiny_tokenizer()
+    with pytest.warns(UserWarning, match="C = I"):
+        rome = ROME(tiny_gpt2(tokenizer), tokenizer, device="cpu", hparams={**FAST, "layer": 1}, progress=False)
+    _, result = rome.apply_edit("a", "r", "z")
+    assert torch.allclose(result._update.u, result._update.k_star)
+    assert np.isfinite(result.update_norm)
