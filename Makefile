@@ -17,8 +17,20 @@ data:
 train: data
 	$(PYTHON) -m src.cli.train_lm --config $(TRAIN_CONFIG) --skip-if-trained
 
-demo: install train
-	@echo "demo: KG in data/kg/ba, model in outputs/models/gpt_small"
+locate:
+	PYTHON=$(PYTHON) ./run_locating.sh --num-samples 10 --output-dir outputs/locating_results
+
+edit:
+	PYTHON=$(PYTHON) ./run_editing.sh -s E_000 -r R_04 -o E_999 --output-dir outputs/editing_results
+
+# Everything from a fresh clone: install, build the KG, train (skipped when already trained), trace, edit.
+demo: install train locate edit
+	@echo "demo done: KG data/kg/ba, model outputs/models/gpt_small, traces outputs/locating_results, edit outputs/editing_results"
+
+bench:
+	$(PYTHON) benchmarks/bench_tracing.py
+	$(PYTHON) benchmarks/bench_editing.py
+	$(PYTHON) benchmarks/bench_training.py
 
 test: install
 	$(PYTHON) -m pytest tests

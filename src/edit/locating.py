@@ -28,7 +28,7 @@ from src.lm.evaluate import predict_objects
 from src.lm.model import load_model
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json
-from src.viz.tracing import plot_average_effects, plot_best_layers, plot_trace
+from src.viz.tracing import plot_average_effects, plot_best_layers, plot_traces
 
 SUMMARY_FILE = "locating_summary.json"
 TRACES_FILE = "traces.npz"
@@ -177,8 +177,9 @@ def write_results(summary: LocatingSummary, output_dir: Path, plots: bool = True
 
 def plot_results(samples: Sequence[SampleTrace], averages: dict, num_layers: int, output_dir: Path,
                  progress: bool = False) -> None:
-    for sample in tqdm(samples, desc="plotting", unit="fig", disable=not progress):
-        plot_trace(sample.traces, output_dir / trace_file_name(sample.index, sample.fact), best_layer=sample.best_layer)
+    jobs = [(sample.traces, output_dir / trace_file_name(sample.index, sample.fact), sample.best_layer)
+            for sample in samples]
+    plot_traces(jobs, progress=progress)
     if averages:
         plot_average_effects(averages, output_dir / "average_indirect_effect.png")
         plot_best_layers([s.best_layer for s in samples], num_layers, output_dir / "best_layers.png")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -9,6 +12,7 @@ import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
+from tqdm.auto import tqdm
 
 from src.edit.causal_tracing import TraceResult
 from src.edit.trace_stats import TOKEN_GROUPS, AverageEffects
@@ -64,6 +68,27 @@ def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: 
     fig.subplots_adjust(left=label_inches / width, right=0.95, bottom=0.55 / height, top=1 - 0.6 / height,
                         wspace=0.55)
     _save(fig, path)
+
+
+def _plot_trace_job(job: tuple) -> None:
+    traces, path, best_layer = job
+    plot_trace(traces, path, best_layer=best_layer)
+
+
+def plot_traces(jobs: Sequence[tuple], progress: bool = False, workers: int | None = None) -> None:
+    """Many `plot_trace(traces, path, best_layer)` figures. Drawing is CPU-bound Python, so with more than a few
+    figures they are drawn in forked worker processes (one per CPU core, at most 4); figures only, no torch work."""
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    bar = tqdm(total=len(jobs), desc="plotting", unit="fig", disable=not progress)
+    if workers > 1 and len(jobs) > 4 and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for _ in pool.map(_plot_trace_job, jobs, chunksize=2):
+                bar.update(1)
+    else:
+        for job in jobs:
+            _plot_trace_job(job)
+            bar.update(1)
+    bar.close()
 
 
 def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Path) -> None:
