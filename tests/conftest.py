@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ TINY_KG = KGConfig(
 )
 TINY_MODEL = ModelConfig(n_layer=4, n_embd=64, n_head=4, n_positions=16)
 TINY_OPTIM = OptimConfig(batch_size=64, lr=5e-3, warmup_steps=20, max_steps=1500, eval_every=25, target_accuracy=1.0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_stats_cache(tmp_path_factory):
+    """Key statistics are cached under $KG_ROME_CACHE; keep the tests' caches out of the home directory."""
+    previous = os.environ.get("KG_ROME_CACHE")
+    os.environ["KG_ROME_CACHE"] = str(tmp_path_factory.mktemp("kg_rome_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("KG_ROME_CACHE", None)
+    else:
+        os.environ["KG_ROME_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

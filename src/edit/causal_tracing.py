@@ -401,8 +401,8 @@ class _Restoration:
 def _first_row(value, batch: int):
     """Keep row 0 of every tensor whose first dimension is the recorded batch (masks, rotary tables): all rows of a
     trace share the same tokens, and one row broadcasts over any number of restored rows."""
-    if isinstance(value, torch.Tensor):
-        return value[:1] if value.dim() > 0 and value.shape[0] == batch else value
+    if isinstance(value, torch.Tensor):  # 1-D tensors (cache positions) have no batch dimension
+        return value[:1] if value.dim() >= 2 and value.shape[0] == batch else value
     if isinstance(value, tuple):
         return tuple(_first_row(v, batch) for v in value)
     if isinstance(value, list):

@@ -37,7 +37,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 100
-    max_steps: int = 6000
+    max_steps: int = 2500
     grad_clip: float = 1.0
     eval_every: int = 100
     target_accuracy: float = 0.99
