@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from src.cli import make_kg
-from src.kg.build import build_kg
 from src.kg.corpus import build_corpus, parse_sentence, read_corpus
 from src.kg.generate import KGConfig, generate_graph, load_kg_config
 from src.kg.graph import read_graph_jsonl

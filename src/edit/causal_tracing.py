@@ -141,7 +141,7 @@ class LocateResult:
 
 @dataclass
 class _Runs:
-    """What one clean run and one corrupted run of a prompt leave behind, shared by every kind."""
+    """What the forward of 1 clean + N corrupted rows leaves behind, shared by every kind and restoration."""
 
     prompt: EncodedPrompt
     answer_id: int

@@ -16,7 +16,6 @@ For an edit s r -> o* at layer l, with W the MLP output projection (out(k) = W k
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
