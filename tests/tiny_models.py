@@ -27,3 +27,23 @@ def tiny_gpt2(tokenizer, n_layer: int = 5, n_embd: int = 32, n_inner: int | None
             block.mlp.c_proj.weight.mul_(20)
             block.attn.c_proj.weight.mul_(10)
     return model
+
+
+def tiny_llama_like(tokenizer, family: str, intermediate_size: int = 64, seed: int = 0):
+    """A tiny random Llama or GPT-NeoX (rotary position embeddings, nn.Linear MLP) with peaked outputs."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if family == "llama":
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=intermediate_size, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=intermediate_size, num_hidden_layers=4,
+                               num_attention_heads=4, max_position_embeddings=32)
+        model = GPTNeoXForCausalLM(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.mul_(12)
+    return model.eval()

@@ -15,27 +15,23 @@ from src.utils.errors import InputError
 
 @dataclass(frozen=True)
 class FamilyPaths:
-    """Dotted module paths; `{}` is the layer index.
+    """Dotted module paths; `{}` is the layer index. The token embedding and the unembedding come from the model's
+    own `get_input_embeddings()` / `get_output_embeddings()`. The orientation of the MLP output projection's weight
+    is decided by module type (`mlp_out_weight_is_transposed`), never by comparing shapes."""
 
-    mlp_out_transposed: True when the MLP output projection stores its weight as (d_ff, d_model) (GPT-2's Conv1D),
-    False for nn.Linear's (d_model, d_ff). Decided by module type, never by comparing shapes.
-    """
-
-    embed: str
     blocks: str
     final_norm: str
-    unembed: str
     mlp: str
     attn: str
     mlp_out: str
 
 
 FAMILIES: dict[str, FamilyPaths] = {
-    "gpt2": FamilyPaths("transformer.wte", "transformer.h", "transformer.ln_f", "lm_head",
+    "gpt2": FamilyPaths("transformer.h", "transformer.ln_f",
                         "transformer.h.{}.mlp", "transformer.h.{}.attn", "transformer.h.{}.mlp.c_proj"),
-    "gpt_neox": FamilyPaths("gpt_neox.embed_in", "gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out",
+    "gpt_neox": FamilyPaths("gpt_neox.layers", "gpt_neox.final_layer_norm",
                             "gpt_neox.layers.{}.mlp", "gpt_neox.layers.{}.attention", "gpt_neox.layers.{}.mlp.dense_4h_to_h"),
-    "llama": FamilyPaths("model.embed_tokens", "model.layers", "model.norm", "lm_head",
+    "llama": FamilyPaths("model.layers", "model.norm",
                          "model.layers.{}.mlp", "model.layers.{}.self_attn", "model.layers.{}.mlp.down_proj"),
 }
 FAMILIES["mistral"] = FAMILIES["qwen2"] = FAMILIES["llama"]
@@ -69,7 +65,8 @@ class ModelLayout:
 
     @property
     def embed(self) -> nn.Module:
-        return self.module(self.paths.embed)
+        """The token embedding (noise is added to its output, before any position embedding)."""
+        return self.model.get_input_embeddings()
 
     @property
     def final_norm(self) -> nn.Module:
@@ -77,7 +74,7 @@ class ModelLayout:
 
     @property
     def unembed(self) -> nn.Module:
-        return self.module(self.paths.unembed)
+        return self.model.get_output_embeddings()
 
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.num_layers:
