@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nROME edit {r.subject} {r.relation}: {r.original_prediction} -> {r.target}")
     print(f"  success             {r.success}   (new prediction {r.new_prediction})")
     print(f"  layer               {r.layer} ({r.layer_source}), edit position: {r.fact_token} token")
-    print(f"  p(target)           {r.target_prob_before:.4f} -> {r.target_prob_after:.4f}")
-    print(f"  p({r.original})     {r.original_prob_before:.4f} -> {r.original_prob_after:.4f}")
+    print(f"  {'p(' + r.target + ')':<20}{r.target_prob_before:.4f} -> {r.target_prob_after:.4f}")
+    print(f"  {'p(' + r.original + ')':<20}{r.original_prob_before:.4f} -> {r.original_prob_after:.4f}")
     print(f"  |dW| {r.update_norm:.3f}   |delta| {r.delta_norm:.3f}   {r.v_steps} optimisation steps   {r.elapsed_seconds:.2f} s")
     if r.metrics:
         m = r.metrics
