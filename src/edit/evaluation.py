@@ -60,3 +60,40 @@ def mean_interval(values: Iterable[float | bool | None]) -> MeanInterval:
         return MeanInterval(float("nan"), float("nan"), 0)
     sem = data.std(ddof=1) / np.sqrt(len(data)) if len(data) > 1 else 0.0
     return MeanInterval(float(data.mean()), float(1.96 * sem), len(data))
+
+
+@dataclass(frozen=True)
+class SequentialCheckpoint:
+    """After `num_edits` in-place edits: KG fact accuracy (retention) and the share of past edits still top-1."""
+
+    num_edits: int
+    retention: float
+    past_efficacy: float
+
+    def to_dict(self) -> dict:
+        return {"num_edits": self.num_edits, "retention": self.retention, "past_efficacy": self.past_efficacy}
+
+
+def sequential_edits(rome, requests: Sequence[EditRequest], facts: Sequence[Fact], every: int,
+                     progress: bool = True) -> list[SequentialCheckpoint]:
+    """Apply `requests` one after another to `rome.model` in place; measure after every `every` edits.
+
+    Retention is fact accuracy over `facts` minus the edited (s, r) pairs (they are meant to change).
+    """
+    from tqdm.auto import tqdm
+
+    from src.lm.evaluate import fact_accuracy, predict_objects
+
+    edited_pairs: set[tuple[str, str]] = set()
+    checkpoints = [SequentialCheckpoint(0, fact_accuracy(rome.model, rome.tokenizer, list(facts)).accuracy, float("nan"))]
+    for count, request in enumerate(tqdm(requests, desc="sequential edits", unit="edit", disable=not progress), start=1):
+        rome.apply_edit(request.s, request.r, request.target, copy_model=False)
+        edited_pairs.add((request.s, request.r))
+        if count % every == 0 or count == len(requests):
+            kept = [f for f in facts if (f.s, f.r) not in edited_pairs]
+            past = requests[:count]
+            predicted = predict_objects(rome.model, rome.tokenizer, [Fact(q.s, q.r, q.target) for q in past])
+            efficacy = float(np.mean([p == q.target for p, q in zip(predicted, past)]))
+            checkpoints.append(SequentialCheckpoint(count, fact_accuracy(rome.model, rome.tokenizer, kept).accuracy,
+                                                    efficacy))
+    return checkpoints

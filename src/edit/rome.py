@@ -141,6 +141,9 @@ class ROME:
         use_mom2_adjustment: use C (else I).
         hparams: ROMEHyperParams, a dict of overrides, or a YAML path (defaults: configs/rome_gpt_small.yaml).
         stats_dir: cache directory for C (default $KG_ROME_CACHE or ~/.cache/kg_rome).
+        statistics_from: "current" computes C on the weights being edited (cached per weights); "initial" on the
+            weights as given here, kept in a private copy, for sequential in-place edits (one C per layer, not one
+            per edit).
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class ROME:
         hparams: ROMEHyperParams | Mapping[str, Any] | str | Path | None = None,
         stats_dir: str | Path | None = None,
         progress: bool = True,
+        statistics_from: str = "current",
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
@@ -163,6 +167,9 @@ class ROME:
         self.kg = KGContext.from_corpus(self.corpus_path) if self.corpus_path is not None else None
         self.use_mom2_adjustment = use_mom2_adjustment
         self.stats_dir = stats_dir
+        if statistics_from not in ("current", "initial"):
+            raise InputError(f"statistics_from must be current or initial, got '{statistics_from}'")
+        self._statistics_model = copy.deepcopy(model) if statistics_from == "initial" else None
         self.progress = progress
         if self.kg is None:
             warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
@@ -347,7 +354,7 @@ class ROME:
         if not self.use_mom2_adjustment or self.corpus_path is None:
             return None
         moment, _ = load_or_compute_second_moment(
-            model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples, self.hparams.mom2_dtype,
+            self._statistics_model or model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples, self.hparams.mom2_dtype,
             self.stats_dir, self.progress)
         if moment.shape != (size, size):
             raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
