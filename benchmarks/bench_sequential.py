@@ -21,7 +21,12 @@ from src.edit.rome_hparams import load_hparams  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 
-SETTINGS = {"default": {}, "original_keys": {"key_mode": "original", "v_objective": "lookup"}}
+SETTINGS = {
+    "default": {},
+    "original_keys": {"key_mode": "original", "v_objective": "lookup"},
+    "lookup": {"v_objective": "lookup"},
+    "clamp4": {"clamp_norm_factor": 4.0},
+}
 
 
 def main() -> None:

@@ -188,3 +188,14 @@ def test_no_corpus_warns_and_uses_identity(tmp_path):
     _, result = rome.apply_edit("a", "r", "z")
     assert torch.allclose(result._update.u, result._update.k_star)
     assert np.isfinite(result.update_norm)
+
+
+def test_edits_are_deterministic(tiny_corpus, tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_corpus, hparams=FAST,
+                stats_dir=tmp_path / "cache", progress=False)
+    first, a = rome.apply_edit("a", "r", "z")
+    second, b = rome.apply_edit("a", "r", "z")
+    assert a.layer == b.layer and a.v_steps == b.v_steps
+    assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
