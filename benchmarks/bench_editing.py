@@ -28,6 +28,7 @@ from src.lm.model import load_model  # noqa: E402
 
 SETTINGS = {
     "default": {},
+    "lookup": {"v_objective": "lookup"},
     "subject_last": {"fact_token": "subject_last"},
     "original_keys": {"key_mode": "original", "v_objective": "lookup"},
     "original_all": {"key_mode": "original", "v_objective": "lookup", "fact_token": "subject_last",
