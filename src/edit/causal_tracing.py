@@ -134,6 +134,13 @@ class LocateResult:
     effects: tuple[float, ...]
     trace: TraceResult = field(repr=False)
 
+    @classmethod
+    def from_trace(cls, trace: TraceResult, position: str) -> "LocateResult":
+        """Read the best layer at `position` off an MLP trace (no new forward)."""
+        token = trace.token_index(position)
+        return cls(layer=trace.best_layer(position), position=position, token_index=token,
+                   effects=tuple(float(e) for e in trace.indirect_effect[token]), trace=trace)
+
     def to_dict(self) -> dict:
         return {"layer": self.layer, "position": self.position, "token_index": self.token_index,
                 "effects": list(self.effects), "kind": self.trace.kind, "window": self.trace.window}
@@ -262,10 +269,7 @@ class CausalTracer:
         original ROME's edit position.
         """
         trace = self.trace_important_states(s, r, o_target, noise_level, num_samples, "mlp", window, noise, seed)
-        token = trace.token_index(position)
-        effects = trace.indirect_effect[token]
-        return LocateResult(layer=trace.best_layer(position), position=position, token_index=token,
-                            effects=tuple(float(e) for e in effects), trace=trace)
+        return LocateResult.from_trace(trace, position)
 
     def locate_important_layer(self, s: str, r: str, o_target: str | None = None, **kwargs) -> int:
         """`locate(...).layer`: the MLP layer to edit for this fact."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.kg.corpus import parse_sentence
+from src.kg.corpus import parse_sentence, require_corpus_file
 from src.kg.graph import Fact
 from src.utils.errors import InputError
 
@@ -32,10 +32,7 @@ class KGContext:
     @classmethod
     def from_corpus(cls, corpus_path: str | Path) -> "KGContext":
         """Read `corpus.train.txt` (and `meta.json` beside it for the aliases, when present)."""
-        corpus_path = Path(corpus_path)
-        if not corpus_path.is_file():
-            raise InputError(f"Corpus file not found: {corpus_path} (it is optional; make_kg writes one, "
-                             "e.g. data/kg/ba/corpus.train.txt)")
+        corpus_path = require_corpus_file(corpus_path)
         meta_path = corpus_path.parent / "meta.json"
         aliases = json.loads(meta_path.read_text()).get("relation_aliases", {}) if meta_path.is_file() else {}
         alias_tokens = set(aliases.values())

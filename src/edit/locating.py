@@ -102,8 +102,9 @@ class LocatingSummary:
                 f"{self.config.position.replace('_', ' ')} token")
 
     def to_dict(self) -> dict:
-        clean = [s.to_dict()["clean_prob"] for s in self.samples]
-        corrupted = [s.to_dict()["corrupted_prob"] for s in self.samples]
+        first_traces = [next(iter(s.traces.values())) for s in self.samples]
+        clean = [t.high_score for t in first_traces]
+        corrupted = [t.low_score for t in first_traces]
         best = [s.best_layer for s in self.samples]
         return {
             "parameters": {**asdict(self.config), "kinds": list(self.config.kinds)},

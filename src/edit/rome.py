@@ -16,6 +16,7 @@ For an edit s r -> o* at layer l, with W the MLP output projection (out(k) = W k
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -256,15 +257,19 @@ class ROME:
     def _token(self, token_id: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(token_id)
 
+    @functools.cached_property
+    def tracer(self) -> CausalTracer:
+        """The tracer that locates edits (built once: its noise scale comes from the entity embeddings, which ROME
+        never changes)."""
+        subjects = sorted({f.s for f in self.kg.facts}) if self.kg else None
+        return CausalTracer(self.model, self.tokenizer, self.device, subjects=subjects)
+
     def _locate(self, s: str, r: str, fact_token: str) -> LocateResult:
         hp = self.hparams
-        tracer = CausalTracer(self.model, self.tokenizer, self.device,
-                              subjects=sorted({f.s for f in self.kg.facts}) if self.kg else None)
-        kwargs = dict(noise_level=hp.locate_noise_level, num_samples=hp.locate_num_samples, window=hp.locate_window,
-                      seed=hp.seed)
-        if fact_token != "auto":
-            return tracer.locate(s, r, None, position=fact_token, **kwargs)
-        candidates = [tracer.locate(s, r, None, position=p, **kwargs) for p in ("last", "subject_last")]
+        trace = self.tracer.trace_important_states(s, r, None, hp.locate_noise_level, hp.locate_num_samples, "mlp",
+                                                   hp.locate_window, seed=hp.seed)
+        positions = ("last", "subject_last") if fact_token == "auto" else (fact_token,)
+        candidates = [LocateResult.from_trace(trace, position) for position in positions]
         return max(candidates, key=lambda c: max(c.effects))
 
     def _prompts(self, s: str, r: str) -> _EditPrompts:

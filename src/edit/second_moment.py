@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.hooks import Trace
 from src.edit.model_layout import ModelLayout
+from src.kg.corpus import require_corpus_file
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_file
 
@@ -87,10 +88,7 @@ def load_or_compute_second_moment(
     """(C, loaded_from_cache). Uses the first `n_samples` corpus lines (all if n_samples <= 0)."""
     if dtype not in DTYPES:
         raise InputError(f"unknown mom2_dtype '{dtype}'; allowed: {', '.join(DTYPES)}")
-    corpus_path = Path(corpus_path)
-    if not corpus_path.is_file():
-        raise InputError(f"Corpus file not found: {corpus_path} (the corpus is optional; it is written by "
-                         "python -m src.cli.make_kg, e.g. data/kg/ba/corpus.train.txt)")
+    corpus_path = require_corpus_file(corpus_path)
     cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{stats_key(model, corpus_path, layer, n_samples, dtype)}.pt"
     if cache_file.is_file():
         return torch.load(cache_file, map_location="cpu", weights_only=True)["mom2"], True

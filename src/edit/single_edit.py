@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.edit.causal_tracing import KINDS, CausalTracer, TraceResult
+from src.edit.causal_tracing import KINDS, TraceResult
 from src.edit.kg_context import KGContext
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import check_known_words, encode_fact_prompt
 from src.edit.rome import ROME, EditResult
+from src.kg.corpus import require_corpus_file
 from src.kg.graph import Fact
 from src.lm.model import load_model
 from src.utils.errors import InputError
@@ -85,9 +86,8 @@ def validate_output_paths(config: SingleEditConfig) -> None:
     if config.save_model is not None and Path(config.save_model).resolve() == Path(config.model_dir).resolve():
         raise InputError(f"--save-model {config.save_model} is the input model directory; choose another directory "
                          "(the input model is never modified)")
-    if config.kg_corpus is not None and not Path(config.kg_corpus).is_file():
-        raise InputError(f"Corpus file not found: {config.kg_corpus} (it is optional; the default KG's corpus is "
-                         "data/kg/ba/corpus.train.txt)")
+    if config.kg_corpus is not None:
+        require_corpus_file(config.kg_corpus)
 
 
 def run_single_edit(config: SingleEditConfig) -> SingleEditReport:
@@ -115,9 +115,7 @@ def run_single_edit(config: SingleEditConfig) -> SingleEditReport:
         now = top_predictions(edited, tokenizer, ids, 1, rome.device)[0]
         rows.append({**fact.to_dict(), "before": was[0], "before_prob": was[1], "after": now[0], "after_prob": now[1],
                      "kept": was[0] == now[0]})
-    entities = sorted({f.s for f in rome.kg.facts}) if rome.kg else None
-    tracer = CausalTracer(model, tokenizer, device=rome.device, subjects=entities)
-    traces = tracer.trace_kinds(config.subject, config.relation, result.original_prediction, kinds=KINDS,
+    traces = rome.tracer.trace_kinds(config.subject, config.relation, result.original_prediction, kinds=KINDS,
                                 window=rome.hparams.locate_window, seed=rome.hparams.seed)
     report = SingleEditReport(result, before, after, tuple(rows), traces, Path(config.output_dir))
     write_report(report, config, edited, tokenizer)

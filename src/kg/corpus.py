@@ -50,10 +50,17 @@ def write_corpus(lines: list[str], path: str | Path) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def read_corpus(path: str | Path) -> list[str]:
+def require_corpus_file(path: str | Path) -> Path:
+    """`path` as a Path; InputError (the usage guide's "Corpus file not found") when it is not a file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"corpus file not found: {path} (build one with: python -m src.cli.make_kg --config configs/kg_ba.yaml)")
+        raise InputError(f"Corpus file not found: {path} (make_kg writes one: python -m src.cli.make_kg "
+                         "--config configs/kg_ba.yaml -> data/kg/ba/corpus.train.txt)")
+    return path
+
+
+def read_corpus(path: str | Path) -> list[str]:
+    path = require_corpus_file(path)
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
