@@ -34,6 +34,7 @@ from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
+from src.edit.rewrite import mlp_keys, pad_id, prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
 from src.kg.graph import Fact
@@ -112,6 +113,7 @@ class EditResult:
     note: str = ""
     locate: dict | None = None
     weight_name: str = ""
+    context_facts: tuple[str, ...] = ()  # the KG facts used as context prefixes to compute the edit
     _saved_weight: torch.Tensor | None = field(default=None, repr=False, compare=False)
     _update: RankOneUpdate | None = field(default=None, repr=False, compare=False)
 
@@ -129,6 +131,7 @@ class _EditPrompts:
     eval_alias: list[EncodedPrompt]
     subject_facts: list[Fact]
     other_facts: list[Fact]
+    context_facts: list[Fact]
 
 
 class ROME:
@@ -241,6 +244,7 @@ class ROME:
             edited, "edited", layer_used, layer_source, fact_token, update_norm=float(update.matrix().norm()),
             delta_norm=float(update.delta.norm()), v_steps=steps, metrics=metrics,
             locate=located.to_dict() if located else None, weight_name=weight_name,
+            context_facts=tuple(f.sentence() for f in prompts.context_facts),
             _saved_weight=None if copy_model else saved, _update=update,
         )
 
@@ -277,7 +281,7 @@ class ROME:
         rng = np.random.default_rng([hp.seed, 7])
         bare = encode_fact_prompt(self.tokenizer, s, r)
         if kg is None:
-            return _EditPrompts([bare], [], [], [], [], [])
+            return _EditPrompts([bare], [], [], [], [], [], [])
         subject_facts = [f for f in kg.facts_of(s) if f.r != r]
         prefix_facts = kg.sample_facts(hp.num_context_prefixes + hp.num_eval_prefixes, rng, exclude_subjects={s})
         train_prefixes = prefix_facts[: hp.num_context_prefixes]
@@ -292,6 +296,7 @@ class ROME:
             eval_alias=[encode_fact_prompt(self.tokenizer, s, alias)] if known_alias else [],
             subject_facts=subject_facts,
             other_facts=others,
+            context_facts=train_prefixes,
         )
 
     def _next_token_probs(self, model: PreTrainedModel, prompts: list[EncodedPrompt]) -> torch.Tensor:
@@ -301,8 +306,7 @@ class ROME:
 
     @property
     def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        return pad_id(self.tokenizer)
 
     def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts) -> dict[str, list[int]]:
         groups = {
@@ -336,12 +340,8 @@ class ROME:
         )
 
     def _prompt_weights(self, n_rewrite: int) -> torch.Tensor:
-        """Weights of the rewrite prompts in k* and in the NLL: the bare prompt gets bare_prompt_weight, the prompts
-        behind context prefixes share the rest (all of it goes to the bare prompt when there are none)."""
-        if n_rewrite == 1:
-            return torch.ones(1)
-        bare = self.hparams.bare_prompt_weight
-        return torch.tensor([bare] + [(1 - bare) / (n_rewrite - 1)] * (n_rewrite - 1))
+        """Weights of the rewrite prompts in k* and in the NLL (float32; see `src.edit.rewrite.prompt_weights`)."""
+        return prompt_weights(n_rewrite, self.hparams.bare_prompt_weight).float()
 
     def _edit_positions(self, prompts: list[EncodedPrompt], fact_token: str) -> list[int]:
         if fact_token == "last":
@@ -350,10 +350,7 @@ class ROME:
 
     def _keys(self, model: PreTrainedModel, prompts: list[EncodedPrompt], positions: list[int], layer: int) -> torch.Tensor:
         """(len(prompts), d_ff) float32: the input of layer's MLP output projection at each prompt's position."""
-        batch = PromptBatch.of([p.input_ids for p in prompts], self._pad_id, self.device)
-        with torch.no_grad(), Trace(ModelLayout.of(model).mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        return trace.input[torch.arange(len(prompts)), torch.tensor(positions)].float()
+        return mlp_keys(model, self.tokenizer, prompts, positions, layer)
 
     def _key_covariance(self, model: PreTrainedModel, layer: int, size: int) -> torch.Tensor | None:
         if not self.use_mom2_adjustment or self.corpus_path is None:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from src.utils.io import atomic_path
+from src.viz.figures import save_figure
 
 
 def _bars(ax, top: Sequence[tuple[str, float]], title: str, highlight: dict[str, str]) -> None:
@@ -49,5 +49,4 @@ def plot_edit(before: Sequence[tuple[str, float]], after: Sequence[tuple[str, fl
     table.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
     fig.suptitle(f"ROME edit: {prompt} -> {result.target}", fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path)

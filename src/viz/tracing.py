@@ -16,16 +16,11 @@ from tqdm.auto import tqdm
 
 from src.edit.causal_tracing import TraceResult
 from src.edit.trace_stats import TOKEN_GROUPS, AverageEffects
-from src.utils.io import atomic_path
+from src.viz.figures import save_figure
 
 # green = negative indirect effect, white = none, red = positive (the usage guide's convention)
 EFFECT_CMAP = LinearSegmentedColormap.from_list("effect", ["#1a9850", "#ffffff", "#d73027"])
 KIND_TITLES = {"hidden": "hidden states (block outputs)", "mlp": "MLP outputs", "attn": "attention outputs"}
-
-
-def _save(fig, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def token_labels(trace: TraceResult) -> list[str]:
@@ -67,7 +62,7 @@ def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: 
     width, label_inches = fig.get_figwidth(), 0.1 + 0.08 * max(len(label) for label in token_labels(first))
     fig.subplots_adjust(left=label_inches / width, right=0.95, bottom=0.55 / height, top=1 - 0.6 / height,
                         wspace=0.55)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_trace_job(job: tuple) -> None:
@@ -108,7 +103,7 @@ def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Pat
     axes[0][0].set_ylabel("average indirect effect")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_best_layers(best_layers: Sequence[int], num_layers: int, path: str | Path, label: str = "best layer") -> None:
@@ -121,4 +116,4 @@ def plot_best_layers(best_layers: Sequence[int], num_layers: int, path: str | Pa
     ax.set_ylabel("facts")
     ax.set_title(f"{label} over {len(best_layers)} facts", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from src.utils.io import atomic_path
+from src.viz.figures import save_figure
 
 
 def plot_training_curve(history: Sequence[dict], path: str | Path, target_accuracy: float | None = None) -> None:
@@ -25,5 +25,4 @@ def plot_training_curve(history: Sequence[dict], path: str | Path, target_accura
     accuracy_axis.set_ylabel("fact accuracy", color="tab:red")
     accuracy_axis.set_ylim(0, 1.02)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    save_figure(fig, path, dpi=120)

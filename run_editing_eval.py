@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Evaluate editing methods on counterfactual KG edits:
+    ./run_editing_eval.sh --methods rome,ft,memit --num-edits 200 --mode independent
+
+Writes eval_summary.json, eval_records.jsonl, metrics_by_method.png (and sequential.png) to --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from src.cli.common import run_cli
+from src.cli.paths import REPO_ROOT, repo_path
+from src.edit.eval_runner import MODES, EvalConfig, run_evaluation
+from src.edit.methods import METHODS
+from src.utils.errors import InputError
+
+
+def parse_hparams(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        method, sep, path = item.partition("=")
+        if not sep or not method or not path:
+            raise InputError(f"--hparams expects METHOD=FILE, got '{item}'")
+        out[method] = path
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> EvalConfig:
+    p = argparse.ArgumentParser(description="Evaluate editing methods on counterfactual edits of KG facts.")
+    p.add_argument("--model-dir", default=repo_path("outputs/models/gpt_small"))
+    p.add_argument("--kg-file", default=repo_path("data/kg/ba/graph.jsonl"))
+    p.add_argument("--kg-corpus", default=None, help="corpus for key statistics and prefixes (default: "
+                   "corpus.train.txt beside --kg-file)")
+    p.add_argument("--methods", default="rome", help=f"comma-separated, from: {', '.join(METHODS)} (default: rome)")
+    p.add_argument("--num-edits", type=int, default=100)
+    p.add_argument("--mode", default="independent", choices=MODES)
+    p.add_argument("--every", type=int, default=50, help="sequential mode: checkpoint every this many edits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", default=repo_path("outputs/editing_eval"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--hparams", action="append", default=[], metavar="METHOD=FILE",
+                   help="hyperparameters YAML for one method (repeatable; default: configs/<method>_gpt_small.yaml)")
+    p.add_argument("--num-neighbors", type=int, default=20, help="same-relation facts per edit for specificity")
+    p.add_argument("--num-random", type=int, default=20, help="random facts per edit for specificity")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    return EvalConfig(model_dir=a.model_dir, kg_file=a.kg_file, kg_corpus=a.kg_corpus, methods=methods,
+                      num_edits=a.num_edits, mode=a.mode, seed=a.seed, output_dir=a.output_dir, device=a.device,
+                      hparams=parse_hparams(a.hparams), every=a.every, num_neighbors=a.num_neighbors,
+                      num_random=a.num_random, progress=not a.no_progress)
+
+
+def fmt(metric: dict, scale: float = 1.0) -> str:
+    if metric["n"] == 0:
+        return "n/a"
+    return f"{metric['mean'] * scale:.3f}±{metric['ci95'] * scale:.3f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    report = run_evaluation(config, REPO_ROOT)
+    columns = [("efficacy", "efficacy"), ("generalization_prefix", "gen.prefix"), ("generalization_alias", "gen.alias"),
+               ("specificity_relation", "spec.rel"), ("specificity_subject", "spec.subj"),
+               ("specificity_random", "spec.rand"), ("retention_drop_points", "ret.drop(pt)"), ("seconds", "s/edit")]
+    print(f"\n{config.num_edits} edits, mode {config.mode}, seed {config.seed}")
+    print(f"{'method':<15}" + "".join(f"{label:>16}" for _, label in columns))
+    for method, data in report.summary.items():
+        print(f"{method:<15}" + "".join(f"{fmt(data['metrics'][name]):>16}" for name, _ in columns))
+        for point in data["checkpoints"]:
+            past = "n/a" if point["past_efficacy"] is None else f"{point['past_efficacy']:.3f}"
+            print(f"{'':<15}after {point['num_edits']:>4} edits: retention {point['retention']:.3f}, "
+                  f"past-edit efficacy {past}")
+    print(f"-> {report.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

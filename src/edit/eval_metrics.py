@@ -1,0 +1,257 @@
+"""Per-edit metrics in the KG setting (the KG counterpart of CounterFact's efficacy / paraphrase / neighborhood):
+
+efficacy        the target is top-1 after `"s r"`; margin = p(target) - p(old object) after the edit
+generalization  the target is top-1 behind KG context prefixes the method did not use (`prefix`) and with the
+                relation's alias (`alias`, where the corpus has one)
+specificity     facts whose top-1 prediction stays as before the edit: same relation, other subjects (`relation`);
+                the subject's other facts (`subject`); random facts of other subjects (`random`)
+retention       whole-KG fact accuracy (edited (s, r) pairs left out) before and after
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.evaluation import EditRequest
+from src.edit.kg_context import prefix_text
+from src.lm.evaluate import first_token_id
+from src.kg.graph import Fact
+from src.utils.errors import InputError
+
+
+class PromptProbe:
+    """Next-token logits for a fixed list of prompts, tokenized once and batched by token length (no padding)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_size: int = 4096) -> None:
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        groups: dict[int, list[int]] = {}
+        for index, ids in enumerate(encoded):
+            groups.setdefault(len(ids), []).append(index)
+        self.size = len(prompts)
+        self.batches = [(torch.tensor(chunk), torch.tensor([encoded[i] for i in chunk]))
+                        for indices in groups.values()
+                        for chunk in (indices[i : i + batch_size] for i in range(0, len(indices), batch_size))]
+
+    @torch.no_grad()
+    def _run(self, model: PreTrainedModel, reduce) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        device = next(model.parameters()).device
+        return [(rows, reduce(model(input_ids=ids.to(device), logits_to_keep=1, use_cache=False).logits[:, -1].float()))
+                for rows, ids in self.batches]
+
+    def top1(self, model: PreTrainedModel) -> torch.Tensor:
+        """(n,) long, CPU: the argmax token after each prompt."""
+        out = torch.empty(self.size, dtype=torch.long)
+        for rows, ids in self._run(model, lambda logits: logits.argmax(-1).cpu()):
+            out[rows] = ids
+        return out
+
+    def probabilities(self, model: PreTrainedModel) -> torch.Tensor:
+        """(n, vocab) float32, CPU: softmax of the next-token logits (for small prompt sets)."""
+        results = self._run(model, lambda logits: torch.softmax(logits, dim=-1).cpu())
+        out = torch.empty(self.size, results[0][1].shape[-1]) if results else torch.empty(0, 0)
+        for rows, probs in results:
+            out[rows] = probs
+        return out
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """What is measured for one request, fixed before any edit. Indices point into the evaluator's fact list.
+
+    prefix_candidates: context facts in order; the first `num_prefixes` the method did not use are measured."""
+
+    request: EditRequest
+    fact_index: int
+    prefix_candidates: tuple[Fact, ...]
+    alias: str | None
+    relation_neighbors: tuple[int, ...]
+    subject_facts: tuple[int, ...]
+    random_facts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """Metrics of one edit (fractions in [0, 1]; None: nothing to measure). retention_* are KG fact accuracies with
+    the edited pairs left out; update_norm: Frobenius norm of the weight change of the method call that made the edit
+    (shared by all requests of a batch); seconds: the method's time per request."""
+
+    index: int
+    method: str
+    mode: str
+    request: EditRequest
+    efficacy: bool
+    margin: float
+    target_prob_before: float
+    target_prob_after: float
+    old_prob_before: float
+    old_prob_after: float
+    generalization_prefix: float | None
+    generalization_alias: float | None
+    specificity_relation: float | None
+    specificity_subject: float | None
+    specificity_random: float | None
+    retention_before: float | None
+    retention_after: float | None
+    update_norm: float
+    seconds: float
+    layers: tuple[int, ...]
+    steps: int
+    kind: str = field(default="edit", init=False)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["request"] = self.request.to_dict()
+        data["layers"] = list(self.layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EditRecord":
+        fields = {k: v for k, v in data.items() if k != "kind"}
+        fields["request"] = EditRequest(**fields["request"])
+        fields["layers"] = tuple(fields["layers"])
+        return cls(**fields)
+
+    @property
+    def retention_drop_points(self) -> float | None:
+        """(before - after) in percentage points."""
+        if self.retention_before is None or self.retention_after is None:
+            return None
+        return 100.0 * (self.retention_before - self.retention_after)
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """Sequential mode, after `num_edits` in-place edits: KG retention (edited pairs left out), the share of past
+    edits still top-1, and of past edits' held-out prefix prompts with the target top-1."""
+
+    method: str
+    num_edits: int
+    retention: float
+    past_efficacy: float | None
+    past_generalization: float | None
+    kind: str = field(default="checkpoint", init=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CheckpointRecord":
+        return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+def share(values: Sequence[bool]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+class KGEvaluator:
+    """Measures edits against one KG: `facts` (whole-KG retention and specificity) and relation `aliases`.
+
+    Build once per run: the whole-KG prompts are tokenized once and the unedited model's predictions computed once.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Fact],
+                 aliases: dict[str, str] | None = None, num_prefixes: int = 5, num_neighbors: int = 20,
+                 num_random: int = 20, seed: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.facts = list(facts)
+        self.index = {(f.s, f.r): i for i, f in enumerate(self.facts)}
+        self.aliases = dict(aliases or {})
+        self.num_prefixes, self.num_neighbors, self.num_random, self.seed = num_prefixes, num_neighbors, num_random, seed
+        self.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in self.facts])
+        self.answers = torch.tensor([first_token_id(tokenizer, f.o) for f in self.facts])
+        self.predictions_before = self.kg_probe.top1(model)
+        unk = tokenizer.unk_token_id
+        self._known = lambda word: unk is None or unk not in tokenizer(word, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------------ cases
+
+    def case(self, request: EditRequest) -> EvalCase:
+        """Seeded per (seed, subject, relation): the same request gets the same prompts in every method and mode."""
+        if (request.s, request.r) not in self.index:
+            raise InputError(f"request '{request.s} {request.r}' is not a fact of the KG")
+        rng = np.random.default_rng([self.seed, 13, *[ord(c) for c in f"{request.s}|{request.r}"]])
+        others = [i for i, f in enumerate(self.facts) if f.s != request.s]
+        same_relation = [i for i in others if self.facts[i].r == request.r]
+
+        def sample(pool: list[int], n: int) -> tuple[int, ...]:
+            return tuple(sorted(pool[j] for j in rng.choice(len(pool), size=min(n, len(pool)), replace=False))) if pool else ()
+
+        size = min(self.num_prefixes + 20, len(others))
+        candidates = [self.facts[others[j]] for j in rng.choice(len(others), size=size, replace=False)] if others else []
+        alias = self.aliases.get(request.r)
+        return EvalCase(
+            request=request, fact_index=self.index[(request.s, request.r)], prefix_candidates=tuple(candidates),
+            alias=alias if alias is not None and self._known(alias) else None,
+            relation_neighbors=sample(same_relation, self.num_neighbors),
+            subject_facts=tuple(i for i, f in enumerate(self.facts) if f.s == request.s and f.r != request.r),
+            random_facts=sample(others, self.num_random),
+        )
+
+    def probe_prompts(self, case: EvalCase, used_context: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(held-out prefixed prompts, alias prompts) for a case, leaving out the method's context facts."""
+        used = set(used_context)
+        held_out = [f for f in case.prefix_candidates if f.sentence() not in used][: self.num_prefixes]
+        q = case.request
+        prefixed = [f"{prefix_text(f)}{q.s} {q.r}" for f in held_out]
+        return prefixed, ([f"{q.s} {case.alias}"] if case.alias else [])
+
+    # ------------------------------------------------------------------ measuring
+
+    def retention(self, predictions: torch.Tensor, edited: set[tuple[str, str]]) -> float:
+        keep = torch.tensor([(f.s, f.r) not in edited for f in self.facts])
+        return float((predictions[keep] == self.answers[keep]).float().mean())
+
+    def measure(self, model_before_probs: torch.Tensor, model: PreTrainedModel, cases: Sequence[EvalCase],
+                used_contexts: Sequence[Sequence[str]], predictions_after: torch.Tensor | None,
+                edited: set[tuple[str, str]],
+                predictions_before: torch.Tensor | None = None) -> list[dict]:
+        """Metric fields (see `EditRecord`) for `cases` edited together in `model`.
+
+        model_before_probs: (len(cases), vocab) next-token probabilities of the bare prompts before the edit.
+        predictions_after / predictions_before: whole-KG top-1 after and before (default: the unedited model's);
+        predictions_after None leaves specificity and retention unmeasured (None)."""
+        before = self.predictions_before if predictions_before is None else predictions_before
+        edited_rows = {self.index[pair] for pair in edited if pair in self.index}
+        prompt_sets = [self.probe_prompts(c, used) for c, used in zip(cases, used_contexts)]
+        bare = [f"{c.request.s} {c.request.r}" for c in cases]
+        flat = bare + [p for prefixed, alias in prompt_sets for p in prefixed + alias]
+        probs = PromptProbe(self.tokenizer, flat).probabilities(model)
+        top = probs.argmax(-1)
+        measured = predictions_after is not None
+        retention_before = self.retention(before, edited) if measured else None
+        retention_after = self.retention(predictions_after, edited) if measured else None
+        out, start = [], len(cases)
+        for i, (case, (prefixed, alias)) in enumerate(zip(cases, prompt_sets)):
+            q = case.request
+            target, old = first_token_id(self.tokenizer, q.target), first_token_id(self.tokenizer, q.o)
+            prefix_top = top[start : start + len(prefixed)].tolist()
+            alias_top = top[start + len(prefixed) : start + len(prefixed) + len(alias)].tolist()
+            start += len(prefixed) + len(alias)
+
+            def kept(indices: Sequence[int]) -> float | None:
+                if not measured:
+                    return None
+                rows = [j for j in indices if j not in edited_rows]
+                return share([bool(predictions_after[j] == before[j]) for j in rows])
+
+            out.append({
+                "efficacy": bool(top[i] == target),
+                "margin": float(probs[i, target] - probs[i, old]),
+                "target_prob_before": float(model_before_probs[i, target]),
+                "target_prob_after": float(probs[i, target]),
+                "old_prob_before": float(model_before_probs[i, old]),
+                "old_prob_after": float(probs[i, old]),
+                "generalization_prefix": share([p == target for p in prefix_top]),
+                "generalization_alias": share([p == target for p in alias_top]),
+                "specificity_relation": kept(case.relation_neighbors),
+                "specificity_subject": kept(case.subject_facts),
+                "specificity_random": kept(case.random_facts),
+                "retention_before": retention_before,
+                "retention_after": retention_after,
+            })
+        return out

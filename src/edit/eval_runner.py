@@ -1,0 +1,290 @@
+"""Edit evaluation runs: methods x one mode over seeded counterfactual requests, records, summary, run directory.
+
+Modes:
+  independent  every edit starts from the original weights (the changed tensors are restored after each edit)
+  batch        all requests in one call of a batched method (ft, memit)
+  sequential   edits applied one after another in place; every `every` edits a checkpoint measures KG retention and
+               the past edits' efficacy and generalization
+
+Run directory: eval_summary.json (parameters + per-method summary), eval_records.jsonl (one line per edit and per
+checkpoint; `summarize` rebuilds the summary from it), metrics_by_method.png, and sequential.png in sequential mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.eval_metrics import CheckpointRecord, EditRecord, EvalCase, KGEvaluator, PromptProbe
+from src.edit.evaluation import EditRequest, draw_requests, mean_interval
+from src.edit.kg_context import KGContext
+from src.edit.methods import METHODS, EditEnvironment, build_editor, method_spec
+from src.kg.corpus import require_corpus_file
+from src.kg.graph import read_graph_jsonl
+from src.lm.evaluate import first_token_id
+from src.lm.model import load_model
+from src.utils.device import resolve_device
+from src.utils.errors import InputError
+from src.utils.io import atomic_path, atomic_write_json
+
+MODES = ("independent", "batch", "sequential")
+SUMMARY_FILE = "eval_summary.json"
+RECORDS_FILE = "eval_records.jsonl"
+SUMMARY_METRICS = ("efficacy", "margin", "generalization_prefix", "generalization_alias", "specificity_relation",
+                   "specificity_subject", "specificity_random", "retention_drop_points", "update_norm", "seconds")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """hparams: method -> YAML path (methods not named use their registry default file when it exists)."""
+
+    model_dir: str
+    kg_file: str
+    kg_corpus: str | None = None
+    methods: tuple[str, ...] = ("rome",)
+    num_edits: int = 100
+    mode: str = "independent"
+    seed: int = 0
+    output_dir: str = "outputs/editing_eval"
+    device: str = "auto"
+    hparams: dict[str, str] = field(default_factory=dict)
+    every: int = 50
+    num_prefixes: int = 5
+    num_neighbors: int = 20
+    num_random: int = 20
+    progress: bool = True
+
+    def validate(self) -> None:
+        for method in self.methods:
+            method_spec(method)
+        if not self.methods:
+            raise InputError("no methods given; allowed: " + ", ".join(METHODS))
+        if self.mode not in MODES:
+            raise InputError(f"unknown mode '{self.mode}'; allowed: {', '.join(MODES)}")
+        if self.num_edits < 1:
+            raise InputError(f"--num-edits must be >= 1, got {self.num_edits}")
+        if self.every < 1:
+            raise InputError(f"--every must be >= 1, got {self.every}")
+        unknown = sorted(set(self.hparams) - set(self.methods))
+        if unknown:
+            raise InputError(f"hparams given for '{unknown[0]}', which is not among the methods ({', '.join(self.methods)})")
+        if self.mode == "batch":
+            single = [m for m in self.methods if not METHODS[m].batched]
+            if single:
+                raise InputError(f"method '{single[0]}' edits one fact at a time and has no batch mode; batched methods: "
+                                 + ", ".join(n for n, s in METHODS.items() if s.batched))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["methods"] = list(self.methods)
+        return data
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    method: str
+    records: tuple[EditRecord, ...]
+    checkpoints: tuple[CheckpointRecord, ...] = ()
+
+
+# ------------------------------------------------------------------ running one method
+
+
+def _update_norm(model: PreTrainedModel, snapshot: dict[str, torch.Tensor], changed: Sequence[str]) -> float:
+    params = dict(model.named_parameters())
+    return math.sqrt(sum(float((params[n].detach().double().cpu() - snapshot[n].double()).pow(2).sum()) for n in changed))
+
+
+def _restore(model: PreTrainedModel, snapshot: dict[str, torch.Tensor], changed: Sequence[str]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in changed:
+            params[name].copy_(snapshot[name])
+
+
+def _snapshot_changed(model: PreTrainedModel, snapshot: dict[str, torch.Tensor], changed: Sequence[str]) -> None:
+    params = dict(model.named_parameters())
+    for name in changed:
+        snapshot[name] = params[name].detach().clone().cpu()
+
+
+def _bare_probabilities(evaluator: KGEvaluator, model: PreTrainedModel, requests: Sequence[EditRequest]) -> torch.Tensor:
+    return PromptProbe(evaluator.tokenizer, [f"{q.s} {q.r}" for q in requests]).probabilities(model)
+
+
+def _record(index: int, method: str, mode: str, request: EditRequest, metrics: dict, info, norm: float,
+            seconds: float) -> EditRecord:
+    return EditRecord(index=index, method=method, mode=mode, request=request, update_norm=norm, seconds=seconds,
+                      layers=tuple(info.layers), steps=info.steps, **metrics)
+
+
+def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+               mode: str, evaluator: KGEvaluator, env: EditEnvironment, hparams: Any = None, every: int = 50,
+               progress: bool = True) -> MethodRun:
+    """Evaluate one method; `model` itself is never changed (the method edits a private copy)."""
+    work = copy.deepcopy(model)
+    editor = build_editor(method, work, tokenizer, hparams, env)
+    snapshot = {name: p.detach().clone().cpu() for name, p in work.named_parameters()}
+    cases = [evaluator.case(q) for q in requests]
+    bar = dict(desc=f"{method} ({mode})", unit="edit", disable=not progress)
+
+    if mode == "batch":
+        before = _bare_probabilities(evaluator, work, requests)
+        started = time.perf_counter()
+        output = editor.edit(requests)
+        seconds = (time.perf_counter() - started) / len(requests)
+        norm = _update_norm(work, snapshot, output.changed)
+        metrics = evaluator.measure(before, work, cases, [i.context_facts for i in output.infos],
+                                    evaluator.kg_probe.top1(work), {(q.s, q.r) for q in requests})
+        records = [_record(i, method, mode, q, m, info, norm, seconds)
+                   for i, (q, m, info) in enumerate(zip(requests, metrics, output.infos))]
+        return MethodRun(method, tuple(records))
+
+    records, checkpoints, used = [], [], []
+    if mode == "sequential":
+        checkpoints.append(CheckpointRecord(method, 0, evaluator.retention(evaluator.predictions_before, set()), None, None))
+    for i, (q, case) in enumerate(zip(requests, tqdm(cases, **bar))):
+        before = _bare_probabilities(evaluator, work, [q])
+        started = time.perf_counter()
+        output = editor.edit([q])
+        seconds = time.perf_counter() - started
+        info = output.infos[0]
+        used.append(info.context_facts)
+        if mode == "independent":
+            norm = _update_norm(work, snapshot, output.changed)
+            metrics = evaluator.measure(before, work, [case], [info.context_facts], evaluator.kg_probe.top1(work),
+                                        {(q.s, q.r)})[0]
+            _restore(work, snapshot, output.changed)
+        else:  # sequential: the snapshot follows the weights, so the norm is this edit's own change
+            norm = _update_norm(work, snapshot, output.changed)
+            _snapshot_changed(work, snapshot, output.changed)
+            metrics = evaluator.measure(before, work, [case], [info.context_facts], None, {(q.s, q.r)})[0]
+        records.append(_record(i, method, mode, q, metrics, info, norm, seconds))
+        if mode == "sequential" and ((i + 1) % every == 0 or i + 1 == len(requests)):
+            checkpoints.append(checkpoint(evaluator, work, method, cases[: i + 1], used))
+    return MethodRun(method, tuple(records), tuple(checkpoints))
+
+
+def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, cases: Sequence[EvalCase],
+               used: Sequence[Sequence[str]]) -> CheckpointRecord:
+    """Retention over the unedited facts, and past edits' efficacy / held-out prefix generalization."""
+    requests = [c.request for c in cases]
+    edited = {(q.s, q.r) for q in requests}
+    targets = torch.tensor([first_token_id(evaluator.tokenizer, q.target) for q in requests])
+    efficacy = float((PromptProbe(evaluator.tokenizer, [f"{q.s} {q.r}" for q in requests]).top1(model) == targets).float().mean())
+    prompts, owners = [], []
+    for index, (case, context) in enumerate(zip(cases, used)):
+        prefixed, _ = evaluator.probe_prompts(case, context)
+        prompts += prefixed
+        owners += [index] * len(prefixed)
+    generalization = None
+    if prompts:
+        hits = PromptProbe(evaluator.tokenizer, prompts).top1(model) == targets[torch.tensor(owners)]
+        generalization = float(hits.float().mean())
+    return CheckpointRecord(method, len(requests), evaluator.retention(evaluator.kg_probe.top1(model), edited),
+                            efficacy, generalization)
+
+
+# ------------------------------------------------------------------ summary
+
+
+def summarize(records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRecord] = ()) -> dict[str, dict]:
+    """Per method: mean and 95% interval of every metric over its edits, and its sequential checkpoints."""
+    summary: dict[str, dict] = {}
+    for method in dict.fromkeys(r.method for r in records):
+        mine = [r for r in records if r.method == method]
+        values = {name: [getattr(r, name) for r in mine] for name in SUMMARY_METRICS if name != "retention_drop_points"}
+        values["retention_drop_points"] = [r.retention_drop_points for r in mine]
+        summary[method] = {
+            "mode": mine[0].mode,
+            "num_edits": len(mine),
+            "metrics": {name: mean_interval(values[name]).to_dict() for name in SUMMARY_METRICS},
+            "checkpoints": [c.to_dict() for c in checkpoints if c.method == method],
+        }
+    return summary
+
+
+def read_records(path: str | Path) -> tuple[list[EditRecord], list[CheckpointRecord]]:
+    """Inverse of the records file; a malformed line is an error naming its line number."""
+    edits, checkpoints = [], []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            (checkpoints if data.get("kind") == "checkpoint" else edits).append(
+                CheckpointRecord.from_dict(data) if data.get("kind") == "checkpoint" else EditRecord.from_dict(data))
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise InputError(f"{path}:{number}: not an evaluation record ({exc})") from None
+    return edits, checkpoints
+
+
+# ------------------------------------------------------------------ whole run
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    config: EvalConfig
+    runs: tuple[MethodRun, ...]
+    summary: dict[str, dict]
+    output_dir: Path
+
+
+def default_corpus(kg_file: str | Path) -> Path:
+    return Path(kg_file).resolve().parent / "corpus.train.txt"
+
+
+def method_hparams(config: EvalConfig, method: str, repo_root: Path) -> str | None:
+    """The YAML given for `method`, else its registry default file (under `repo_root`) when present, else None."""
+    if method in config.hparams:
+        return config.hparams[method]
+    default = repo_root / METHODS[method].default_hparams
+    return str(default) if default.is_file() else None
+
+
+def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport:
+    """Everything is validated before any edit; the output files are written atomically at the end."""
+    config.validate()
+    corpus = require_corpus_file(config.kg_corpus or default_corpus(config.kg_file))
+    graph = read_graph_jsonl(config.kg_file)
+    model, tokenizer = load_model(config.model_dir, device=config.device)
+    model.eval()
+    env = EditEnvironment(corpus_path=corpus, device=resolve_device(config.device), progress=config.progress)
+    aliases = KGContext.from_corpus(corpus).aliases
+    evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, config.num_prefixes, config.num_neighbors,
+                            config.num_random, config.seed)
+    requests = draw_requests(graph, config.num_edits, config.seed)
+    hparams = {m: method_hparams(config, m, repo_root) for m in config.methods}
+    runs = tuple(run_method(m, model, tokenizer, requests, config.mode, evaluator, env, hparams[m], config.every,
+                            config.progress) for m in config.methods)
+    records = [r for run in runs for r in run.records]
+    checkpoints = [c for run in runs for c in run.checkpoints]
+    summary = summarize(records, checkpoints)
+    output_dir = Path(config.output_dir)
+    write_run(output_dir, config, hparams, summary, records, checkpoints)
+    return EvalReport(config, runs, summary, output_dir)
+
+
+def write_run(output_dir: Path, config: EvalConfig, hparams: dict, summary: dict, records: Sequence[EditRecord],
+              checkpoints: Sequence[CheckpointRecord]) -> None:
+    from src.viz.evaluation import plot_method_metrics, plot_sequential
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output_dir / RECORDS_FILE) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for item in [*records, *checkpoints]:
+                handle.write(json.dumps(item.to_dict()) + "\n")
+    plot_method_metrics(summary, output_dir / "metrics_by_method.png", title=f"{config.num_edits} edits, {config.mode}")
+    if config.mode == "sequential":
+        plot_sequential(summary, output_dir / "sequential.png")
+    parameters = {**config.to_dict(), "hparams": hparams}
+    atomic_write_json(output_dir / SUMMARY_FILE, {"parameters": parameters, "methods": summary})

@@ -1,0 +1,62 @@
+"""Editing methods behind one interface: a registry from name to `MethodSpec`.
+
+    editor = build_editor("memit", model, tokenizer, hparams=None, env=EditEnvironment(corpus, device))
+    output = editor.edit(requests)          # edits `model` in place; one RequestInfo per request
+
+`apply_method(name, model, tokenizer, requests, hparams, env)` does both in one call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.evaluation import EditRequest
+from src.edit.methods.base import EditEnvironment, Editor, MethodOutput, MethodSpec, RequestInfo
+from src.edit.methods.ft import make_ft
+from src.edit.methods.memit import make_memit
+from src.edit.methods.rome_editor import make_rome, make_rome_original
+from src.utils.errors import InputError
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("rome", make_rome, False, "configs/rome_gpt_small.yaml",
+                   "ROME, consistent keys (this library's default)"),
+        MethodSpec("rome-original", make_rome_original, False, "configs/rome_original_gpt_small.yaml",
+                   "ROME with the original code's key mixture and lookup objective"),
+        MethodSpec("ft", make_ft, True, "configs/ft_gpt_small.yaml",
+                   "FT+L: fine-tune one MLP output projection within an L-infinity ball"),
+        MethodSpec("memit", make_memit, True, "configs/memit_gpt_small.yaml",
+                   "MEMIT: batched update spread over several MLP layers"),
+    )
+}
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise InputError(f"unknown method '{name}'; allowed: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_editor(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 hparams: Mapping[str, Any] | str | Path | None, env: EditEnvironment) -> Editor:
+    """hparams: a dict of overrides of the method's defaults, a YAML path, or None (the dataclass defaults)."""
+    return method_spec(name).factory(model, tokenizer, hparams, env)
+
+
+def apply_method(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 requests: Sequence[EditRequest], hparams: Mapping[str, Any] | str | Path | None,
+                 env: EditEnvironment) -> tuple[PreTrainedModel, tuple[RequestInfo, ...]]:
+    """Edit `model` in place with method `name`; several requests need a batched method (ft, memit)."""
+    editor = build_editor(name, model, tokenizer, hparams, env)
+    if len(requests) > 1 and not editor.batched:
+        raise InputError(f"{name} edits one fact at a time; got {len(requests)} requests (batched methods: "
+                         f"{', '.join(n for n, s in METHODS.items() if s.batched)})")
+    return model, editor.edit(requests).infos
+
+
+__all__ = ["METHODS", "EditEnvironment", "Editor", "MethodOutput", "MethodSpec", "RequestInfo", "apply_method",
+           "build_editor", "method_spec"]

@@ -1,0 +1,74 @@
+"""The interface every editing method implements, and what it reports per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.evaluation import EditRequest
+
+
+@dataclass(frozen=True)
+class EditEnvironment:
+    """What a method may use besides the model: the KG corpus (key statistics, context prefixes, KL facts), the
+    device, the statistics cache directory (None: $KG_ROME_CACHE or ~/.cache/kg_rome) and whether to show bars."""
+
+    corpus_path: Path | None
+    device: torch.device
+    stats_dir: Path | None = None
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What a method did for one request. layers: the MLP layers it wrote; context_facts: KG facts (sentences) it used
+    as context prefixes, kept out of the generalization prompts; steps: optimisation steps (0 if none)."""
+
+    layers: tuple[int, ...]
+    context_facts: tuple[str, ...] = ()
+    steps: int = 0
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.layers), "context_facts": list(self.context_facts), "steps": self.steps,
+                "note": self.note}
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """infos: one per request, in order; changed: names of the parameters the method wrote (in place)."""
+
+    infos: tuple[RequestInfo, ...]
+    changed: tuple[str, ...]
+
+
+class Editor(Protocol):
+    """An editing method bound to one model. `edit` changes `model` in place.
+
+    batched: whether `edit` accepts several requests at once and edits them jointly (mode "batch")."""
+
+    name: str
+    batched: bool
+
+    def edit(self, requests: Sequence[EditRequest]) -> MethodOutput: ...
+
+
+class EditorFactory(Protocol):
+    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 hparams: Mapping[str, Any] | str | Path | None, env: EditEnvironment) -> Editor: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registry entry: `factory(model, tokenizer, hparams, env)` builds the editor; `default_hparams` is the YAML file
+    (relative to the repository) used when none is given."""
+
+    name: str
+    factory: EditorFactory = field(repr=False)
+    batched: bool
+    default_hparams: str
+    description: str

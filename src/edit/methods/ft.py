@@ -1,0 +1,139 @@
+"""FT+L (ROME paper, section 4): fine-tune one MLP output projection on the rewrite prompts, with every weight kept
+within an L-infinity ball of radius `norm_constraint` around its original value.
+
+The layer is ROME's (located by causal tracing when `layer` is null; in a batch, the layer located most often).
+Loss: the weighted NLL of the target over the rewrite prompts (bare prompt and KG context prefixes, as ROME), summed
+over requests; Adam; projection onto the ball after every step; stop once every rewrite prompt has its target top-1
+with mean p >= stop_prob.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.causal_tracing import CausalTracer
+from src.edit.evaluation import EditRequest
+from src.edit.kg_context import KGContext
+from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
+from src.edit.model_layout import ModelLayout
+from src.edit.prompt_batch import PromptBatch
+from src.edit.prompts import answer_token_id, check_known_words
+from src.edit.rewrite import RewriteSet, pad_id, rewrite_set
+from src.utils.config import dataclass_from_mapping, read_yaml
+from src.utils.errors import InputError
+
+
+@dataclass(frozen=True)
+class FTHyperParams:
+    """Documented in configs/ft_gpt_small.yaml."""
+
+    layer: int | None = None
+    lr: float = 5e-3
+    num_steps: int = 50
+    norm_constraint: float = 0.05
+    stop_prob: float = 0.95
+    num_context_prefixes: int = 10
+    bare_prompt_weight: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.norm_constraint <= 0:
+            raise InputError(f"norm_constraint must be > 0, got {self.norm_constraint}")
+        if self.num_steps < 1:
+            raise InputError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.layer is not None and self.layer < 0:
+            raise InputError(f"layer must be >= 0 or null, got {self.layer}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_ft_hparams(source: Mapping[str, Any] | str | Path | FTHyperParams | None) -> FTHyperParams:
+    if isinstance(source, FTHyperParams):
+        return source
+    data = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
+    return dataclass_from_mapping(FTHyperParams, data, str(source) if isinstance(source, (str, Path)) else "hparams")
+
+
+class FTEditor:
+    name = "ft"
+    batched = True
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: FTHyperParams,
+                 env: EditEnvironment) -> None:
+        self.model = model.to(env.device).eval()
+        self.tokenizer = tokenizer
+        self.hparams = hparams
+        self.env = env
+        self.layout = ModelLayout.of(model)
+        self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
+        if hparams.layer is not None:
+            self.layout.check_layer(hparams.layer)
+
+    @functools.cached_property
+    def tracer(self) -> CausalTracer:
+        subjects = sorted({f.s for f in self.kg.facts}) if self.kg else None
+        return CausalTracer(self.model, self.tokenizer, self.env.device, subjects=subjects)
+
+    def layer_for(self, requests: Sequence[EditRequest]) -> int:
+        if self.hparams.layer is not None:
+            return self.hparams.layer
+        located = Counter(self.tracer.locate_important_layer(q.s, q.r, q.o) for q in requests)
+        return min(located, key=lambda layer: (-located[layer], layer))
+
+    def edit(self, requests: Sequence[EditRequest]) -> MethodOutput:
+        hp = self.hparams
+        for q in requests:
+            check_known_words(self.tokenizer, subject=q.s, relation=q.r, target=q.target)
+        layer = self.layer_for(requests)
+        sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
+                for q in requests]
+        steps = self._fine_tune(layer, sets, [answer_token_id(self.tokenizer, q.target) for q in requests])
+        infos = tuple(RequestInfo(layers=(layer,), context_facts=tuple(f.sentence() for f in s.context_facts),
+                                  steps=steps) for s in sets)
+        return MethodOutput(infos=infos, changed=(self.layout.paths.mlp_out.format(layer) + ".weight",))
+
+    def _fine_tune(self, layer: int, sets: list[RewriteSet], target_ids: list[int]) -> int:
+        hp = self.hparams
+        prompts = [p for s in sets for p in s.rewrite]
+        weights = torch.tensor([w for s in sets for w in s.weights], device=self.env.device)
+        targets = torch.tensor([t for s, t in zip(sets, target_ids) for _ in s.rewrite], device=self.env.device)
+        batch = PromptBatch.of([p.input_ids for p in prompts], pad_id(self.tokenizer), self.env.device)
+        weight = self.layout.mlp_out(layer).weight
+        original = weight.detach().clone()
+        trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        weight.requires_grad_(True)
+        optimizer = torch.optim.Adam([weight], lr=hp.lr)
+        rows = torch.arange(len(prompts), device=self.env.device)
+        steps = 0
+        try:
+            for steps in range(1, hp.num_steps + 1):
+                log_probs = torch.log_softmax(batch.last_logits(self.model), dim=-1)
+                target_log_probs = log_probs[rows, targets]
+                if bool((log_probs.argmax(-1) == targets).all()) and \
+                        float(target_log_probs.detach().exp().mean()) >= hp.stop_prob:
+                    steps -= 1
+                    break
+                loss = -(weights * target_log_probs).sum() / len(sets)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    weight.copy_(original + (weight - original).clamp(-hp.norm_constraint, hp.norm_constraint))
+        finally:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(trainable[name])
+        return steps
+
+
+def make_ft(model, tokenizer, hparams, env: EditEnvironment) -> FTEditor:
+    return FTEditor(model, tokenizer, load_ft_hparams(hparams), env)

@@ -1,0 +1,227 @@
+"""MEMIT (Meng et al. 2023, "Mass-Editing Memory in a Transformer"): many facts at once, spread over several MLPs.
+
+For requests i = 1..n and layers R = {l_1 < ... < l_k}, L = l_k:
+  1. z_i = h_L,i + delta_i: the target residual (block L's output at the edit position of the bare prompt). delta_i is
+     optimised (Adam) so that adding it at the edit position of every rewrite prompt makes the target top-1, with a
+     KL term on the subject's other facts, a weight decay and a clamp at clamp_norm_factor * |h_L,i|. Requests are
+     optimised together in chunks; each stops on its own once every rewrite prompt has its target top-1 with mean
+     p >= v_stop_prob.
+  2. For each l in R, in order, with the weights as edited so far: keys K (d_ff, n) = weighted mean MLP keys over each
+     request's rewrite prompts; residual R = (z - h_L(current)) / (layers left); C = E[k k^T] over the KG corpus on
+     the original weights;
+        dW_l = R K^T (lambda C + K K^T)^-1        (lambda = mom2_update_weight; solve in float64)
+  The edit position is the last token, as ROME's default here (our models assemble facts there: DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.evaluation import EditRequest
+from src.edit.hooks import Trace
+from src.edit.kg_context import KGContext
+from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
+from src.edit.model_layout import ModelLayout
+from src.edit.prompt_batch import PromptBatch
+from src.edit.prompts import answer_token_id, check_known_words
+from src.edit.rewrite import RewriteSet, last_positions, mlp_keys, pad_id, rewrite_set
+from src.edit.rome import apply_update
+from src.edit.second_moment import load_or_compute_second_moment
+from src.utils.config import dataclass_from_mapping, read_yaml
+from src.utils.errors import InputError
+
+
+@dataclass(frozen=True)
+class MEMITHyperParams:
+    """Documented in configs/memit_gpt_small.yaml."""
+
+    layers: tuple[int, ...] = (0, 1, 2)
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    v_lr: float = 0.5
+    v_num_grad_steps: int = 100
+    v_weight_decay: float = 0.001
+    v_stop_prob: float = 0.95
+    num_context_prefixes: int = 10
+    bare_prompt_weight: float = 0.5
+    mom2_update_weight: float = 100.0
+    mom2_n_samples: int = 0
+    mom2_dtype: str = "float64"
+    z_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise InputError(f"layers must be a non-empty increasing list, got {list(self.layers)}")
+        if self.mom2_update_weight < 0:
+            raise InputError(f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}")
+        if self.z_batch_size < 1:
+            raise InputError(f"z_batch_size must be >= 1, got {self.z_batch_size}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
+
+def load_memit_hparams(source: Mapping[str, Any] | str | Path | MEMITHyperParams | None) -> MEMITHyperParams:
+    if isinstance(source, MEMITHyperParams):
+        return source
+    data = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
+    return dataclass_from_mapping(MEMITHyperParams, data, str(source) if isinstance(source, (str, Path)) else "hparams")
+
+
+class MEMITEditor:
+    name = "memit"
+    batched = True
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: MEMITHyperParams,
+                 env: EditEnvironment) -> None:
+        self.model = model.to(env.device).eval()
+        self.tokenizer = tokenizer
+        self.hparams = hparams
+        self.env = env
+        self.layout = ModelLayout.of(model)
+        for layer in hparams.layers:
+            self.layout.check_layer(layer)
+        self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
+        # C on the weights as given, so that a sequence of in-place batches reuses one C per layer.
+        self._statistics_model = copy.deepcopy(model) if env.corpus_path is not None else None
+
+    def edit(self, requests: Sequence[EditRequest]) -> MethodOutput:
+        hp = self.hparams
+        for q in requests:
+            check_known_words(self.tokenizer, subject=q.s, relation=q.r, target=q.target)
+        sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
+                for q in requests]
+        targets = [answer_token_id(self.tokenizer, q.target) for q in requests]
+        z_list, steps = [], []
+        for start in range(0, len(sets), hp.z_batch_size):
+            z, s = self._target_residuals(sets[start : start + hp.z_batch_size], targets[start : start + hp.z_batch_size])
+            z_list.append(z)
+            steps.extend(s)
+        z = torch.cat(z_list)  # (n, d) float64 on CPU
+        changed = []
+        for index, layer in enumerate(hp.layers):
+            keys = self._request_keys(sets, layer)  # (n, d_ff) float64
+            residual = (z - self._residuals_now(sets)) / (len(hp.layers) - index)
+            update = self._layer_update(layer, keys, residual)
+            apply_update(self.layout.mlp_out(layer), update)
+            changed.append(self.layout.paths.mlp_out.format(layer) + ".weight")
+        infos = tuple(RequestInfo(layers=hp.layers, context_facts=tuple(f.sentence() for f in s.context_facts), steps=n)
+                      for s, n in zip(sets, steps))
+        return MethodOutput(infos=infos, changed=tuple(changed))
+
+    # ------------------------------------------------------------------ steps
+
+    def _z_module(self) -> torch.nn.Module:
+        return self.layout.block(self.hparams.layers[-1])
+
+    @torch.no_grad()
+    def _residuals_now(self, sets: list[RewriteSet]) -> torch.Tensor:
+        """(n, d) float64: block L's output at the last token of each bare prompt, current weights."""
+        prompts = [s.rewrite[0] for s in sets]
+        batch = PromptBatch.of([p.input_ids for p in prompts], pad_id(self.tokenizer), self.env.device)
+        with Trace(self._z_module(), stop=True) as trace:
+            self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        return trace.output[torch.arange(len(prompts)), batch.last].double().cpu()
+
+    def _request_keys(self, sets: list[RewriteSet], layer: int) -> torch.Tensor:
+        """(n, d_ff) float64: per request, the weighted mean key over its rewrite prompts."""
+        prompts = [p for s in sets for p in s.rewrite]
+        keys = mlp_keys(self.model, self.tokenizer, prompts, last_positions(prompts), layer).double().cpu()
+        out, start = [], 0
+        for s in sets:
+            weights = torch.tensor(s.weights, dtype=torch.float64)
+            out.append(weights @ keys[start : start + len(s.rewrite)])
+            start += len(s.rewrite)
+        return torch.stack(out)
+
+    def _layer_update(self, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """(d_model, d_ff) float64: residual^T-weighted least squares with the covariance prior."""
+        hp = self.hparams
+        d_ff = keys.shape[1]
+        if self._statistics_model is not None:
+            moment, _ = load_or_compute_second_moment(self._statistics_model, self.tokenizer, self.env.corpus_path, layer,
+                                                      hp.mom2_n_samples, hp.mom2_dtype, self.env.stats_dir,
+                                                      self.env.progress)
+            moment = moment.double()
+        else:
+            moment = torch.eye(d_ff, dtype=torch.float64)
+        system = hp.mom2_update_weight * moment + keys.T @ keys  # (d_ff, d_ff)
+        adjusted = torch.linalg.solve(system, keys.T)  # (d_ff, n)
+        return residual.T @ adjusted.T
+
+    def _target_residuals(self, sets: list[RewriteSet], target_ids: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """z (n, d) float64 and the steps each request took, for one chunk of requests."""
+        hp, device = self.hparams, self.env.device
+        n = len(sets)
+        rewrite = [p for s in sets for p in s.rewrite]
+        kl = [p for s in sets for p in s.kl]
+        owner_rw = torch.tensor([i for i, s in enumerate(sets) for _ in s.rewrite], device=device)
+        owner_kl = torch.tensor([i for i, s in enumerate(sets) for _ in s.kl], device=device, dtype=torch.long)
+        owner = torch.cat([owner_rw, owner_kl])
+        weights = torch.tensor([w for s in sets for w in s.weights], device=device)
+        targets = torch.tensor(target_ids, device=device)[owner_rw]
+        batch = PromptBatch.of([p.input_ids for p in rewrite + kl], pad_id(self.tokenizer), device)
+        rows = torch.arange(len(owner), device=device)
+        n_rw = len(rewrite)
+
+        with torch.no_grad(), Trace(self._z_module()) as trace:
+            logits_init = batch.last_logits(self.model)
+        bare_rows = torch.tensor([0] + [len(s.rewrite) for s in sets[:-1]], device=device).cumsum(0)
+        h_bare = trace.output[bare_rows, batch.last[bare_rows]].float()  # (n, d)
+        kl_init = torch.log_softmax(logits_init[n_rw:], dim=-1)
+        max_norm = hp.clamp_norm_factor * h_bare.norm(dim=-1)  # (n,)
+        kl_counts = torch.bincount(owner_kl, minlength=n).clamp(min=1).float() if len(kl) else None
+
+        delta = torch.zeros_like(h_bare, requires_grad=True)
+
+        def add_delta(output: torch.Tensor) -> torch.Tensor:
+            added = torch.zeros_like(output)
+            added = added.index_put((rows, batch.last), delta[owner].to(output.dtype))
+            return output + added
+
+        optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        steps = torch.zeros(n, dtype=torch.long)
+        with Trace(self._z_module(), retain_output=False, edit_output=add_delta):
+            for _ in range(hp.v_num_grad_steps):
+                log_probs = torch.log_softmax(batch.last_logits(self.model), dim=-1)
+                target_lp = log_probs[:n_rw].gather(1, targets[:, None])[:, 0]
+                with torch.no_grad():
+                    hit = (log_probs[:n_rw].argmax(-1) == targets).float()
+                    all_hit = torch.zeros(n, device=device).index_add_(0, owner_rw, 1 - hit) == 0
+                    mean_p = torch.zeros(n, device=device).index_add_(0, owner_rw, target_lp.exp() * weights)
+                    done |= all_hit & (mean_p >= hp.v_stop_prob)
+                if bool(done.all()):
+                    break
+                nll = -torch.zeros(n, device=device).index_add(0, owner_rw, weights * target_lp)
+                loss = nll.sum()
+                if kl_counts is not None:
+                    kl_rows = F.kl_div(log_probs[n_rw:], kl_init, log_target=True, reduction="none").sum(-1)
+                    loss = loss + hp.kl_factor * (torch.zeros(n, device=device).index_add(0, owner_kl, kl_rows) / kl_counts).sum()
+                loss = loss + hp.v_weight_decay * ((delta.norm(dim=-1) / h_bare.norm(dim=-1)) ** 2).sum()
+                before = delta.detach().clone()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    norms = delta.norm(dim=-1)
+                    scale = torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))
+                    delta.mul_(scale[:, None])
+                    delta[done] = before[done]
+                steps += (~done).long().cpu()
+        return (h_bare.double() + delta.detach().double()).cpu(), steps.tolist()
+
+
+def make_memit(model, tokenizer, hparams, env: EditEnvironment) -> MEMITEditor:
+    return MEMITEditor(model, tokenizer, load_memit_hparams(hparams), env)

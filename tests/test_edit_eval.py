@@ -1,0 +1,180 @@
+"""Edit evaluation: metrics on a hand-made lookup-table model with known answers, the three modes on the tiny
+trained model, and a run directory whose summary is rebuilt from its records."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import run_editing_eval
+from src.cli.common import run_cli
+from src.edit.eval_metrics import KGEvaluator, PromptProbe
+from src.edit.eval_runner import EvalConfig, read_records, run_evaluation, run_method, summarize
+from src.edit.evaluation import EditRequest, draw_requests
+from src.edit.kg_context import KGContext
+from src.edit.methods import EditEnvironment
+from src.lm.evaluate import first_token_id
+from src.kg.graph import Fact
+from tests.conftest import REPO_ROOT
+
+
+class TableLM(torch.nn.Module):
+    """Next token = table[(second-last token, last token)] with probability ~1 (else token 0): a model whose
+    predictions are known exactly."""
+
+    def __init__(self, table: dict[tuple[int, int], int], vocab: int) -> None:
+        super().__init__()
+        self.table, self.vocab = dict(table), vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, logits_to_keep=0, use_cache=False, **_):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for row, ids in enumerate(input_ids.tolist()):
+            logits[row, -1, self.table.get((ids[-2], ids[-1]), 0)] = 20.0
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.fixture()
+def table_setup(tiny_model, tiny_kg):
+    _, tokenizer = tiny_model
+    facts = list(tiny_kg.graph.facts)
+    tid = lambda word: first_token_id(tokenizer, word)  # noqa: E731
+    table = {(tid(f.s), tid(f.r)): tid(f.o) for f in facts}
+    return tokenizer, facts, table, tid, len(tokenizer)
+
+
+def test_metrics_on_a_model_with_known_answers(table_setup, tiny_kg):
+    tokenizer, facts, table, tid, vocab = table_setup
+    before = TableLM(table, vocab)
+    aliases = KGContext.from_corpus(tiny_kg.corpus_path).aliases
+    evaluator = KGEvaluator(before, tokenizer, facts, aliases, num_prefixes=3, num_neighbors=50, num_random=50)
+    assert evaluator.retention(evaluator.predictions_before, set()) == 1.0
+
+    fact = next(f for f in facts if f.r in aliases)
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+    request = EditRequest(fact.s, fact.r, fact.o, target)
+    case = evaluator.case(request)
+    neighbor = facts[case.relation_neighbors[0]]
+    edited_table = dict(table)
+    edited_table[(tid(fact.s), tid(fact.r))] = tid(target)  # the edit itself (prefixed prompts end the same way)
+    edited_table[(tid(neighbor.s), tid(neighbor.r))] = tid(fact.o)  # one neighbour broken
+    # the alias prompt is left unedited
+    after = TableLM(edited_table, vocab)
+    before_probs = PromptProbe(tokenizer, [f"{fact.s} {fact.r}"]).probabilities(before)
+    (m,) = evaluator.measure(before_probs, after, [case], [()], evaluator.kg_probe.top1(after), {(fact.s, fact.r)})
+    assert m["efficacy"] is True
+    assert m["generalization_prefix"] == 1.0 and m["generalization_alias"] == 0.0
+    n = len(case.relation_neighbors)
+    assert m["specificity_relation"] == pytest.approx((n - 1) / n)
+    assert m["specificity_subject"] == 1.0 and m["specificity_random"] == 1.0 or neighbor in [facts[i] for i in case.random_facts]
+    assert m["retention_before"] == 1.0
+    assert m["retention_after"] == pytest.approx(1 - 1 / (len(facts) - 1))
+    assert m["margin"] == pytest.approx(1.0, abs=1e-6) and m["old_prob_before"] == pytest.approx(1.0, abs=1e-6)
+
+    # an unchanged model: no efficacy, everything kept
+    (same,) = evaluator.measure(before_probs, before, [case], [()], evaluator.kg_probe.top1(before), {(fact.s, fact.r)})
+    assert same["efficacy"] is False and same["specificity_relation"] == 1.0 and same["margin"] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_prefixes_the_method_used_are_not_measured(table_setup):
+    tokenizer, facts, table, _, vocab = table_setup
+    evaluator = KGEvaluator(TableLM(table, vocab), tokenizer, facts, num_prefixes=3)
+    request = EditRequest(facts[0].s, facts[0].r, facts[0].o, facts[1].o)
+    case = evaluator.case(request)
+    used = [f.sentence() for f in case.prefix_candidates[:2]]
+    prefixed, _ = evaluator.probe_prompts(case, used)
+    assert len(prefixed) == 3 and not any(p.startswith(u) for p in prefixed for u in used)
+    assert evaluator.case(request) == case  # seeded per request
+
+
+@pytest.fixture()
+def tiny_evaluator(tiny_model, tiny_kg):
+    model, tokenizer = tiny_model
+    aliases = KGContext.from_corpus(tiny_kg.corpus_path).aliases
+    return model, tokenizer, KGEvaluator(model, tokenizer, tiny_kg.graph.facts, aliases, num_prefixes=2)
+
+
+def test_independent_mode_leaves_the_model_and_restores_between_edits(tiny_evaluator, tiny_kg, tmp_path):
+    model, tokenizer, evaluator = tiny_evaluator
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path)
+    first, second = draw_requests(tiny_kg.graph, 2, seed=0)
+    requests = [first, second, first]
+    run = run_method("memit", model, tokenizer, requests, "independent", evaluator, env,
+                     {"layers": [1, 2], "num_context_prefixes": 3}, progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert [r.retention_before for r in run.records] == [1.0] * 3  # each edit starts from the original weights
+    same = lambda record: {k: v for k, v in record.to_dict().items() if k not in ("index", "seconds")}  # noqa: E731
+    assert same(run.records[0]) == same(run.records[2])  # the third edit started from the original weights again
+    assert all(r.update_norm > 0 for r in run.records)
+
+
+def test_sequential_mode_checkpoints(tiny_evaluator, tiny_kg, tmp_path):
+    model, tokenizer, evaluator = tiny_evaluator
+    env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path)
+    requests = draw_requests(tiny_kg.graph, 5, seed=1)
+    run = run_method("memit", model, tokenizer, requests, "sequential", evaluator, env,
+                     {"layers": [1, 2], "num_context_prefixes": 3}, every=2, progress=False)
+    assert [c.num_edits for c in run.checkpoints] == [0, 2, 4, 5]
+    assert run.checkpoints[0].retention == 1.0 and run.checkpoints[0].past_efficacy is None
+    assert all(0 <= c.retention <= 1 and 0 <= c.past_efficacy <= 1 for c in run.checkpoints[1:])
+    assert all(r.specificity_relation is None and r.update_norm > 0 for r in run.records)
+    assert len(list((tmp_path / "mom2").glob("*.pt"))) == 2  # C of the original weights, once per layer
+
+
+def eval_args(tiny_trained, tiny_kg, out, *extra):
+    return ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
+            "--output-dir", str(out), "--no-progress", *extra]
+
+
+def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
+    out = tmp_path / "eval"
+    fast = tmp_path / "memit.yaml"
+    fast.write_text("layers: [1, 2]\nnum_context_prefixes: 3\n")
+    args = eval_args(tiny_trained, tiny_kg, out, "--methods", "memit,ft", "--mode", "batch", "--num-edits", "4",
+                     "--hparams", f"memit={fast}")
+    assert run_cli(run_editing_eval.main, args) == 0
+    assert {p.name for p in out.iterdir()} == {"eval_summary.json", "eval_records.jsonl", "metrics_by_method.png"}
+    summary = json.loads((out / "eval_summary.json").read_text())
+    edits, checkpoints = read_records(out / "eval_records.jsonl")
+    assert len(edits) == 8 and not checkpoints
+    assert summarize(edits, checkpoints) == summary["methods"]
+    assert summary["parameters"]["hparams"]["memit"] == str(fast)
+    assert summary["parameters"]["hparams"]["ft"].endswith("configs/ft_gpt_small.yaml")
+    assert "memit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "rome,nope"], "unknown method 'nope'"),
+    (["--methods", "rome", "--mode", "batch"], "method 'rome' edits one fact at a time"),
+    (["--num-edits", "0"], "--num-edits must be >= 1"),
+    (["--hparams", "memit"], "--hparams expects METHOD=FILE"),
+    (["--hparams", "ft=x.yaml"], "hparams given for 'ft'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_trained, tiny_kg, tmp_path, capsys, extra, message):
+    out = tmp_path / "eval"
+    assert run_cli(run_editing_eval.main, eval_args(tiny_trained, tiny_kg, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_malformed_records_line_names_its_number(tmp_path):
+    path = tmp_path / "eval_records.jsonl"
+    path.write_text('{"kind": "checkpoint", "method": "rome", "num_edits": 0, "retention": 1.0, '
+                    '"past_efficacy": null, "past_generalization": null}\nnot json\n')
+    from src.utils.errors import InputError
+
+    with pytest.raises(InputError, match=r"eval_records.jsonl:2: not an evaluation record"):
+        read_records(path)
+
+
+def test_the_shell_wrapper_runs_from_another_directory(tiny_trained, tiny_kg, tmp_path):
+    import subprocess
+
+    out = tmp_path / "eval"
+    result = subprocess.run([str(REPO_ROOT / "run_editing_eval.sh"), *eval_args(tiny_trained, tiny_kg, out,
+                             "--methods", "rome", "--num-edits", "1")], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (out / "eval_summary.json").is_file()

@@ -1,0 +1,108 @@
+"""The method registry: every method edits the tiny trained model through one interface, changing only the
+tensors it reports; MEMIT's layer update against its normal equations; FT's L-infinity constraint."""
+
+import copy
+
+import pytest
+import torch
+
+from src.edit.evaluation import EditRequest, draw_requests
+from src.edit.methods import METHODS, EditEnvironment, apply_method, build_editor
+from src.edit.methods.memit import MEMITHyperParams
+from src.lm.evaluate import predict_objects
+from src.kg.graph import Fact
+from src.utils.errors import InputError
+
+FAST = {
+    "rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_other_facts": 5},
+    "rome-original": {"layer": 1, "num_context_prefixes": 3, "num_eval_other_facts": 5},
+    "ft": {"layer": 1, "num_context_prefixes": 3, "norm_constraint": 0.2, "lr": 0.02},
+    "memit": {"layers": [1, 2], "num_context_prefixes": 3},
+}
+
+
+@pytest.fixture()
+def env(tiny_kg, tmp_path):
+    return EditEnvironment(corpus_path=tiny_kg.corpus_path, device=torch.device("cpu"), stats_dir=tmp_path)
+
+
+def changed_tensors(before, after):
+    old = dict(before.named_parameters())
+    return sorted(name for name, p in after.named_parameters() if not torch.equal(p, old[name]))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_makes_the_target_top1_and_reports_what_it_changed(method, tiny_model, tiny_kg, env):
+    model, tokenizer = tiny_model
+    original = copy.deepcopy(model)
+    request = draw_requests(tiny_kg.graph, 1, seed=5)[0]
+    editor = build_editor(method, model, tokenizer, FAST[method], env)
+    output = editor.edit([request])
+    assert predict_objects(model, tokenizer, [Fact(request.s, request.r, request.target)]) == [request.target]
+    assert changed_tensors(original, model) == sorted(output.changed)
+    assert len(output.infos) == 1 and output.infos[0].layers
+    assert all(" " in sentence for sentence in output.infos[0].context_facts)
+
+
+def test_one_fact_methods_refuse_batches(tiny_model, tiny_kg, env):
+    model, tokenizer = tiny_model
+    requests = draw_requests(tiny_kg.graph, 2, seed=0)
+    with pytest.raises(InputError, match="one fact at a time"):
+        apply_method("rome", model, tokenizer, requests, FAST["rome"], env)
+    with pytest.raises(InputError, match="unknown method 'nope'"):
+        build_editor("nope", model, tokenizer, None, env)
+    with pytest.raises(InputError, match="unknown config key 'lr'"):
+        build_editor("memit", model, tokenizer, {"lr": 1}, env)
+
+
+def test_ft_stays_inside_its_linf_ball(tiny_model, tiny_kg, env):
+    model, tokenizer = tiny_model
+    original = copy.deepcopy(model)
+    hparams = {**FAST["ft"], "norm_constraint": 0.01, "num_steps": 20, "stop_prob": 1.0}
+    output = build_editor("ft", model, tokenizer, hparams, env).edit(draw_requests(tiny_kg.graph, 3, seed=2))
+    (name,) = output.changed
+    change = (dict(model.named_parameters())[name] - dict(original.named_parameters())[name]).detach()
+    assert 0.0099 < float(change.abs().max()) <= 0.01 + 1e-7
+
+
+def test_memit_layer_update_solves_its_normal_equations(tiny_model, env):
+    """dW = R K^T (lambda C + K K^T)^-1 is the minimiser of |dW K - R|^2 + lambda tr(dW C dW^T): the gradient,
+    (dW K - R) K^T + lambda dW C, must vanish."""
+    model, tokenizer = tiny_model
+    editor = build_editor("memit", model, tokenizer, {**FAST["memit"], "mom2_update_weight": 3.0}, env)
+    generator = torch.Generator().manual_seed(0)
+    d_ff = editor.layout.mlp_out(1).weight.shape[0]  # Conv1D: (d_ff, d_model)
+    keys = torch.randn(5, d_ff, generator=generator, dtype=torch.float64)
+    residual = torch.randn(5, editor.layout.hidden_size, generator=generator, dtype=torch.float64)
+    update = editor._layer_update(1, keys, residual)
+    from src.edit.second_moment import load_or_compute_second_moment
+
+    moment, cached = load_or_compute_second_moment(editor._statistics_model, tokenizer, env.corpus_path, 1, 0,
+                                                   cache_dir=env.stats_dir, progress=False)
+    assert cached
+    gradient = (update @ keys.T - residual.T) @ keys + 3.0 * update @ moment.double()
+    assert update.shape == (editor.layout.hidden_size, d_ff)
+    assert float(gradient.abs().max()) < 1e-8 * float(update.abs().max() + 1)
+
+
+def test_memit_batch_edits_every_request(tiny_model, tiny_kg, env):
+    model, tokenizer = tiny_model
+    requests = draw_requests(tiny_kg.graph, 4, seed=1)
+    _, infos = apply_method("memit", model, tokenizer, requests, {**FAST["memit"], "z_batch_size": 3}, env)
+    assert [i.layers for i in infos] == [(1, 2)] * 4
+    predicted = predict_objects(model, tokenizer, [Fact(q.s, q.r, q.target) for q in requests])
+    assert sum(p == q.target for p, q in zip(predicted, requests)) >= 3
+
+
+def test_memit_hparams_are_checked():
+    with pytest.raises(InputError, match="increasing"):
+        MEMITHyperParams(layers=(2, 1))
+    assert MEMITHyperParams(layers=[0, 3]).layers == (0, 3)
+
+
+def test_rome_original_defaults_to_the_original_key_mixture(tiny_model, env):
+    model, tokenizer = tiny_model
+    editor = build_editor("rome-original", model, tokenizer, {"layer": 1}, env)
+    assert editor.hparams.key_mode == "original" and editor.hparams.v_objective == "lookup"
+    assert build_editor("rome", model, tokenizer, None, env).hparams.key_mode == "consistent"
+    assert EditRequest("a", "b", "c", "d").to_dict()["target"] == "d"
