@@ -1,59 +1,82 @@
 #!/usr/bin/env python3
-"""Sequential ROME edits (one after another, in place): does the model collapse? Settings side by side.
+"""Sequential editing (in place, one edit after another): retention and past-edit efficacy, settings side by side.
 
-    python benchmarks/bench_sequential.py [--num-edits 100] [--every 20] [--settings default,original_keys]
+    python benchmarks/bench_sequential.py [--num-edits 100] [--every 20] [--settings rome,rome_original,rome_past]
 
-C comes from the initial weights (statistics_from="initial"). Retention = fact accuracy over the KG's unedited facts.
+Every setting edits its own copy of the model with the same requests; retention = accuracy over the KG's unedited
+facts; past-edit efficacy = share of the edits so far whose target is still top-1. For whole runs with records and
+plots use `./run_editing_eval.sh --mode sequential`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit.evaluation import draw_requests, sequential_edits  # noqa: E402
-from src.edit.rome import ROME  # noqa: E402
-from src.edit.rome_hparams import load_hparams  # noqa: E402
+from src.edit.eval_metrics import KGEvaluator  # noqa: E402
+from src.edit.eval_runner import default_corpus, run_method  # noqa: E402
+from src.edit.evaluation import draw_requests  # noqa: E402
+from src.edit.kg_context import KGContext  # noqa: E402
+from src.edit.methods import EditEnvironment  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 
-SETTINGS = {
-    "default": {},
-    "original_keys": {"key_mode": "original", "v_objective": "lookup"},
-    "lookup": {"v_objective": "lookup"},
-    "clamp4": {"clamp_norm_factor": 4.0},
+SETTINGS = {  # name -> (method, hyperparameter overrides of the method's defaults)
+    "rome": ("rome", {}),
+    "rome_original": ("rome-original", {}),
+    "rome_lookup": ("rome", {"v_objective": "lookup"}),
+    "rome_past": ("rome", {"past_keys_weight": 1.0}),
+    "rome_original_past": ("rome-original", {"past_keys_weight": 1.0}),
+    "memit": ("memit", {}),
+    "memit_past": ("memit", {"past_keys_weight": 1.0}),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default="outputs/models/gpt_small")
-    parser.add_argument("--kg-dir", default="data/kg/ba")
-    parser.add_argument("--hparams", default="configs/rome_gpt_small.yaml")
+    parser.add_argument("--kg-file", default="data/kg/ba/graph.jsonl")
     parser.add_argument("--num-edits", type=int, default=100)
     parser.add_argument("--every", type=int, default=20)
-    parser.add_argument("--settings", default="default,original_keys")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", default="rome,rome_original,rome_past")
+    parser.add_argument("--past-keys-weight", type=float, default=None, help="override the *_past settings' weight")
     args = parser.parse_args()
-    base_model, tokenizer = load_model(args.model_dir, device=args.device)
-    graph = read_graph_jsonl(Path(args.kg_dir) / "graph.jsonl")
-    requests = draw_requests(graph, args.num_edits, seed=1)
-    curves = {}
+
+    model, tokenizer = load_model(args.model_dir, device="cpu")
+    graph = read_graph_jsonl(args.kg_file)
+    corpus = default_corpus(args.kg_file)
+    evaluator = KGEvaluator(model, tokenizer, graph.facts, KGContext.from_corpus(corpus).aliases, seed=args.seed)
+    env = EditEnvironment(corpus_path=corpus, device=torch.device("cpu"), progress=False)
+    requests = draw_requests(graph, args.num_edits, args.seed)
+    results = {}
     for name in args.settings.split(","):
-        rome = ROME(copy.deepcopy(base_model), tokenizer, device=args.device,
-                    kg_corpus_path=Path(args.kg_dir) / "corpus.train.txt",
-                    hparams=load_hparams(args.hparams).with_overrides(**SETTINGS[name]), progress=False,
-                    statistics_from="initial")
-        curves[name] = sequential_edits(rome, requests, graph.facts, args.every)
-    print(f"\n{args.num_edits} sequential edits of {args.model_dir}: retention / past-edit efficacy")
-    print(f"{'edits':>6}" + "".join(f"{name:>26}" for name in curves))
-    for i, point in enumerate(next(iter(curves.values()))):
-        cells = [f"{c[i].retention:.3f} / {c[i].past_efficacy:.3f}" for c in curves.values()]
-        print(f"{point.num_edits:>6}" + "".join(f"{cell:>26}" for cell in cells))
+        method, overrides = SETTINGS[name]
+        if args.past_keys_weight is not None and "past_keys_weight" in overrides:
+            overrides = {**overrides, "past_keys_weight": args.past_keys_weight}
+        started = time.perf_counter()
+        run = run_method(method, model, tokenizer, requests, "sequential", evaluator, env, overrides, args.every)
+        results[name] = (run, time.perf_counter() - started)
+
+    print(f"{args.num_edits} sequential edits, checkpoints every {args.every}; retention / past-edit efficacy")
+    names = list(results)
+    print(f"{'edits':>6}" + "".join(f"{n:>24}" for n in names))
+    for row in range(len(results[names[0]][0].checkpoints)):
+        cells = []
+        for name in names:
+            c = results[name][0].checkpoints[row]
+            past = "-" if c.past_efficacy is None else f"{c.past_efficacy:.3f}"
+            cells.append(f"{c.retention:.3f} / {past}")
+        print(f"{results[names[0]][0].checkpoints[row].num_edits:>6}" + "".join(f"{c:>24}" for c in cells))
+    print(f"{'s/edit':>6}" + "".join(f"{results[n][1] / args.num_edits:>24.2f}" for n in names))
+    for name in names:
+        print(f"{name}: {SETTINGS[name][0]} {SETTINGS[name][1] if args.past_keys_weight is None else ''}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,11 @@ import torch
 import run_editing_eval
 from src.cli.common import run_cli
 from src.edit.eval_metrics import KGEvaluator, PromptProbe
-from src.edit.eval_runner import EvalConfig, read_records, run_evaluation, run_method, summarize
+from src.edit.eval_runner import read_records, run_method, summarize
 from src.edit.evaluation import EditRequest, draw_requests
 from src.edit.kg_context import KGContext
 from src.edit.methods import EditEnvironment
 from src.lm.evaluate import first_token_id
-from src.kg.graph import Fact
 from tests.conftest import REPO_ROOT
 
 
@@ -140,8 +139,9 @@ def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
     edits, checkpoints = read_records(out / "eval_records.jsonl")
     assert len(edits) == 8 and not checkpoints
     assert summarize(edits, checkpoints) == summary["methods"]
-    assert summary["parameters"]["hparams"]["memit"] == str(fast)
-    assert summary["parameters"]["hparams"]["ft"].endswith("configs/ft_gpt_small.yaml")
+    assert summary["parameters"]["hparams_files"]["memit"] == str(fast)
+    assert summary["parameters"]["hparams_files"]["ft"].endswith("configs/ft_gpt_small.yaml")
+    assert summary["parameters"]["hparams"]["memit"]["layers"] == [1, 2]
     assert "memit" in capsys.readouterr().out
 
 
@@ -151,6 +151,7 @@ def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
     (["--num-edits", "0"], "--num-edits must be >= 1"),
     (["--hparams", "memit"], "--hparams expects METHOD=FILE"),
     (["--hparams", "ft=x.yaml"], "hparams given for 'ft'"),
+    (["--methods", "rome,memit", "--hparams", "memit=BAD"], "config file not found: BAD"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_trained, tiny_kg, tmp_path, capsys, extra, message):
     out = tmp_path / "eval"

@@ -199,3 +199,46 @@ def test_edits_are_deterministic(tiny_corpus, tmp_path):
     second, b = rome.apply_edit("a", "r", "z")
     assert a.layer == b.layer and a.v_steps == b.v_steps
     assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_failed_located_edit_is_undone_and_retried_at_the_next_best_layer(tiny_model, tiny_kg, tmp_path):
+    """A clamp of ~0 makes every edit fail: each retry must first undo the failed edit (one tensor changed in the
+    end, at the last layer tried), and the layers tried follow the trace's ranking."""
+    model, tokenizer = tiny_model
+    original = copy.deepcopy(model.state_dict())
+    fact = tiny_kg.graph.facts[0]
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+    hparams = {"num_context_prefixes": 3, "clamp_norm_factor": 1e-6, "v_num_grad_steps": 3, "layer_retries": 2}
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, hparams=hparams,
+                stats_dir=tmp_path, progress=False)
+    _, result = rome.apply_edit(fact.s, fact.r, target, copy_model=False)
+    effects = result.locate["effects"]
+    ranking = sorted(range(len(effects)), key=lambda l: (-effects[l], l))
+    assert not result.success and result.layer_source == "located (retry)" and result.layer == ranking[2]
+    assert changed_tensors(original, model.state_dict()) == [f"{result.weight_name}.weight"]
+    ROME.restore(model, result)
+    assert changed_tensors(original, model.state_dict()) == []
+    _, no_retry = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path,
+                       hparams={**hparams, "layer_retries": 0}, stats_dir=tmp_path, progress=False).apply_edit(
+        fact.s, fact.r, target)
+    assert no_retry.layer_source == "located" and no_retry.layer == ranking[0]
+
+
+def test_past_keys_weight_keeps_a_new_update_off_earlier_edits_keys(tiny_corpus, tmp_path):
+    """With a large past_keys_weight, the second in-place edit's update barely moves the first edit's key (u is
+    nearly orthogonal to it); without it, it does; forget_past_edits drops the remembered keys."""
+    def second_update_on_first_key(weight: float) -> float:
+        tokenizer = tiny_tokenizer()
+        model = tiny_gpt2(tokenizer)
+        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_corpus,
+                    hparams={**FAST, "layer": 2, "past_keys_weight": weight}, stats_dir=tmp_path / "cache",
+                    progress=False, statistics_from="initial")
+        _, first = rome.apply_edit("a", "r", "z", copy_model=False)
+        _, second = rome.apply_edit("c", "r", "y", copy_model=False)
+        assert len(rome._past_keys.get(2, [])) == (2 if weight else 0)
+        rome.forget_past_edits()
+        assert rome._past_keys == {}
+        k_first = first._update.k_star
+        return float((second._update.matrix() @ k_first).norm() / second._update.delta.norm())
+
+    assert second_update_on_first_key(1e6) < 1e-3 < second_update_on_first_key(0.0)

@@ -164,6 +164,7 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
             metrics = evaluator.measure(before, work, [case], [info.context_facts], evaluator.kg_probe.top1(work),
                                         {(q.s, q.r)})[0]
             _restore(work, snapshot, output.changed)
+            editor.forget()
         else:  # sequential: the snapshot follows the weights, so the norm is this edit's own change
             norm = _update_norm(work, snapshot, output.changed)
             _snapshot_changed(work, snapshot, output.changed)
@@ -254,6 +255,8 @@ def method_hparams(config: EvalConfig, method: str, repo_root: Path) -> str | No
 def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport:
     """Everything is validated before any edit; the output files are written atomically at the end."""
     config.validate()
+    files = {m: method_hparams(config, m, repo_root) for m in config.methods}
+    hparams = {m: METHODS[m].load_hparams(files[m]) for m in config.methods}  # bad hyperparameters fail here, early
     corpus = require_corpus_file(config.kg_corpus or default_corpus(config.kg_file))
     graph = read_graph_jsonl(config.kg_file)
     model, tokenizer = load_model(config.model_dir, device=config.device)
@@ -263,19 +266,18 @@ def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport:
     evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, config.num_prefixes, config.num_neighbors,
                             config.num_random, config.seed)
     requests = draw_requests(graph, config.num_edits, config.seed)
-    hparams = {m: method_hparams(config, m, repo_root) for m in config.methods}
     runs = tuple(run_method(m, model, tokenizer, requests, config.mode, evaluator, env, hparams[m], config.every,
                             config.progress) for m in config.methods)
     records = [r for run in runs for r in run.records]
     checkpoints = [c for run in runs for c in run.checkpoints]
     summary = summarize(records, checkpoints)
     output_dir = Path(config.output_dir)
-    write_run(output_dir, config, hparams, summary, records, checkpoints)
+    write_run(output_dir, config, files, {m: h.to_dict() for m, h in hparams.items()}, summary, records, checkpoints)
     return EvalReport(config, runs, summary, output_dir)
 
 
-def write_run(output_dir: Path, config: EvalConfig, hparams: dict, summary: dict, records: Sequence[EditRecord],
-              checkpoints: Sequence[CheckpointRecord]) -> None:
+def write_run(output_dir: Path, config: EvalConfig, hparams_files: dict, hparams: dict, summary: dict,
+              records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRecord]) -> None:
     from src.viz.evaluation import plot_method_metrics, plot_sequential
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -286,5 +288,5 @@ def write_run(output_dir: Path, config: EvalConfig, hparams: dict, summary: dict
     plot_method_metrics(summary, output_dir / "metrics_by_method.png", title=f"{config.num_edits} edits, {config.mode}")
     if config.mode == "sequential":
         plot_sequential(summary, output_dir / "sequential.png")
-    parameters = {**config.to_dict(), "hparams": hparams}
+    parameters = {**config.to_dict(), "hparams": hparams, "hparams_files": hparams_files}
     atomic_write_json(output_dir / SUMMARY_FILE, {"parameters": parameters, "methods": summary})

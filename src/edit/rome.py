@@ -96,7 +96,7 @@ class EditResult:
     status: str  # "edited" | "unchanged" (the model already predicted the target)
     success: bool
     layer: int
-    layer_source: str  # "argument" | "hparams" | "located"
+    layer_source: str  # "argument" | "hparams" | "located" | "located (retry)"
     fact_token: str
     original_prediction: str
     new_prediction: str
@@ -175,6 +175,7 @@ class ROME:
             raise InputError(f"statistics_from must be current or initial, got '{statistics_from}'")
         self._statistics_model = copy.deepcopy(model) if statistics_from == "initial" else None
         self.progress = progress
+        self._past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> k* of in-place edits (past_keys_weight > 0)
         if self.kg is None:
             warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
                           "term on the subject's other facts; edits will be less specific", stacklevel=2)
@@ -239,6 +240,15 @@ class ROME:
         eval_before = self._eval_predictions(model, prompts)
         edited = copy.deepcopy(model) if copy_model else model
         weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_id)
+        for retry in self._retry_layers(located, layer_used) if layer_source == "located" else []:
+            if int(self._next_token_probs(edited, [bare])[0].argmax()) == target_id:
+                break
+            with torch.no_grad():  # undo the failed edit, then try the next-best located layer
+                edited.get_submodule(weight_name).weight.copy_(saved)
+            layer_used, layer_source = retry, "located (retry)"
+            weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_id)
+        if not copy_model and hp.past_keys_weight > 0:
+            self._past_keys.setdefault(layer_used, []).append(update.k_star)
         metrics = self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts), target_id)
         return edited, result(
             edited, "edited", layer_used, layer_source, fact_token, update_norm=float(update.matrix().norm()),
@@ -275,6 +285,13 @@ class ROME:
         positions = ("last", "subject_last") if fact_token == "auto" else (fact_token,)
         candidates = [LocateResult.from_trace(trace, position) for position in positions]
         return max(candidates, key=lambda c: max(c.effects))
+
+    def _retry_layers(self, located: LocateResult | None, tried: int) -> list[int]:
+        """The next-best located layers (by MLP indirect effect) to try when the edit at `tried` fails."""
+        if located is None:
+            return []
+        order = sorted(range(len(located.effects)), key=lambda l: (-located.effects[l], l))
+        return [l for l in order if l != tried][: self.hparams.layer_retries]
 
     def _prompts(self, s: str, r: str) -> _EditPrompts:
         hp, kg = self.hparams, self.kg
@@ -362,6 +379,21 @@ class ROME:
             raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
         return moment
 
+    def _with_past_keys(self, moment: torch.Tensor | None, layer: int, size: int) -> torch.Tensor | None:
+        """C + past_keys_weight * sum_i k_i k_i^T over the k* of this ROME's earlier in-place edits at `layer`, so that
+        u = C^-1 k* is nearly orthogonal to them and a new edit leaves the earlier ones in place (C = I without a
+        corpus)."""
+        past = self._past_keys.get(layer)
+        if not past or self.hparams.past_keys_weight == 0:
+            return moment
+        keys = torch.stack(past).double()
+        base = moment.double() if moment is not None else torch.eye(size, dtype=torch.float64)
+        return base + self.hparams.past_keys_weight * keys.T @ keys
+
+    def forget_past_edits(self) -> None:
+        """Drop the remembered keys of earlier in-place edits (e.g. after restoring the weights they changed)."""
+        self._past_keys.clear()
+
     def _edit(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
               target_id: int) -> tuple[str, torch.Tensor, RankOneUpdate, int]:
         """Compute and apply the update to `model`; returns (weight name, saved weight, update, steps)."""
@@ -373,7 +405,7 @@ class ROME:
         keys = self._keys(model, prompts.rewrite, positions, layer).double().cpu()
         weights = self._prompt_weights(len(prompts.rewrite)).double()
         k_star, k_bare = weights @ keys, keys[0]
-        moment = self._key_covariance(model, layer, k_star.shape[0])
+        moment = self._with_past_keys(self._key_covariance(model, layer, k_star.shape[0]), layer, k_star.shape[0])
         u = k_star.clone() if moment is None else solve_psd(moment.double(), k_star)
         k_denominator = k_star if hp.key_mode == "consistent" else k_bare
         denominator = float(u @ k_denominator)

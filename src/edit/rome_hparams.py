@@ -35,6 +35,8 @@ class ROMEHyperParams:
     locate_noise_level: float = 3.0
     locate_num_samples: int = 10
     locate_window: int | None = None
+    layer_retries: int = 1
+    past_keys_weight: float = 0.0
     num_eval_prefixes: int = 5
     num_eval_other_facts: int = 50
     seed: int = 0
@@ -50,6 +52,8 @@ class ROMEHyperParams:
             (self.num_context_prefixes >= 0, f"num_context_prefixes must be >= 0, got {self.num_context_prefixes}"),
             (0 < self.bare_prompt_weight <= 1, f"bare_prompt_weight must be in (0, 1], got {self.bare_prompt_weight}"),
             (self.layer is None or self.layer >= 0, f"layer must be >= 0 or null, got {self.layer}"),
+            (self.past_keys_weight >= 0, f"past_keys_weight must be >= 0, got {self.past_keys_weight}"),
+            (self.layer_retries >= 0, f"layer_retries must be >= 0, got {self.layer_retries}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,7 +47,8 @@ class MethodOutput:
 
 
 class Editor(Protocol):
-    """An editing method bound to one model. `edit` changes `model` in place.
+    """An editing method bound to one model. `edit` changes `model` in place; an editor may remember earlier edits
+    (to protect them in later ones) until `forget`.
 
     batched: whether `edit` accepts several requests at once and edits them jointly (mode "batch")."""
 
@@ -55,6 +56,9 @@ class Editor(Protocol):
     batched: bool
 
     def edit(self, requests: Sequence[EditRequest]) -> MethodOutput: ...
+
+    def forget(self) -> None:
+        """Drop what earlier `edit` calls left behind (e.g. their keys), after the caller restored the weights."""
 
 
 class EditorFactory(Protocol):
@@ -64,11 +68,13 @@ class EditorFactory(Protocol):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registry entry: `factory(model, tokenizer, hparams, env)` builds the editor; `default_hparams` is the YAML file
-    (relative to the repository) used when none is given."""
+    """A registry entry: `factory(model, tokenizer, hparams, env)` builds the editor; `load_hparams(source)` reads and
+    checks hyperparameters (dict, YAML path or None) into the method's dataclass; `default_hparams` is the YAML file
+    (relative to the repository) that scripts use when none is given."""
 
     name: str
     factory: EditorFactory = field(repr=False)
+    load_hparams: Callable[[Any], Any] = field(repr=False)
     batched: bool
     default_hparams: str
     description: str

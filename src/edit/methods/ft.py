@@ -88,6 +88,9 @@ class FTEditor:
         located = Counter(self.tracer.locate_important_layer(q.s, q.r, q.o) for q in requests)
         return min(located, key=lambda layer: (-located[layer], layer))
 
+    def forget(self) -> None:
+        """FT keeps nothing between calls."""
+
     def edit(self, requests: Sequence[EditRequest]) -> MethodOutput:
         hp = self.hparams
         for q in requests:

@@ -9,7 +9,9 @@ For requests i = 1..n and layers R = {l_1 < ... < l_k}, L = l_k:
   2. For each l in R, in order, with the weights as edited so far: keys K (d_ff, n) = weighted mean MLP keys over each
      request's rewrite prompts; residual R = (z - h_L(current)) / (layers left); C = E[k k^T] over the KG corpus on
      the original weights;
-        dW_l = R K^T (lambda C + K K^T)^-1        (lambda = mom2_update_weight; solve in float64)
+        dW_l = R K^T (lambda C + K K^T + mu K_p K_p^T)^-1     (lambda = mom2_update_weight; solve in float64)
+     K_p: the keys of this editor's earlier calls (sequential use), mu = past_keys_weight (0: off), so that a new
+     batch leaves the earlier edits in place.
   The edit position is the last token, as ROME's default here (our models assemble facts there: DESIGN.md).
 """
 
@@ -22,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation import EditRequest
@@ -55,6 +58,7 @@ class MEMITHyperParams:
     mom2_n_samples: int = 0
     mom2_dtype: str = "float64"
     z_batch_size: int = 64
+    past_keys_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +67,8 @@ class MEMITHyperParams:
             raise InputError(f"layers must be a non-empty increasing list, got {list(self.layers)}")
         if self.mom2_update_weight < 0:
             raise InputError(f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}")
+        if self.past_keys_weight < 0:
+            raise InputError(f"past_keys_weight must be >= 0, got {self.past_keys_weight}")
         if self.z_batch_size < 1:
             raise InputError(f"z_batch_size must be >= 1, got {self.z_batch_size}")
 
@@ -95,6 +101,11 @@ class MEMITEditor:
         self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
         # C on the weights as given, so that a sequence of in-place batches reuses one C per layer.
         self._statistics_model = copy.deepcopy(model) if env.corpus_path is not None else None
+        self._past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> keys of earlier calls (past_keys_weight > 0)
+
+    def forget(self) -> None:
+        """Drop the keys of earlier edits (the caller restored the weights they changed)."""
+        self._past_keys.clear()
 
     def edit(self, requests: Sequence[EditRequest]) -> MethodOutput:
         hp = self.hparams
@@ -104,7 +115,9 @@ class MEMITEditor:
                 for q in requests]
         targets = [answer_token_id(self.tokenizer, q.target) for q in requests]
         z_list, steps = [], []
-        for start in range(0, len(sets), hp.z_batch_size):
+        chunks = range(0, len(sets), hp.z_batch_size)
+        quiet = not self.env.progress or len(chunks) < 2
+        for start in tqdm(chunks, desc="memit: target residuals", unit="chunk", disable=quiet):
             z, s = self._target_residuals(sets[start : start + hp.z_batch_size], targets[start : start + hp.z_batch_size])
             z_list.append(z)
             steps.extend(s)
@@ -115,6 +128,8 @@ class MEMITEditor:
             residual = (z - self._residuals_now(sets)) / (len(hp.layers) - index)
             update = self._layer_update(layer, keys, residual)
             apply_update(self.layout.mlp_out(layer), update)
+            if hp.past_keys_weight > 0:
+                self._past_keys.setdefault(layer, []).append(keys)
             changed.append(self.layout.paths.mlp_out.format(layer) + ".weight")
         infos = tuple(RequestInfo(layers=hp.layers, context_facts=tuple(f.sentence() for f in s.context_facts), steps=n)
                       for s, n in zip(sets, steps))
@@ -157,6 +172,9 @@ class MEMITEditor:
         else:
             moment = torch.eye(d_ff, dtype=torch.float64)
         system = hp.mom2_update_weight * moment + keys.T @ keys  # (d_ff, d_ff)
+        if hp.past_keys_weight > 0 and self._past_keys.get(layer):
+            past = torch.cat(self._past_keys[layer])
+            system = system + hp.past_keys_weight * past.T @ past
         adjusted = torch.linalg.solve(system, keys.T)  # (d_ff, n)
         return residual.T @ adjusted.T
 

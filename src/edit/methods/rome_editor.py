@@ -15,8 +15,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.evaluation import EditRequest
 from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
 from src.edit.rome import ROME
-from src.edit.rome_hparams import ROMEHyperParams, load_hparams
-from src.utils.config import read_yaml
+from src.edit.rome_hparams import ROMEHyperParams
+from src.utils.config import dataclass_from_mapping, read_yaml
 from src.utils.errors import InputError
 
 # The original ROME code computes the update's denominator from the bare prompt's key while k* and delta come from
@@ -37,6 +37,9 @@ class ROMEEditor:
     def hparams(self) -> ROMEHyperParams:
         return self.rome.hparams
 
+    def forget(self) -> None:
+        self.rome.forget_past_edits()
+
     def edit(self, requests: Sequence[EditRequest]) -> MethodOutput:
         if len(requests) != 1:
             raise InputError(f"{self.name} edits one fact at a time, got {len(requests)} requests; "
@@ -48,17 +51,26 @@ class ROMEEditor:
         return MethodOutput(infos=(info,), changed=(f"{result.weight_name}.weight",) if result.weight_name else ())
 
 
-def _hparams(source: Mapping[str, Any] | str | Path | ROMEHyperParams | None, base: Mapping[str, Any]) -> ROMEHyperParams:
+def load_rome_hparams(source: Mapping[str, Any] | str | Path | ROMEHyperParams | None) -> ROMEHyperParams:
+    return _hparams(source, {})
+
+
+def load_rome_original_hparams(source: Mapping[str, Any] | str | Path | ROMEHyperParams | None) -> ROMEHyperParams:
+    """The original's key mixture and lookup objective; anything else as `rome` unless `source` says otherwise."""
+    return _hparams(source, ORIGINAL_KEYS)
+
+
+def _hparams(source, base: Mapping[str, Any]) -> ROMEHyperParams:
     if isinstance(source, ROMEHyperParams):
         return source
     given = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
-    return load_hparams({**base, **given})
+    where = str(source) if isinstance(source, (str, Path)) else "hparams"
+    return dataclass_from_mapping(ROMEHyperParams, {**base, **given}, where)
 
 
 def make_rome(model, tokenizer, hparams, env: EditEnvironment) -> ROMEEditor:
-    return ROMEEditor("rome", model, tokenizer, _hparams(hparams, {}), env)
+    return ROMEEditor("rome", model, tokenizer, load_rome_hparams(hparams), env)
 
 
 def make_rome_original(model, tokenizer, hparams, env: EditEnvironment) -> ROMEEditor:
-    """The original's key mixture and lookup objective; anything else as `rome` unless `hparams` says otherwise."""
-    return ROMEEditor("rome-original", model, tokenizer, _hparams(hparams, ORIGINAL_KEYS), env)
+    return ROMEEditor("rome-original", model, tokenizer, load_rome_original_hparams(hparams), env)
