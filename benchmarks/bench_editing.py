@@ -31,6 +31,9 @@ SETTINGS = {
     "lookup": {"v_objective": "lookup"},
     "subject_last": {"fact_token": "subject_last"},
     "original_keys": {"key_mode": "original", "v_objective": "lookup"},
+    "no_retry": {"layer_retries": 0},
+    "facts_stats": {"mom2_source": "fact_prompts"},
+    "both_stats": {"mom2_source": "both"},
     "original_all": {"key_mode": "original", "v_objective": "lookup", "fact_token": "subject_last",
                      "clamp_norm_factor": 4.0, "v_weight_decay": 0.5, "v_num_grad_steps": 20, "bare_prompt_weight": 0.05},
 }

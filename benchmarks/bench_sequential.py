@@ -33,7 +33,11 @@ SETTINGS = {  # name -> (method, hyperparameter overrides of the method's defaul
     "rome_lookup": ("rome", {"v_objective": "lookup"}),
     "rome_past": ("rome", {"past_keys_weight": 1.0}),
     "rome_original_past": ("rome-original", {"past_keys_weight": 1.0}),
+    "rome_facts": ("rome", {"mom2_source": "fact_prompts"}),
+    "rome_both": ("rome", {"mom2_source": "both"}),
+    "rome_facts_past": ("rome", {"mom2_source": "fact_prompts", "past_keys_weight": 1.0}),
     "memit": ("memit", {}),
+    "memit_facts": ("memit", {"mom2_source": "fact_prompts"}),
     "memit_past": ("memit", {"past_keys_weight": 1.0}),
 }
 

@@ -242,3 +242,27 @@ def test_past_keys_weight_keeps_a_new_update_off_earlier_edits_keys(tiny_corpus,
         return float((second._update.matrix() @ k_first).norm() / second._update.delta.norm())
 
     assert second_update_on_first_key(1e6) < 1e-3 < second_update_on_first_key(0.0)
+
+
+def test_fact_prompt_statistics_are_the_last_token_keys_of_every_fact(tiny_model, tiny_kg, tmp_path):
+    from src.edit.hooks import Trace
+    from src.edit.kg_context import KGContext
+
+    model, tokenizer = tiny_model
+    moment, cached = load_or_compute_second_moment(model, tokenizer, tiny_kg.corpus_path, 1, 0, cache_dir=tmp_path,
+                                                   progress=False, source="fact_prompts")
+    keys = []
+    for fact in KGContext.from_corpus(tiny_kg.corpus_path).facts:  # one plain forward per fact
+        with torch.no_grad(), Trace(ModelLayout.of(model).mlp_out(1), retain_input=True) as trace:
+            model(input_ids=torch.tensor([tokenizer(fact.prompt(), add_special_tokens=False)["input_ids"]]))
+        keys.append(trace.input[0, -1].double())
+    keys = torch.stack(keys)
+    assert not cached and torch.allclose(moment, keys.T @ keys / len(keys), rtol=1e-5, atol=1e-7)
+    both, _ = load_or_compute_second_moment(model, tokenizer, tiny_kg.corpus_path, 1, 0, cache_dir=tmp_path,
+                                            progress=False, source="both")
+    corpus, corpus_cached = load_or_compute_second_moment(model, tokenizer, tiny_kg.corpus_path, 1, 0,
+                                                          cache_dir=tmp_path, progress=False)
+    assert corpus_cached and torch.allclose(both, (corpus + moment) / 2)
+    assert len(list((tmp_path / "mom2").glob("*.pt"))) == 2
+    with pytest.raises(InputError, match="mom2_source must be one of corpus, fact_prompts, both"):
+        ROMEHyperParams(mom2_source="tokens")

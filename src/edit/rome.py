@@ -373,8 +373,8 @@ class ROME:
         if not self.use_mom2_adjustment or self.corpus_path is None:
             return None
         moment, _ = load_or_compute_second_moment(
-            self._statistics_model or model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples, self.hparams.mom2_dtype,
-            self.stats_dir, self.progress)
+            self._statistics_model or model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples,
+            self.hparams.mom2_dtype, self.stats_dir, self.progress, self.hparams.mom2_source)
         if moment.shape != (size, size):
             raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
         return moment

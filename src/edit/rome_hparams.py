@@ -12,6 +12,7 @@ from src.utils.errors import InputError
 FACT_TOKENS = ("last", "subject_last", "auto")
 KEY_MODES = ("consistent", "original")
 V_OBJECTIVES = ("rank_one", "lookup")
+MOM2_SOURCES = ("corpus", "fact_prompts", "both")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ROMEHyperParams:
     key_mode: str = "consistent"
     mom2_n_samples: int = 0
     mom2_dtype: str = "float64"
+    mom2_source: str = "corpus"
     locate_noise_level: float = 3.0
     locate_num_samples: int = 10
     locate_window: int | None = None
@@ -46,6 +48,7 @@ class ROMEHyperParams:
             (self.fact_token in FACT_TOKENS, f"fact_token must be one of {', '.join(FACT_TOKENS)}, got '{self.fact_token}'"),
             (self.key_mode in KEY_MODES, f"key_mode must be one of {', '.join(KEY_MODES)}, got '{self.key_mode}'"),
             (self.v_objective in V_OBJECTIVES, f"v_objective must be one of {', '.join(V_OBJECTIVES)}, got '{self.v_objective}'"),
+            (self.mom2_source in MOM2_SOURCES, f"mom2_source must be one of {', '.join(MOM2_SOURCES)}, got '{self.mom2_source}'"),
             (self.mom2_dtype in ("float32", "float64"), f"mom2_dtype must be float32 or float64, got '{self.mom2_dtype}'"),
             (self.clamp_norm_factor > 0, f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}"),
             (self.v_num_grad_steps >= 1, f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"),

@@ -1,7 +1,12 @@
 """Second-moment statistics of MLP keys, C = E[k k^T], over a text corpus, cached on disk.
 
-k is the input of layer l's MLP output projection (after the activation), at every corpus token. The cache key
-hashes the model's weights, the corpus bytes, the layer, the sample count and the dtype, never a model name.
+k is the input of layer l's MLP output projection (after the activation). Sources:
+  corpus        every token of every corpus line (the original ROME: keys "in the wild")
+  fact_prompts  the last token of each fact's prompt `"s r"` (facts read from the corpus): the keys at which a KG
+                model reads its facts out, i.e. where an edit at the last token must not leak
+  both          the mean of the two
+The cache key hashes the model's weights, the corpus bytes, the layer, the sample count, the dtype and the source,
+never a model name.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.hooks import Trace
+from src.edit.kg_context import KGContext
 from src.edit.model_layout import ModelLayout
 from src.kg.corpus import require_corpus_file
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_file
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SOURCES = ("corpus", "fact_prompts", "both")
 
 
 def default_cache_dir() -> Path:
@@ -38,8 +45,11 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
     return digest.hexdigest()
 
 
-def stats_key(model: PreTrainedModel, corpus_path: Path, layer: int, n_samples: int, dtype: str) -> str:
+def stats_key(model: PreTrainedModel, corpus_path: Path, layer: int, n_samples: int, dtype: str,
+              source: str = "corpus") -> str:
     parts = [weights_fingerprint(model), sha256_file(corpus_path), f"layer={layer}", f"n={n_samples}", f"dtype={dtype}"]
+    if source != "corpus":  # (corpus keys stay as they were before sources existed)
+        parts.append(f"source={source}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -52,8 +62,10 @@ def compute_second_moment(
     dtype: str = "float64",
     batch_size: int = 512,
     progress: bool = True,
+    last_token_only: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """(C (d_ff, d_ff) on CPU in `dtype`, number of tokens). Lines are grouped by token length: no padding."""
+    """(C (d_ff, d_ff) on CPU in `dtype`, number of keys). Lines are grouped by token length: no padding.
+    last_token_only: one key per line, at its last token (else every token)."""
     layout = ModelLayout.of(model)
     device = next(model.parameters()).device
     encoded = [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
@@ -66,7 +78,8 @@ def compute_second_moment(
     for batch in tqdm(batches, desc=f"key statistics, layer {layer}", unit="batch", disable=not progress):
         with Trace(layout.mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
             model(input_ids=torch.tensor(batch, device=device), use_cache=False)
-        keys = trace.input.reshape(-1, trace.input.shape[-1]).to(DTYPES[dtype])
+        keys = trace.input[:, -1] if last_token_only else trace.input.reshape(-1, trace.input.shape[-1])
+        keys = keys.to(DTYPES[dtype])
         product = keys.T @ keys
         total = product if total is None else total + product
         count += keys.shape[0]
@@ -84,19 +97,32 @@ def load_or_compute_second_moment(
     dtype: str = "float64",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    source: str = "corpus",
 ) -> tuple[torch.Tensor, bool]:
-    """(C, loaded_from_cache). Uses the first `n_samples` corpus lines (all if n_samples <= 0)."""
+    """(C, loaded_from_cache). Uses the first `n_samples` corpus lines or facts (all if n_samples <= 0)."""
     if dtype not in DTYPES:
         raise InputError(f"unknown mom2_dtype '{dtype}'; allowed: {', '.join(DTYPES)}")
+    if source not in SOURCES:
+        raise InputError(f"unknown mom2_source '{source}'; allowed: {', '.join(SOURCES)}")
+    if source == "both":
+        parts = [load_or_compute_second_moment(model, tokenizer, corpus_path, layer, n_samples, dtype, cache_dir,
+                                               progress, part) for part in ("corpus", "fact_prompts")]
+        return (parts[0][0] + parts[1][0]) / 2, parts[0][1] and parts[1][1]
     corpus_path = require_corpus_file(corpus_path)
-    cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{stats_key(model, corpus_path, layer, n_samples, dtype)}.pt"
+    key = stats_key(model, corpus_path, layer, n_samples, dtype, source)
+    cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{key}.pt"
     if cache_file.is_file():
         return torch.load(cache_file, map_location="cpu", weights_only=True)["mom2"], True
-    lines = [line.strip() for line in corpus_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if source == "corpus":
+        lines = [line.strip() for line in corpus_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        lines = [f.prompt() for f in KGContext.from_corpus(corpus_path).facts]
     if n_samples > 0:
         lines = lines[:n_samples]
-    moment, count = compute_second_moment(model, tokenizer, lines, layer, dtype, progress=progress)
+    moment, count = compute_second_moment(model, tokenizer, lines, layer, dtype, progress=progress,
+                                          last_token_only=source == "fact_prompts")
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache_file) as tmp:
-        torch.save({"mom2": moment, "num_tokens": count, "layer": layer, "corpus": str(corpus_path)}, tmp)
+        torch.save({"mom2": moment, "num_tokens": count, "layer": layer, "corpus": str(corpus_path), "source": source},
+                   tmp)
     return moment, False

@@ -36,6 +36,7 @@ from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import answer_token_id, check_known_words
 from src.edit.rewrite import RewriteSet, last_positions, mlp_keys, pad_id, rewrite_set
 from src.edit.rome import apply_update
+from src.edit.rome_hparams import MOM2_SOURCES
 from src.edit.second_moment import load_or_compute_second_moment
 from src.utils.config import dataclass_from_mapping, read_yaml
 from src.utils.errors import InputError
@@ -57,6 +58,7 @@ class MEMITHyperParams:
     mom2_update_weight: float = 100.0
     mom2_n_samples: int = 0
     mom2_dtype: str = "float64"
+    mom2_source: str = "corpus"
     z_batch_size: int = 64
     past_keys_weight: float = 0.0
     seed: int = 0
@@ -67,6 +69,8 @@ class MEMITHyperParams:
             raise InputError(f"layers must be a non-empty increasing list, got {list(self.layers)}")
         if self.mom2_update_weight < 0:
             raise InputError(f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}")
+        if self.mom2_source not in MOM2_SOURCES:
+            raise InputError(f"mom2_source must be one of {', '.join(MOM2_SOURCES)}, got '{self.mom2_source}'")
         if self.past_keys_weight < 0:
             raise InputError(f"past_keys_weight must be >= 0, got {self.past_keys_weight}")
         if self.z_batch_size < 1:
@@ -167,7 +171,7 @@ class MEMITEditor:
         if self._statistics_model is not None:
             moment, _ = load_or_compute_second_moment(self._statistics_model, self.tokenizer, self.env.corpus_path, layer,
                                                       hp.mom2_n_samples, hp.mom2_dtype, self.env.stats_dir,
-                                                      self.env.progress)
+                                                      self.env.progress, hp.mom2_source)
             moment = moment.double()
         else:
             moment = torch.eye(d_ff, dtype=torch.float64)
