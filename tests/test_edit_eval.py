@@ -101,7 +101,7 @@ def test_independent_mode_leaves_the_model_and_restores_between_edits(tiny_evalu
     first, second = draw_requests(tiny_kg.graph, 2, seed=0)
     requests = [first, second, first]
     run = run_method("memit", model, tokenizer, requests, "independent", evaluator, env,
-                     {"layers": [1, 2], "num_context_prefixes": 3}, progress=False)
+                     {"layers": [1, 2], "num_context_prefixes": 3, "mom2_source": "corpus", "mom2_update_weight": 100}, progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert [r.retention_before for r in run.records] == [1.0] * 3  # each edit starts from the original weights
     same = lambda record: {k: v for k, v in record.to_dict().items() if k not in ("index", "seconds")}  # noqa: E731
@@ -114,7 +114,7 @@ def test_sequential_mode_checkpoints(tiny_evaluator, tiny_kg, tmp_path):
     env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path)
     requests = draw_requests(tiny_kg.graph, 5, seed=1)
     run = run_method("memit", model, tokenizer, requests, "sequential", evaluator, env,
-                     {"layers": [1, 2], "num_context_prefixes": 3}, every=2, progress=False)
+                     {"layers": [1, 2], "num_context_prefixes": 3, "mom2_source": "corpus", "mom2_update_weight": 100}, every=2, progress=False)
     assert [c.num_edits for c in run.checkpoints] == [0, 2, 4, 5]
     assert run.checkpoints[0].retention == 1.0 and run.checkpoints[0].past_efficacy is None
     assert all(0 <= c.retention <= 1 and 0 <= c.past_efficacy <= 1 for c in run.checkpoints[1:])
@@ -130,7 +130,7 @@ def eval_args(tiny_trained, tiny_kg, out, *extra):
 def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
     out = tmp_path / "eval"
     fast = tmp_path / "memit.yaml"
-    fast.write_text("layers: [1, 2]\nnum_context_prefixes: 3\n")
+    fast.write_text("layers: [1, 2]\nnum_context_prefixes: 3\nmom2_source: corpus\nmom2_update_weight: 100\n")
     args = eval_args(tiny_trained, tiny_kg, out, "--methods", "memit,ft", "--mode", "batch", "--num-edits", "4",
                      "--hparams", f"memit={fast}")
     assert run_cli(run_editing_eval.main, args) == 0

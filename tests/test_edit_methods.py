@@ -17,8 +17,8 @@ FAST = {
     "rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_other_facts": 5},
     "rome-original": {"layer": 1, "num_context_prefixes": 3, "num_eval_other_facts": 5},
     "ft": {"layer": 1, "num_context_prefixes": 3, "norm_constraint": 0.2, "lr": 0.02},
-    "memit": {"layers": [1, 2], "num_context_prefixes": 3},
-}
+    "memit": {"layers": [1, 2], "num_context_prefixes": 3, "mom2_source": "corpus", "mom2_update_weight": 100},
+}  # (the tiny KG has fewer facts than the MLP has keys dims: C from fact prompts alone would be singular)
 
 
 @pytest.fixture()
@@ -70,6 +70,7 @@ def test_memit_layer_update_solves_its_normal_equations(tiny_model, env):
     (dW K - R) K^T + lambda dW C, must vanish."""
     model, tokenizer = tiny_model
     editor = build_editor("memit", model, tokenizer, {**FAST["memit"], "mom2_update_weight": 3.0}, env)
+    assert editor.hparams.mom2_source == "corpus"
     generator = torch.Generator().manual_seed(0)
     d_ff = editor.layout.mlp_out(1).weight.shape[0]  # Conv1D: (d_ff, d_model)
     keys = torch.randn(5, d_ff, generator=generator, dtype=torch.float64)
@@ -98,6 +99,7 @@ def test_memit_hparams_are_checked():
     with pytest.raises(InputError, match="increasing"):
         MEMITHyperParams(layers=(2, 1))
     assert MEMITHyperParams(layers=[0, 3]).layers == (0, 3)
+    assert MEMITHyperParams().layers is None  # every layer of the model
 
 
 def test_rome_original_defaults_to_the_original_key_mixture(tiny_model, env):
@@ -105,4 +107,13 @@ def test_rome_original_defaults_to_the_original_key_mixture(tiny_model, env):
     editor = build_editor("rome-original", model, tokenizer, {"layer": 1}, env)
     assert editor.hparams.key_mode == "original" and editor.hparams.v_objective == "lookup"
     assert build_editor("rome", model, tokenizer, None, env).hparams.key_mode == "consistent"
+    assert build_editor("memit", model, tokenizer, None, env).layers == (0, 1, 2, 3)  # default: every layer
     assert EditRequest("a", "b", "c", "d").to_dict()["target"] == "d"
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_default_hparams_file_matches_the_method_defaults(method):
+    from tests.conftest import REPO_ROOT
+
+    spec = METHODS[method]
+    assert spec.load_hparams(REPO_ROOT / spec.default_hparams) == spec.load_hparams(None)

@@ -482,13 +482,13 @@ def apply_update(module: torch.nn.Module, update: torch.Tensor) -> None:
         module.weight.add_((update.T if transposed else update).to(module.weight.device, module.weight.dtype))
 
 
-def solve_psd(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """matrix^-1 vector in float64 on the CPU, without forming the inverse: Cholesky, else least squares
-    (for an ill-conditioned or singular C)."""
-    matrix, vector = matrix.double().cpu(), vector.double().cpu()
+def solve_psd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """matrix^-1 rhs in float64 on the CPU, without forming the inverse: Cholesky, else least squares (for an
+    ill-conditioned or singular matrix, e.g. C from fewer keys than dimensions). rhs: (n,) or (n, m)."""
+    matrix, rhs = matrix.double().cpu(), rhs.double().cpu()
+    columns = rhs[:, None] if rhs.dim() == 1 else rhs
     factor, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        solution = torch.cholesky_solve(vector[:, None], factor)[:, 0]
-        if torch.isfinite(solution).all():
-            return solution
-    return torch.linalg.lstsq(matrix, vector[:, None], driver="gelsd").solution[:, 0]
+    solution = torch.cholesky_solve(columns, factor) if int(info) == 0 else None
+    if solution is None or not torch.isfinite(solution).all():
+        solution = torch.linalg.lstsq(matrix, columns, driver="gelsd").solution
+    return solution[:, 0] if rhs.dim() == 1 else solution

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -121,6 +122,10 @@ def load_or_compute_second_moment(
         lines = lines[:n_samples]
     moment, count = compute_second_moment(model, tokenizer, lines, layer, dtype, progress=progress,
                                           last_token_only=source == "fact_prompts")
+    if count < moment.shape[0]:
+        remedy = "mom2_source 'corpus' or 'both' uses more keys" if source == "fact_prompts" else "a larger corpus helps"
+        warnings.warn(f"key statistics from {count} {source} keys in {moment.shape[0]} dimensions are singular; "
+                      f"solves fall back to least squares ({remedy})", stacklevel=2)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache_file) as tmp:
         torch.save({"mom2": moment, "num_tokens": count, "layer": layer, "corpus": str(corpus_path), "source": source},

@@ -30,7 +30,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("ft", make_ft, load_ft_hparams, True, "configs/ft_gpt_small.yaml",
                    "FT+L: fine-tune one MLP output projection within an L-infinity ball"),
         MethodSpec("memit", make_memit, load_memit_hparams, True, "configs/memit_gpt_small.yaml",
-                   "MEMIT: batched update spread over several MLP layers"),
+                   "MEMIT: batched update spread over several MLP layers (all 8 by default)"),
     )
 }
 

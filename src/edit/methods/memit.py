@@ -1,6 +1,6 @@
 """MEMIT (Meng et al. 2023, "Mass-Editing Memory in a Transformer"): many facts at once, spread over several MLPs.
 
-For requests i = 1..n and layers R = {l_1 < ... < l_k}, L = l_k:
+For requests i = 1..n and layers R = {l_1 < ... < l_k} (default: every layer), L = l_k:
   1. z_i = h_L,i + delta_i: the target residual (block L's output at the edit position of the bare prompt). delta_i is
      optimised (Adam) so that adding it at the edit position of every rewrite prompt makes the target top-1, with a
      KL term on the subject's other facts, a weight decay and a clamp at clamp_norm_factor * |h_L,i|. Requests are
@@ -35,7 +35,7 @@ from src.edit.model_layout import ModelLayout
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import answer_token_id, check_known_words
 from src.edit.rewrite import RewriteSet, last_positions, mlp_keys, pad_id, rewrite_set
-from src.edit.rome import apply_update
+from src.edit.rome import apply_update, solve_psd
 from src.edit.rome_hparams import MOM2_SOURCES
 from src.edit.second_moment import load_or_compute_second_moment
 from src.utils.config import dataclass_from_mapping, read_yaml
@@ -46,7 +46,7 @@ from src.utils.errors import InputError
 class MEMITHyperParams:
     """Documented in configs/memit_gpt_small.yaml."""
 
-    layers: tuple[int, ...] = (0, 1, 2)
+    layers: tuple[int, ...] | None = None
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     v_lr: float = 0.5
@@ -55,18 +55,19 @@ class MEMITHyperParams:
     v_stop_prob: float = 0.95
     num_context_prefixes: int = 10
     bare_prompt_weight: float = 0.5
-    mom2_update_weight: float = 100.0
+    mom2_update_weight: float = 200.0
     mom2_n_samples: int = 0
     mom2_dtype: str = "float64"
-    mom2_source: str = "corpus"
+    mom2_source: str = "fact_prompts"
     z_batch_size: int = 64
     past_keys_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
-        if not self.layers or list(self.layers) != sorted(set(self.layers)):
-            raise InputError(f"layers must be a non-empty increasing list, got {list(self.layers)}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+            if not self.layers or list(self.layers) != sorted(set(self.layers)):
+                raise InputError(f"layers must be a non-empty increasing list or null, got {list(self.layers)}")
         if self.mom2_update_weight < 0:
             raise InputError(f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}")
         if self.mom2_source not in MOM2_SOURCES:
@@ -78,7 +79,7 @@ class MEMITHyperParams:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["layers"] = list(self.layers)
+        data["layers"] = None if self.layers is None else list(self.layers)
         return data
 
 
@@ -100,7 +101,8 @@ class MEMITEditor:
         self.hparams = hparams
         self.env = env
         self.layout = ModelLayout.of(model)
-        for layer in hparams.layers:
+        self.layers = hparams.layers if hparams.layers is not None else tuple(range(self.layout.num_layers))
+        for layer in self.layers:
             self.layout.check_layer(layer)
         self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
         # C on the weights as given, so that a sequence of in-place batches reuses one C per layer.
@@ -127,22 +129,22 @@ class MEMITEditor:
             steps.extend(s)
         z = torch.cat(z_list)  # (n, d) float64 on CPU
         changed = []
-        for index, layer in enumerate(hp.layers):
+        for index, layer in enumerate(self.layers):
             keys = self._request_keys(sets, layer)  # (n, d_ff) float64
-            residual = (z - self._residuals_now(sets)) / (len(hp.layers) - index)
+            residual = (z - self._residuals_now(sets)) / (len(self.layers) - index)
             update = self._layer_update(layer, keys, residual)
             apply_update(self.layout.mlp_out(layer), update)
             if hp.past_keys_weight > 0:
                 self._past_keys.setdefault(layer, []).append(keys)
             changed.append(self.layout.paths.mlp_out.format(layer) + ".weight")
-        infos = tuple(RequestInfo(layers=hp.layers, context_facts=tuple(f.sentence() for f in s.context_facts), steps=n)
+        infos = tuple(RequestInfo(layers=self.layers, context_facts=tuple(f.sentence() for f in s.context_facts), steps=n)
                       for s, n in zip(sets, steps))
         return MethodOutput(infos=infos, changed=tuple(changed))
 
     # ------------------------------------------------------------------ steps
 
     def _z_module(self) -> torch.nn.Module:
-        return self.layout.block(self.hparams.layers[-1])
+        return self.layout.block(self.layers[-1])
 
     @torch.no_grad()
     def _residuals_now(self, sets: list[RewriteSet]) -> torch.Tensor:
@@ -179,7 +181,7 @@ class MEMITEditor:
         if hp.past_keys_weight > 0 and self._past_keys.get(layer):
             past = torch.cat(self._past_keys[layer])
             system = system + hp.past_keys_weight * past.T @ past
-        adjusted = torch.linalg.solve(system, keys.T)  # (d_ff, n)
+        adjusted = solve_psd(system, keys.T)  # (d_ff, n)
         return residual.T @ adjusted.T
 
     def _target_residuals(self, sets: list[RewriteSet], target_ids: list[int]) -> tuple[torch.Tensor, list[int]]:
