@@ -101,7 +101,8 @@ class MethodRun:
 
 def _update_norm(model: PreTrainedModel, snapshot: dict[str, torch.Tensor], changed: Sequence[str]) -> float:
     params = dict(model.named_parameters())
-    return math.sqrt(sum(float((params[n].detach().double().cpu() - snapshot[n].double()).pow(2).sum()) for n in changed))
+    squares = (float((params[n].detach().double().cpu() - snapshot[n].double()).pow(2).sum()) for n in changed)
+    return math.sqrt(sum(squares))
 
 
 def _restore(model: PreTrainedModel, snapshot: dict[str, torch.Tensor], changed: Sequence[str]) -> None:
@@ -131,8 +132,12 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
                mode: str, evaluator: KGEvaluator, env: EditEnvironment, hparams: Any = None, every: int = 50,
                progress: bool = True) -> MethodRun:
     """Evaluate one method; `model` itself is never changed (the method edits a private copy)."""
+    if mode not in MODES:
+        raise InputError(f"unknown mode '{mode}'; allowed: {', '.join(MODES)}")
     work = copy.deepcopy(model)
     editor = build_editor(method, work, tokenizer, hparams, env)
+    if mode == "batch" and not editor.batched:
+        raise InputError(f"method '{method}' edits one fact at a time and has no batch mode")
     snapshot = {name: p.detach().clone().cpu() for name, p in work.named_parameters()}
     cases = [evaluator.case(q) for q in requests]
     bar = dict(desc=f"{method} ({mode})", unit="edit", disable=not progress)
@@ -151,7 +156,8 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
 
     records, checkpoints, used = [], [], []
     if mode == "sequential":
-        checkpoints.append(CheckpointRecord(method, 0, evaluator.retention(evaluator.predictions_before, set()), None, None))
+        start = evaluator.retention(evaluator.predictions_before, set())
+        checkpoints.append(CheckpointRecord(method, 0, start, None, None))
     for i, (q, case) in enumerate(zip(requests, tqdm(cases, **bar))):
         before = _bare_probabilities(evaluator, work, [q])
         started = time.perf_counter()

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from src.utils.config import dataclass_from_mapping, read_yaml
+from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
 FACT_TOKENS = ("last", "subject_last", "auto")
@@ -71,12 +71,4 @@ class ROMEHyperParams:
 
 def load_hparams(source: "ROMEHyperParams | Mapping[str, Any] | str | Path | None") -> ROMEHyperParams:
     """From a dataclass, a dict, or a YAML path; None gives the defaults."""
-    if source is None:
-        return ROMEHyperParams()
-    if isinstance(source, ROMEHyperParams):
-        return source
-    if isinstance(source, Mapping):
-        return dataclass_from_mapping(ROMEHyperParams, dict(source), "hparams")
-    if isinstance(source, (str, Path)):
-        return dataclass_from_mapping(ROMEHyperParams, read_yaml(source), str(source))
-    raise InputError(f"hparams must be a path to YAML, a dict or ROMEHyperParams, got {type(source).__name__}")
+    return load_dataclass(ROMEHyperParams, source)

@@ -42,3 +42,15 @@ def resolve_relative_to(base_file: str | Path, value: str | Path) -> Path:
     """Paths inside a config file are relative to that file's directory, never to the working directory."""
     value = Path(value)
     return value if value.is_absolute() else (Path(base_file).resolve().parent / value).resolve()
+
+
+def load_dataclass(cls: type[T], source: Any, base: Mapping[str, Any] | None = None) -> T:
+    """`cls` from an instance (returned as is), a dict, a YAML path, or None (the defaults); the keys of `base` are
+    defaults that `source` may override. Unknown keys raise InputError naming the key and where it came from."""
+    if isinstance(source, cls):
+        return source
+    if source is not None and not isinstance(source, (Mapping, str, Path)):
+        raise InputError(f"hparams must be a path to YAML, a dict or {cls.__name__}, got {type(source).__name__}")
+    given = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
+    where = str(source) if isinstance(source, (str, Path)) else "hparams"
+    return dataclass_from_mapping(cls, {**(base or {}), **given}, where)

@@ -26,7 +26,7 @@ from src.edit.model_layout import ModelLayout
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import answer_token_id, check_known_words
 from src.edit.rewrite import RewriteSet, pad_id, rewrite_set
-from src.utils.config import dataclass_from_mapping, read_yaml
+from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
 
@@ -56,10 +56,7 @@ class FTHyperParams:
 
 
 def load_ft_hparams(source: Mapping[str, Any] | str | Path | FTHyperParams | None) -> FTHyperParams:
-    if isinstance(source, FTHyperParams):
-        return source
-    data = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
-    return dataclass_from_mapping(FTHyperParams, data, str(source) if isinstance(source, (str, Path)) else "hparams")
+    return load_dataclass(FTHyperParams, source)
 
 
 class FTEditor:

@@ -38,7 +38,7 @@ from src.edit.rewrite import RewriteSet, last_positions, mlp_keys, pad_id, rewri
 from src.edit.rome import apply_update, solve_psd
 from src.edit.rome_hparams import MOM2_SOURCES
 from src.edit.second_moment import load_or_compute_second_moment
-from src.utils.config import dataclass_from_mapping, read_yaml
+from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
 
@@ -84,10 +84,7 @@ class MEMITHyperParams:
 
 
 def load_memit_hparams(source: Mapping[str, Any] | str | Path | MEMITHyperParams | None) -> MEMITHyperParams:
-    if isinstance(source, MEMITHyperParams):
-        return source
-    data = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
-    return dataclass_from_mapping(MEMITHyperParams, data, str(source) if isinstance(source, (str, Path)) else "hparams")
+    return load_dataclass(MEMITHyperParams, source)
 
 
 class MEMITEditor:

@@ -16,7 +16,7 @@ from src.edit.evaluation import EditRequest
 from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
 from src.edit.rome import ROME
 from src.edit.rome_hparams import ROMEHyperParams
-from src.utils.config import dataclass_from_mapping, read_yaml
+from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
 # The original ROME code computes the update's denominator from the bare prompt's key while k* and delta come from
@@ -52,20 +52,12 @@ class ROMEEditor:
 
 
 def load_rome_hparams(source: Mapping[str, Any] | str | Path | ROMEHyperParams | None) -> ROMEHyperParams:
-    return _hparams(source, {})
+    return load_dataclass(ROMEHyperParams, source)
 
 
 def load_rome_original_hparams(source: Mapping[str, Any] | str | Path | ROMEHyperParams | None) -> ROMEHyperParams:
     """The original's key mixture and lookup objective; anything else as `rome` unless `source` says otherwise."""
-    return _hparams(source, ORIGINAL_KEYS)
-
-
-def _hparams(source, base: Mapping[str, Any]) -> ROMEHyperParams:
-    if isinstance(source, ROMEHyperParams):
-        return source
-    given = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
-    where = str(source) if isinstance(source, (str, Path)) else "hparams"
-    return dataclass_from_mapping(ROMEHyperParams, {**base, **given}, where)
+    return load_dataclass(ROMEHyperParams, source, base=ORIGINAL_KEYS)
 
 
 def make_rome(model, tokenizer, hparams, env: EditEnvironment) -> ROMEEditor:
