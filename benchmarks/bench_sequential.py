@@ -37,8 +37,12 @@ SETTINGS = {  # name -> (method, hyperparameter overrides of the method's defaul
     "rome_both": ("rome", {"mom2_source": "both"}),
     "rome_facts_past": ("rome", {"mom2_source": "fact_prompts", "past_keys_weight": 1.0}),
     "memit": ("memit", {}),
-    "memit_facts": ("memit", {"mom2_source": "fact_prompts"}),
-    "memit_past": ("memit", {"past_keys_weight": 1.0}),
+    "memit_3layers": ("memit", {"layers": [0, 1, 2], "mom2_source": "corpus", "mom2_update_weight": 100.0}),
+    "memit_3layers_past": ("memit", {"layers": [0, 1, 2], "mom2_source": "corpus", "mom2_update_weight": 100.0,
+                                     "past_keys_weight": 1.0}),
+    "memit_3layers_facts": ("memit", {"layers": [0, 1, 2], "mom2_source": "fact_prompts", "mom2_update_weight": 100.0}),
+    "memit_layer1": ("memit", {"layers": [1], "mom2_source": "corpus", "mom2_update_weight": 100.0}),
+    "memit_layer1_facts": ("memit", {"layers": [1]}),
 }
 
 
