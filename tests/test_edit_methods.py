@@ -86,13 +86,14 @@ def test_memit_layer_update_solves_its_normal_equations(tiny_model, env):
     assert float(gradient.abs().max()) < 1e-8 * float(update.abs().max() + 1)
 
 
-def test_memit_batch_edits_every_request(tiny_model, tiny_kg, env):
+def test_memit_batch_edits_the_requests_jointly(tiny_model, tiny_kg, env):
     model, tokenizer = tiny_model
     requests = draw_requests(tiny_kg.graph, 4, seed=1)
     _, infos = apply_method("memit", model, tokenizer, requests, {**FAST["memit"], "z_batch_size": 3}, env)
     assert [i.layers for i in infos] == [(1, 2)] * 4
     predicted = predict_objects(model, tokenizer, [Fact(q.s, q.r, q.target) for q in requests])
-    assert sum(p == q.target for p, q in zip(predicted, requests)) >= 3
+    hits = sum(p == q.target for p, q in zip(predicted, requests))
+    assert hits >= 3  # 3 of 4 on this tiny model (its keys are nearly collinear); the default model: README
 
 
 def test_memit_hparams_are_checked():
