@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from src.cli.common import run_cli
+from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import REPO_ROOT, repo_path
 from src.edit.eval_runner import MODES, EvalConfig, run_evaluation
 from src.edit.methods import METHODS
@@ -41,6 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=repo_path("outputs/editing_eval"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_dtype_argument(p)
     p.add_argument("--hparams", action="append", default=[], metavar="METHOD=FILE",
                    help="hyperparameters YAML for one method (repeatable; default: configs/<method>_gpt_small.yaml)")
     p.add_argument("--num-neighbors", type=int, default=20, help="same-relation facts per edit for specificity")
@@ -49,7 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
     a = p.parse_args(argv)
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     return EvalConfig(model_dir=a.model_dir, kg_file=a.kg_file, kg_corpus=a.kg_corpus, methods=methods,
-                      num_edits=a.num_edits, mode=a.mode, seed=a.seed, output_dir=a.output_dir, device=a.device,
+                      num_edits=a.num_edits, mode=a.mode, seed=a.seed, output_dir=a.output_dir, device=a.device, dtype=a.dtype,
                       hparams=parse_hparams(a.hparams), every=a.every, num_neighbors=a.num_neighbors,
                       num_random=a.num_random, progress=not a.no_progress)
 

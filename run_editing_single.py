@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from src.cli.common import run_cli
+from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import repo_path
 from src.edit.single_edit import SingleEditConfig, run_single_edit
 
@@ -33,6 +33,7 @@ def parse_args(argv: Sequence[str] | None) -> SingleEditConfig:
     p.add_argument("--output-dir", default=repo_path("outputs/editing_results"),
                    help="results directory (default: outputs/editing_results)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_dtype_argument(p)
     p.add_argument("--hparams", default=repo_path("configs/rome_gpt_small.yaml"),
                    help="ROME hyperparameters YAML (default: configs/rome_gpt_small.yaml)")
     p.add_argument("--save-model", default=None, help="also write the edited model to this directory (never the input)")
@@ -43,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> SingleEditConfig:
     return SingleEditConfig(
         model_dir=a.model_dir, subject=a.subject, relation=a.relation, target=a.target,
         kg_corpus=None if a.no_corpus else corpus, original=a.original, layer=a.layer, output_dir=a.output_dir,
-        device=a.device, hparams=a.hparams, save_model=a.save_model,
+        device=a.device, dtype=a.dtype, hparams=a.hparams, save_model=a.save_model,
     )
 
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from src.cli.common import run_cli
+from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import repo_path
 from src.edit.causal_tracing import KINDS
 from src.edit.locating import LocatingConfig, run_locating
@@ -34,13 +34,14 @@ def parse_args(argv: Sequence[str] | None) -> LocatingConfig:
     p.add_argument("--position", default=defaults.position, choices=["last", "subject_last"],
                    help="token whose MLP effect picks the best layer (default: %(default)s)")
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_dtype_argument(p)
     p.add_argument("--no-plots", action="store_true", help="write JSON and arrays only")
     a = p.parse_args(argv)
     return LocatingConfig(
         model_dir=a.model_dir, kg_file=a.kg_file, num_samples=a.num_samples, output_dir=a.output_dir,
         noise_level=a.noise_level, num_noise_samples=a.num_noise_samples, seed=a.seed,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), window=a.window, position=a.position,
-        device=a.device, plots=not a.no_plots,
+        device=a.device, dtype=a.dtype, plots=not a.no_plots,
     )
 
 

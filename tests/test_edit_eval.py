@@ -154,6 +154,7 @@ def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
     (["--hparams", "memit"], "--hparams expects METHOD=FILE"),
     (["--hparams", "ft=x.yaml"], "hparams given for 'ft'"),
     (["--methods", "rome,memit", "--hparams", "memit=BAD"], "config file not found: BAD"),
+    (["--dtype", "float16"], "dtype float16 needs a CUDA device"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_trained, tiny_kg, tmp_path, capsys, extra, message):
     out = tmp_path / "eval"

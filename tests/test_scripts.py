@@ -52,6 +52,19 @@ def test_locating_writes_every_output(locating_args, tmp_path, capsys):
     assert (tmp_path / "replot" / "average_indirect_effect.png").is_file()
 
 
+def test_locating_in_bfloat16_on_the_cpu(locating_args, tmp_path):
+    """bfloat16 runs on the CPU end to end; its scores follow float32's within bfloat16's precision."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert locate(locating_args + ["--num-samples", "3", "--output-dir", str(out), "--no-plots",
+                                       "--dtype", dtype]) == 0
+        runs[dtype] = json.loads((out / "locating_summary.json").read_text())
+    assert runs["bfloat16"]["parameters"]["dtype"] == "bfloat16"
+    clean = [[s["clean_prob"] for s in runs[d]["samples"]] for d in ("float32", "bfloat16")]
+    assert np.allclose(clean[0], clean[1], atol=0.05)
+
+
 def test_locating_is_deterministic(locating_args, tmp_path):
     for name in ("a", "b"):
         assert locate(locating_args + ["--num-samples", "3", "--output-dir", str(tmp_path / name), "--no-plots"]) == 0
@@ -66,6 +79,7 @@ def test_locating_is_deterministic(locating_args, tmp_path):
         (["--noise-level", "0"], "--noise-level must be > 0"),
         (["--window", "0"], "--window must be >= 1"),
         (["--kinds", "hidden,resid"], "unknown kind 'resid'"),
+        (["--dtype", "float16"], "dtype float16 needs a CUDA device (got cpu)"),
     ],
 )
 def test_locating_bad_flags_exit_2_without_output(locating_args, tmp_path, capsys, extra, message):
@@ -127,6 +141,7 @@ def test_editing_writes_outputs_and_never_touches_the_model_dir(edit_args, tiny_
         (["-s", "E_000", "-r", "R_99", "-o", "E_001"], "unknown relation 'R_99'"),
         (["-s", "E_000", "-r", "R_01", "-o", "E_002", "--layer", "4"], "layer 4 is out of range"),
         (["-s", "E_000", "-r", "R_01", "-o", "E_002", "--kg-corpus", "/nonexistent/c.txt"], "Corpus file not found"),
+        (["-s", "E_000", "-r", "R_01", "-o", "E_002", "--dtype", "float16"], "dtype float16 needs a CUDA device"),
     ],
 )
 def test_editing_bad_input_exits_2_without_output(edit_args, tmp_path, capsys, extra, message):

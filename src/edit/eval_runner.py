@@ -56,6 +56,7 @@ class EvalConfig:
     seed: int = 0
     output_dir: str = "outputs/editing_eval"
     device: str = "auto"
+    dtype: str = "float32"
     hparams: dict[str, str] = field(default_factory=dict)
     every: int = 50
     num_prefixes: int = 5
@@ -265,7 +266,7 @@ def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport:
     hparams = {m: METHODS[m].load_hparams(files[m]) for m in config.methods}  # bad hyperparameters fail here, early
     corpus = require_corpus_file(config.kg_corpus or default_corpus(config.kg_file))
     graph = read_graph_jsonl(config.kg_file)
-    model, tokenizer = load_model(config.model_dir, device=config.device)
+    model, tokenizer = load_model(config.model_dir, device=config.device, dtype=config.dtype)
     model.eval()
     env = EditEnvironment(corpus_path=corpus, device=resolve_device(config.device), progress=config.progress)
     aliases = KGContext.from_corpus(corpus).aliases

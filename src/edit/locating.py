@@ -47,6 +47,7 @@ class LocatingConfig:
     window: int | None = None
     position: str = "last"
     device: str = "auto"
+    dtype: str = "float32"
     plots: bool = True
 
     def validate(self) -> "LocatingConfig":
@@ -138,7 +139,7 @@ def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSumma
     config = config.validate()
     started = time.perf_counter()
     graph = read_graph_jsonl(config.kg_file)
-    model, tokenizer = load_model(config.model_dir, device=config.device)
+    model, tokenizer = load_model(config.model_dir, device=config.device, dtype=config.dtype)
     facts = sample_facts(graph.facts, config.num_samples, config.seed)
     for fact in facts:
         check_known_words(tokenizer, entity=fact.s, relation=fact.r, object=fact.o)

@@ -41,6 +41,7 @@ class SingleEditConfig:
     layer: int | None = None
     output_dir: str = "outputs/editing_results"
     device: str = "auto"
+    dtype: str = "float32"
     hparams: str | None = None
     save_model: str | None = None
     top_k: int = 5
@@ -93,7 +94,7 @@ def validate_output_paths(config: SingleEditConfig) -> None:
 def run_single_edit(config: SingleEditConfig) -> SingleEditReport:
     """Everything is validated before anything is written; outputs are written atomically."""
     validate_output_paths(config)
-    model, tokenizer = load_model(config.model_dir, device=config.device)
+    model, tokenizer = load_model(config.model_dir, device=config.device, dtype=config.dtype)
     check_known_words(tokenizer, subject=config.subject, relation=config.relation, target=config.target,
                       original=config.original)
     rome = ROME(model, tokenizer, device=config.device, kg_corpus_path=config.kg_corpus, hparams=config.hparams)

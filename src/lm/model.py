@@ -53,13 +53,28 @@ def build_gpt2(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2L
     return GPT2LMHeadModel(hf_config)
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a model directory written by `train_lm` (or any causal LM directory) in eval mode."""
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """float32 anywhere, bfloat16 anywhere, float16 on CUDA only (CPU float16 kernels are missing or slow)."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; allowed: {', '.join(DTYPES)}")
+    if dtype == "float16" and device.type != "cuda":
+        raise InputError(f"dtype float16 needs a CUDA device (got {device}); use float32 or bfloat16 on the CPU")
+    return DTYPES[dtype]
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "auto",
+               dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model directory written by `train_lm` (or any causal LM directory) in eval mode, in `dtype` (the
+    weights are cast after loading; statistics and solves of the editing methods stay float32/float64)."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise InputError(f"Model not found: {model_dir} has no config.json; train one with: {TRAIN_HINT}")
     resolved = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, resolved)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(resolved)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(resolved, torch_dtype)
     model.eval()
     return model, tokenizer
