@@ -48,6 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> LocatingConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     summary = run_locating(config)
+    if summary is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return 0
     data = summary.to_dict()
     print(f"\nTraced {data['num_traced']} facts ({data['num_skipped']} skipped: the model gets them wrong) "
           f"in {summary.seconds:.1f} s -> {config.output_dir}")

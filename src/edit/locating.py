@@ -26,6 +26,7 @@ from src.edit.trace_stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
 from src.lm.evaluate import predict_objects
 from src.lm.model import load_model
+from src.utils.distributed import process_shard
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json
 from src.viz.tracing import plot_average_effects, plot_best_layers, plot_traces
@@ -134,30 +135,40 @@ def trace_file_name(index: int, fact: Fact) -> str:
     return f"trace_{index:03d}_{fact.s}_{fact.r}_{fact.o}.png"
 
 
-def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSummary:
-    """Trace `num_samples` random facts that the model gets right; write the results directory."""
-    config = config.validate()
-    started = time.perf_counter()
-    graph = read_graph_jsonl(config.kg_file)
-    model, tokenizer = load_model(config.model_dir, device=config.device, dtype=config.dtype)
-    facts = sample_facts(graph.facts, config.num_samples, config.seed)
-    for fact in facts:
-        check_known_words(tokenizer, entity=fact.s, relation=fact.r, object=fact.o)
-    predictions = predict_objects(model, tokenizer, facts)
-    tracer = CausalTracer(model, tokenizer, device=config.device, subjects=graph.entities)
+def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSummary | None:
+    """Trace `num_samples` random facts that the model gets right; write the results directory.
 
-    samples, skipped = [], []
-    bar = tqdm(list(enumerate(facts)), desc="tracing", unit="fact", disable=not progress)
-    for index, fact in bar:
-        if predictions[index] != fact.o:
-            skipped.append({"index": index, **fact.to_dict(), "predicted": predictions[index]})
-            continue
-        traces = tracer.trace_kinds(fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples,
-                                    config.kinds, config.window, seed=config.seed + index)
-        mlp = traces.get("mlp") or tracer.trace_important_states(
-            fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples, "mlp", config.window,
-            seed=config.seed + index)
-        samples.append(SampleTrace(index, fact, mlp.best_layer(config.position), traces))
+    Under `torchrun --nproc-per-node N`, sample i is traced by rank i % N (each trace is seeded by its index, not by
+    the rank), rank 0 gathers, writes the directory and returns the summary; the other ranks return None."""
+    config = config.validate()
+    with process_shard() as shard:
+        started = time.perf_counter()
+        graph = read_graph_jsonl(config.kg_file)
+        device = shard.device(config.device)
+        model, tokenizer = load_model(config.model_dir, device=device, dtype=config.dtype)
+        facts = sample_facts(graph.facts, config.num_samples, config.seed)
+        for fact in facts:
+            check_known_words(tokenizer, entity=fact.s, relation=fact.r, object=fact.o)
+        predictions = predict_objects(model, tokenizer, facts)
+        tracer = CausalTracer(model, tokenizer, device=device, subjects=graph.entities)
+
+        samples, skipped = [], []
+        mine = shard.take(list(enumerate(facts)))
+        for index, fact in tqdm(mine, desc="tracing", unit="fact", disable=not (progress and shard.is_main)):
+            if predictions[index] != fact.o:
+                skipped.append({"index": index, **fact.to_dict(), "predicted": predictions[index]})
+                continue
+            traces = tracer.trace_kinds(fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples,
+                                        config.kinds, config.window, seed=config.seed + index)
+            mlp = traces.get("mlp") or tracer.trace_important_states(
+                fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples, "mlp", config.window,
+                seed=config.seed + index)
+            samples.append(SampleTrace(index, fact, mlp.best_layer(config.position), traces))
+        gathered = shard.gather((samples, skipped))
+        if not shard.is_main:
+            return None
+    samples = sorted((s for part, _ in gathered for s in part), key=lambda s: s.index)
+    skipped = sorted((s for _, part in gathered for s in part), key=lambda s: s["index"])
     averages = {kind: average_effects([s.traces[kind] for s in samples]) for kind in config.kinds} if samples else {}
     summary = LocatingSummary(config, tuple(samples), tuple(skipped), averages, tracer.num_layers,
                               time.perf_counter() - started)

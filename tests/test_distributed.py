@@ -1,0 +1,41 @@
+"""torchrun sharding of run_locating_batch.py: 2 CPU processes (gloo) write what one process writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from src.utils.distributed import Shard
+from tests.conftest import REPO_ROOT
+
+
+def test_shard_takes_every_world_size_th_item():
+    shards = [Shard(rank, 3) for rank in range(3)]
+    assert [s.take(list(range(7))) for s in shards] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [i for i in range(7) if shards[1].owns(i)] == [1, 4]
+    assert Shard(0, 1).gather("x") == ["x"] and Shard(0, 1).is_main
+
+
+def run(command, out, tiny_trained, tiny_kg):
+    args = [*command, str(REPO_ROOT / "run_locating_batch.py"), "--model-dir", str(tiny_trained[0]),
+            "--kg-file", str(tiny_kg.graph_path), "--num-samples", "6", "--num-noise-samples", "3", "--no-plots",
+            "--device", "cpu", "--output-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "locating_summary.json").read_text())
+    for key in ("seconds",):
+        summary.pop(key)
+    summary["parameters"].pop("output_dir")
+    return summary, np.load(out / "traces.npz")
+
+
+def test_torchrun_two_processes_write_the_single_process_results(tiny_trained, tiny_kg, tmp_path):
+    single, single_arrays = run([sys.executable], tmp_path / "one", tiny_trained, tiny_kg)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    sharded, sharded_arrays = run(torchrun, tmp_path / "two", tiny_trained, tiny_kg)
+    assert sharded == single
+    assert sorted(sharded_arrays.files) == sorted(single_arrays.files) and len(single_arrays.files) > 0
+    assert all(np.array_equal(sharded_arrays[k], single_arrays[k]) for k in single_arrays.files)
