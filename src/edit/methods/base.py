@@ -10,6 +10,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation import EditRequest
+from src.edit.kg_context import KGContext
+from src.edit.model_layout import ModelLayout
+from src.edit.prompts import answer_token_id, check_known_words
+from src.edit.rewrite import RewriteSet, rewrite_set
 
 
 @dataclass(frozen=True)
@@ -78,3 +82,27 @@ class MethodSpec:
     batched: bool
     default_hparams: str
     description: str
+
+
+class PromptEditor:
+    """Set-up shared by the editors that optimise on each request's rewrite prompts (ft, memit): the model in eval
+    mode on the environment's device, its layout, and the KG read from the corpus (None without one).
+    `hparams` must have num_context_prefixes, bare_prompt_weight and seed."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: Any,
+                 env: EditEnvironment) -> None:
+        self.model = model.to(env.device).eval()
+        self.tokenizer = tokenizer
+        self.hparams = hparams
+        self.env = env
+        self.layout = ModelLayout.of(model)
+        self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
+
+    def prepare(self, requests: Sequence[EditRequest]) -> tuple[list[RewriteSet], list[int]]:
+        """(rewrite sets, target token ids) of `requests`; unknown words are errors before any work."""
+        hp = self.hparams
+        for q in requests:
+            check_known_words(self.tokenizer, subject=q.s, relation=q.r, target=q.target)
+        sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
+                for q in requests]
+        return sets, [answer_token_id(self.tokenizer, q.target) for q in requests]

@@ -20,12 +20,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.causal_tracing import CausalTracer
 from src.edit.evaluation import EditRequest
-from src.edit.kg_context import KGContext
-from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
-from src.edit.model_layout import ModelLayout
+from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
 from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import answer_token_id, check_known_words
-from src.edit.rewrite import RewriteSet, pad_id, rewrite_set
+from src.edit.rewrite import RewriteSet, pad_id
 from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
@@ -59,18 +56,13 @@ def load_ft_hparams(source: Mapping[str, Any] | str | Path | FTHyperParams | Non
     return load_dataclass(FTHyperParams, source)
 
 
-class FTEditor:
+class FTEditor(PromptEditor):
     name = "ft"
     batched = True
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: FTHyperParams,
                  env: EditEnvironment) -> None:
-        self.model = model.to(env.device).eval()
-        self.tokenizer = tokenizer
-        self.hparams = hparams
-        self.env = env
-        self.layout = ModelLayout.of(model)
-        self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
+        super().__init__(model, tokenizer, hparams, env)
         if hparams.layer is not None:
             self.layout.check_layer(hparams.layer)
 
@@ -89,13 +81,9 @@ class FTEditor:
         """FT keeps nothing between calls."""
 
     def edit(self, requests: Sequence[EditRequest]) -> MethodOutput:
-        hp = self.hparams
-        for q in requests:
-            check_known_words(self.tokenizer, subject=q.s, relation=q.r, target=q.target)
+        sets, target_ids = self.prepare(requests)
         layer = self.layer_for(requests)
-        sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
-                for q in requests]
-        steps = self._fine_tune(layer, sets, [answer_token_id(self.tokenizer, q.target) for q in requests])
+        steps = self._fine_tune(layer, sets, target_ids)
         infos = tuple(RequestInfo(layers=(layer,), context_facts=tuple(f.sentence() for f in s.context_facts),
                                   steps=steps) for s in sets)
         return MethodOutput(infos=infos, changed=(self.layout.paths.mlp_out.format(layer) + ".weight",))

@@ -29,12 +29,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation import EditRequest
 from src.edit.hooks import Trace
-from src.edit.kg_context import KGContext
-from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
-from src.edit.model_layout import ModelLayout
+from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
 from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import answer_token_id, check_known_words
-from src.edit.rewrite import RewriteSet, last_positions, mlp_keys, pad_id, rewrite_set
+from src.edit.rewrite import RewriteSet, last_positions, mlp_keys, pad_id
 from src.edit.rome import apply_update, solve_psd
 from src.edit.rome_hparams import MOM2_SOURCES
 from src.edit.second_moment import load_or_compute_second_moment
@@ -87,21 +84,16 @@ def load_memit_hparams(source: Mapping[str, Any] | str | Path | MEMITHyperParams
     return load_dataclass(MEMITHyperParams, source)
 
 
-class MEMITEditor:
+class MEMITEditor(PromptEditor):
     name = "memit"
     batched = True
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: MEMITHyperParams,
                  env: EditEnvironment) -> None:
-        self.model = model.to(env.device).eval()
-        self.tokenizer = tokenizer
-        self.hparams = hparams
-        self.env = env
-        self.layout = ModelLayout.of(model)
+        super().__init__(model, tokenizer, hparams, env)
         self.layers = hparams.layers if hparams.layers is not None else tuple(range(self.layout.num_layers))
         for layer in self.layers:
             self.layout.check_layer(layer)
-        self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
         # C on the weights as given, so that a sequence of in-place batches reuses one C per layer.
         self._statistics_model = copy.deepcopy(model) if env.corpus_path is not None else None
         self._past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> keys of earlier calls (past_keys_weight > 0)
@@ -112,11 +104,7 @@ class MEMITEditor:
 
     def edit(self, requests: Sequence[EditRequest]) -> MethodOutput:
         hp = self.hparams
-        for q in requests:
-            check_known_words(self.tokenizer, subject=q.s, relation=q.r, target=q.target)
-        sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
-                for q in requests]
-        targets = [answer_token_id(self.tokenizer, q.target) for q in requests]
+        sets, targets = self.prepare(requests)
         z_list, steps = [], []
         chunks = range(0, len(sets), hp.z_batch_size)
         quiet = not self.env.progress or len(chunks) < 2
