@@ -64,6 +64,8 @@ def fmt(metric: dict, scale: float = 1.0) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     report = run_evaluation(config, REPO_ROOT)
+    if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return 0
     columns = [("efficacy", "efficacy"), ("generalization_prefix", "gen.prefix"), ("generalization_alias", "gen.alias"),
                ("specificity_relation", "spec.rel"), ("specificity_subject", "spec.subj"),
                ("specificity_random", "spec.rand"), ("retention_drop_points", "ret.drop(pt)"), ("seconds", "s/edit")]

@@ -39,3 +39,23 @@ def test_torchrun_two_processes_write_the_single_process_results(tiny_trained, t
     assert sharded == single
     assert sorted(sharded_arrays.files) == sorted(single_arrays.files) and len(single_arrays.files) > 0
     assert all(np.array_equal(sharded_arrays[k], single_arrays[k]) for k in single_arrays.files)
+
+
+def test_torchrun_independent_evaluation_matches_one_process(tiny_trained, tiny_kg, tmp_path):
+    fast = tmp_path / "memit.yaml"
+    fast.write_text("layers: [1, 2]\nnum_context_prefixes: 3\nmom2_source: corpus\nmom2_update_weight: 100\n")
+
+    def records(command, out):
+        args = [*command, str(REPO_ROOT / "run_editing_eval.py"), "--model-dir", str(tiny_trained[0]),
+                "--kg-file", str(tiny_kg.graph_path), "--device", "cpu", "--methods", "memit", "--num-edits", "4",
+                "--hparams", f"memit={fast}", "--no-progress", "--output-dir", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "KG_ROME_CACHE": str(tmp_path)}
+        result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [json.loads(line) for line in (out / "eval_records.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+    single = records([sys.executable], tmp_path / "one")
+    sharded = records([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+                      tmp_path / "two")
+    assert [r["index"] for r in sharded] == [0, 1, 2, 3] and sharded == single

@@ -33,6 +33,7 @@ from src.kg.graph import read_graph_jsonl
 from src.lm.evaluate import first_token_id
 from src.lm.model import load_model
 from src.utils.device import resolve_device
+from src.utils.distributed import process_shard
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json
 
@@ -131,8 +132,10 @@ def _record(index: int, method: str, mode: str, request: EditRequest, metrics: d
 
 def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
                mode: str, evaluator: KGEvaluator, env: EditEnvironment, hparams: Any = None, every: int = 50,
-               progress: bool = True) -> MethodRun:
-    """Evaluate one method; `model` itself is never changed (the method edits a private copy)."""
+               progress: bool = True, indices: Sequence[int] | None = None) -> MethodRun:
+    """Evaluate one method; `model` itself is never changed (the method edits a private copy). indices: the
+    requests' positions in the whole run, for the records (default 0, 1, ...)."""
+    indices = list(range(len(requests))) if indices is None else list(indices)
     if mode not in MODES:
         raise InputError(f"unknown mode '{mode}'; allowed: {', '.join(MODES)}")
     work = copy.deepcopy(model)
@@ -151,7 +154,7 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         norm = _update_norm(work, snapshot, output.changed)
         metrics = evaluator.measure(before, work, cases, [i.context_facts for i in output.infos],
                                     evaluator.kg_probe.top1(work), {(q.s, q.r) for q in requests})
-        records = [_record(i, method, mode, q, m, info, norm, seconds)
+        records = [_record(indices[i], method, mode, q, m, info, norm, seconds)
                    for i, (q, m, info) in enumerate(zip(requests, metrics, output.infos))]
         return MethodRun(method, tuple(records))
 
@@ -176,7 +179,7 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
             norm = _update_norm(work, snapshot, output.changed)
             _snapshot_changed(work, snapshot, output.changed)
             metrics = evaluator.measure(before, work, [case], [info.context_facts], None, {(q.s, q.r)})[0]
-        records.append(_record(i, method, mode, q, metrics, info, norm, seconds))
+        records.append(_record(indices[i], method, mode, q, metrics, info, norm, seconds))
         if mode == "sequential" and ((i + 1) % every == 0 or i + 1 == len(requests)):
             checkpoints.append(checkpoint(evaluator, work, method, cases[: i + 1], used))
     return MethodRun(method, tuple(records), tuple(checkpoints))
@@ -259,22 +262,37 @@ def method_hparams(config: EvalConfig, method: str, repo_root: Path) -> str | No
     return str(default) if default.is_file() else None
 
 
-def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport:
-    """Everything is validated before any edit; the output files are written atomically at the end."""
+def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
+    """Everything is validated before any edit; the output files are written atomically at the end.
+
+    Under `torchrun --nproc-per-node N` (independent mode only), request i is edited by rank i % N; rank 0 gathers the
+    records, writes the directory and returns the report; the other ranks return None."""
     config.validate()
     files = {m: method_hparams(config, m, repo_root) for m in config.methods}
     hparams = {m: METHODS[m].load_hparams(files[m]) for m in config.methods}  # bad hyperparameters fail here, early
     corpus = require_corpus_file(config.kg_corpus or default_corpus(config.kg_file))
     graph = read_graph_jsonl(config.kg_file)
-    model, tokenizer = load_model(config.model_dir, device=config.device, dtype=config.dtype)
-    model.eval()
-    env = EditEnvironment(corpus_path=corpus, device=resolve_device(config.device), progress=config.progress)
-    aliases = KGContext.from_corpus(corpus).aliases
-    evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, config.num_prefixes, config.num_neighbors,
-                            config.num_random, config.seed)
-    requests = draw_requests(graph, config.num_edits, config.seed)
-    runs = tuple(run_method(m, model, tokenizer, requests, config.mode, evaluator, env, hparams[m], config.every,
-                            config.progress) for m in config.methods)
+    with process_shard() as shard:
+        if shard.world_size > 1 and config.mode != "independent":
+            raise InputError(f"mode {config.mode} edits one model step after step and cannot be split across "
+                             f"processes; run it without torchrun (independent mode can be)")
+        device = shard.device(config.device)
+        model, tokenizer = load_model(config.model_dir, device=device, dtype=config.dtype)
+        env = EditEnvironment(corpus_path=corpus, device=resolve_device(device),
+                              progress=config.progress and shard.is_main)
+        aliases = KGContext.from_corpus(corpus).aliases
+        evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, config.num_prefixes, config.num_neighbors,
+                                config.num_random, config.seed)
+        requests = draw_requests(graph, config.num_edits, config.seed)
+        indices = shard.take(range(len(requests)))
+        runs = [run_method(m, model, tokenizer, [requests[i] for i in indices], config.mode, evaluator, env,
+                           hparams[m], config.every, env.progress, indices) for m in config.methods]
+        gathered = shard.gather(runs)
+        if not shard.is_main:
+            return None
+    runs = tuple(MethodRun(run.method, tuple(sorted((r for part in gathered for r in part[k].records),
+                                                    key=lambda r: r.index)), run.checkpoints)
+                 for k, run in enumerate(gathered[0]))
     records = [r for run in runs for r in run.records]
     checkpoints = [c for run in runs for c in run.checkpoints]
     summary = summarize(records, checkpoints)
