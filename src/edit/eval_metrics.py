@@ -66,7 +66,6 @@ class EvalCase:
     prefix_candidates: context facts in order; the first `num_prefixes` the method did not use are measured."""
 
     request: EditRequest
-    fact_index: int
     prefix_candidates: tuple[Fact, ...]
     alias: str | None
     relation_neighbors: tuple[int, ...]
@@ -160,6 +159,11 @@ class KGEvaluator:
         self.tokenizer = tokenizer
         self.facts = list(facts)
         self.index = {(f.s, f.r): i for i, f in enumerate(self.facts)}
+        self._by_subject: dict[str, list[int]] = {}
+        self._by_relation: dict[str, list[int]] = {}
+        for i, f in enumerate(self.facts):
+            self._by_subject.setdefault(f.s, []).append(i)
+            self._by_relation.setdefault(f.r, []).append(i)
         self.aliases = dict(aliases or {})
         self.num_prefixes, self.num_neighbors, self.num_random, self.seed = num_prefixes, num_neighbors, num_random, seed
         self.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in self.facts])
@@ -175,8 +179,9 @@ class KGEvaluator:
         if (request.s, request.r) not in self.index:
             raise InputError(f"request '{request.s} {request.r}' is not a fact of the KG")
         rng = np.random.default_rng([self.seed, 13, *[ord(c) for c in f"{request.s}|{request.r}"]])
-        others = [i for i, f in enumerate(self.facts) if f.s != request.s]
-        same_relation = [i for i in others if self.facts[i].r == request.r]
+        own = set(self._by_subject[request.s])
+        others = [i for i in range(len(self.facts)) if i not in own]
+        same_relation = [i for i in self._by_relation[request.r] if i not in own]
 
         def sample(pool: list[int], n: int) -> tuple[int, ...]:
             return tuple(sorted(pool[j] for j in rng.choice(len(pool), size=min(n, len(pool)), replace=False))) if pool else ()
@@ -185,10 +190,10 @@ class KGEvaluator:
         candidates = [self.facts[others[j]] for j in rng.choice(len(others), size=size, replace=False)] if others else []
         alias = self.aliases.get(request.r)
         return EvalCase(
-            request=request, fact_index=self.index[(request.s, request.r)], prefix_candidates=tuple(candidates),
+            request=request, prefix_candidates=tuple(candidates),
             alias=alias if alias is not None and self._known(alias) else None,
             relation_neighbors=sample(same_relation, self.num_neighbors),
-            subject_facts=tuple(i for i, f in enumerate(self.facts) if f.s == request.s and f.r != request.r),
+            subject_facts=tuple(i for i in self._by_subject[request.s] if self.facts[i].r != request.r),
             random_facts=sample(others, self.num_random),
         )
 
@@ -203,7 +208,8 @@ class KGEvaluator:
     # ------------------------------------------------------------------ measuring
 
     def retention(self, predictions: torch.Tensor, edited: set[tuple[str, str]]) -> float:
-        keep = torch.tensor([(f.s, f.r) not in edited for f in self.facts])
+        keep = torch.ones(len(self.facts), dtype=torch.bool)
+        keep[[self.index[pair] for pair in edited if pair in self.index]] = False
         return float((predictions[keep] == self.answers[keep]).float().mean())
 
     def measure(self, model_before_probs: torch.Tensor, model: PreTrainedModel, cases: Sequence[EvalCase],
