@@ -65,6 +65,19 @@ def test_ft_stays_inside_its_linf_ball(tiny_model, tiny_kg, env):
     assert 0.0099 < float(change.abs().max()) <= 0.01 + 1e-7
 
 
+
+@pytest.mark.parametrize("method", ["ft", "memit"])
+def test_half_precision_edits_stay_finite(method, tiny_model, tiny_kg, env):
+    """float16 weights (run here on the CPU; CUDA is where they are used): FT's Adam must not step on float16
+    weights (its eps underflows and the weight became inf, found on an H200)."""
+    model, tokenizer = tiny_model
+    model.to(torch.float16)
+    request = draw_requests(tiny_kg.graph, 1, seed=5)[0]
+    output = build_editor(method, model, tokenizer, FAST[method], env).edit([request])
+    (name, *_) = output.changed
+    assert bool(torch.isfinite(dict(model.named_parameters())[name]).all())
+    assert predict_objects(model, tokenizer, [Fact(request.s, request.r, request.target)]) == [request.target]
+
 def test_memit_layer_update_solves_its_normal_equations(tiny_model, env):
     """dW = R K^T (lambda C + K K^T)^-1 is the minimiser of |dW K - R|^2 + lambda tr(dW C dW^T): the gradient,
     (dW K - R) K^T + lambda dW C, must vanish."""

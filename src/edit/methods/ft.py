@@ -95,12 +95,15 @@ class FTEditor(PromptEditor):
         targets = torch.tensor([t for s, t in zip(sets, target_ids) for _ in s.rewrite], device=self.env.device)
         batch = PromptBatch.of([p.input_ids for p in prompts], pad_id(self.tokenizer), self.env.device)
         weight = self.layout.mlp_out(layer).weight
-        original = weight.detach().clone()
+        # Adam runs on a float32 master copy: on float16 weights its eps (1e-8) underflows to 0 and the first step
+        # divides by zero (the model's weight becomes inf/nan). The forward and backward run in the model's dtype.
+        original = weight.detach().to(torch.float32, copy=True)  # never a view of the weight it constrains
+        master = original.clone().requires_grad_(True)
         trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
         for p in self.model.parameters():
             p.requires_grad_(False)
         weight.requires_grad_(True)
-        optimizer = torch.optim.Adam([weight], lr=hp.lr)
+        optimizer = torch.optim.Adam([master], lr=hp.lr)
         rows = torch.arange(len(prompts), device=self.env.device)
         steps = 0
         try:
@@ -112,12 +115,15 @@ class FTEditor(PromptEditor):
                     steps -= 1
                     break
                 loss = -(weights * target_log_probs).sum() / len(sets)
-                optimizer.zero_grad()
+                weight.grad = None
                 loss.backward()
+                master.grad = weight.grad.float()
                 optimizer.step()
                 with torch.no_grad():
-                    weight.copy_(original + (weight - original).clamp(-hp.norm_constraint, hp.norm_constraint))
+                    master.copy_(original + (master - original).clamp(-hp.norm_constraint, hp.norm_constraint))
+                    weight.copy_(master)
         finally:
+            weight.grad = None
             for name, p in self.model.named_parameters():
                 p.requires_grad_(trainable[name])
         return steps
