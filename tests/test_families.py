@@ -1,24 +1,37 @@
-"""Beyond GPT-2: tracing and ROME on tiny random Llama and GPT-NeoX models (rotary embeddings, nn.Linear MLPs)."""
+"""Beyond GPT-2: tracing and ROME on a tiny random model of every family (rotary embeddings, parallel
+attention/MLP blocks, gated MLPs, nn.Linear projections), built by `src.lm.model.build_model`."""
 
 import copy
+import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+import run_editing_single
+import run_locating_batch
+from src.cli.common import run_cli
 from src.edit.causal_tracing import CausalTracer
+from src.edit.model_layout import FAMILIES as LAYOUT_FAMILIES
 from src.edit.model_layout import ModelLayout
 from src.edit.rome import ROME
 from src.edit.tracing_reference import plain_trace
+from src.lm.config import TrainConfig
+from src.lm.model import ARCHITECTURES, load_model
+from src.lm.pipeline import train_and_save
 from src.utils.errors import InputError
-from tests.tiny_models import tiny_llama_like, tiny_tokenizer
+from tests.conftest import TINY_MODEL, TINY_OPTIM
+from tests.tiny_models import tiny_family_model, tiny_tokenizer
+
+FAMILIES = [f for f in ARCHITECTURES if f != "gpt2"]  # GPT-2 has its own tests (test_causal_tracing, test_rome)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 def test_tracer_equals_reference(family, kind):
     tokenizer = tiny_tokenizer()
-    model = tiny_llama_like(tokenizer, family)
+    model = tiny_family_model(tokenizer, family)
     tracer = CausalTracer(model, tokenizer, device="cpu")
     noise = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
     result = tracer.trace_important_states("a x", "b r", None, kind=kind, window=2, noise=noise, num_samples=5,
@@ -30,10 +43,10 @@ def test_tracer_equals_reference(family, kind):
     assert np.ptp(reference[result.subject_range[0]:]) > 1e-2
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_rome_on_linear_mlp_with_square_weight(family):
     tokenizer = tiny_tokenizer()
-    model = tiny_llama_like(tokenizer, family, intermediate_size=32)  # d_ff == d_model: orientation by type only
+    model = tiny_family_model(tokenizer, family, intermediate_size=32)  # d_ff == d_model: orientation by type only
     before = copy.deepcopy(model.state_dict())
     with pytest.warns(UserWarning, match="without kg_corpus_path"):
         rome = ROME(model, tokenizer, device="cpu", hparams={"layer": 1, "num_context_prefixes": 0}, progress=False)
@@ -52,5 +65,33 @@ def test_unsupported_family_lists_the_supported_ones():
     class Fake(torch.nn.Module):
         config = type("Config", (), {"model_type": "bert"})()
 
-    with pytest.raises(InputError, match="unsupported model_type 'bert'; supported: gpt2, gpt_neox, llama"):
+    with pytest.raises(InputError, match="unsupported model_type 'bert'; supported: gpt2, gpt_neox, gptj, llama, mistral, qwen2$"):
         ModelLayout.of(Fake())
+
+
+def test_the_two_family_tables_cover_the_same_families():
+    assert sorted(ARCHITECTURES) == sorted(LAYOUT_FAMILIES)
+
+
+def test_a_llama_trained_on_the_kg_is_located_and_edited_by_the_same_commands(tiny_kg, tmp_path, capsys):
+    """`model_type: llama` in the training config; then the guide's locating and editing scripts, unchanged."""
+    config = TrainConfig(kg_dir=tiny_kg.directory, output_dir=tmp_path / "llama", seed=0,
+                         model=replace(TINY_MODEL, model_type="llama"), optim=TINY_OPTIM)
+    trained = train_and_save(config, progress=False)
+    assert trained.result.reached_target
+    model, _ = load_model(trained.model_dir, "cpu")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    common = ["--model-dir", str(trained.model_dir), "--device", "cpu"]
+    out = tmp_path / "loc"
+    assert run_cli(run_locating_batch.main, common + ["--kg-file", str(tiny_kg.graph_path), "--num-samples", "3",
+                                                      "--num-noise-samples", "3", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "locating_summary.json").read_text())
+    assert summary["num_traced"] == 3 and all(0 <= s["best_layer"] < TINY_MODEL.n_layer for s in summary["samples"])
+    fact = tiny_kg.graph.facts[0]
+    target = next(e for e in tiny_kg.graph.entities if e != fact.o)
+    edit_out, hparams = tmp_path / "edit", tmp_path / "rome.yaml"
+    hparams.write_text("num_context_prefixes: 5\nnum_eval_other_facts: 10\n")
+    assert run_cli(run_editing_single.main, common + ["--kg-corpus", str(tiny_kg.corpus_path), "-s", fact.s, "-r", fact.r,
+                                                      "-o", target, "--output-dir", str(edit_out), "--hparams", str(hparams)]) == 0
+    result = json.loads((edit_out / "edit_result.json").read_text())["result"]
+    assert result["success"] is True and result["weight_name"].endswith("mlp.down_proj")

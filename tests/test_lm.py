@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from src.cli import train_lm
 from src.kg.graph import read_graph_jsonl
 from src.lm.config import load_train_config
 from src.lm.evaluate import fact_accuracy
-from src.lm.model import load_model
+from src.lm.model import ModelConfig, load_model
 from src.lm.tokenizer import build_word_tokenizer
 from src.lm.train import encode_corpus
 from src.utils.errors import InputError
@@ -100,6 +101,24 @@ def test_default_train_config_paths_resolve_from_the_config_file():
     config = load_train_config(REPO_ROOT / "configs" / "train_gpt_small.yaml")
     assert config.output_dir == REPO_ROOT / "outputs" / "models" / "gpt_small"
     assert config.model.n_layer >= 6
+
+
+def test_llama_config_differs_from_the_default_only_in_family_and_output():
+    gpt, llama = (load_train_config(REPO_ROOT / "configs" / f"train_{name}_small.yaml") for name in ("gpt", "llama"))
+    assert (gpt.model.model_type, llama.model.model_type) == ("gpt2", "llama")
+    assert llama.output_dir == REPO_ROOT / "outputs" / "models" / "llama_small"
+    assert replace(llama.model, model_type="gpt2") == gpt.model and llama.optim == gpt.optim
+    assert llama.model.activation == "silu" and gpt.model.activation == "gelu_new"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model_type": "bert"}, "unknown model_type 'bert'; allowed: gpt2, gptj, gpt_neox, llama, mistral, qwen2"),
+    ({"n_embd": 30, "n_head": 4}, "n_embd 30 is not a multiple of n_head 4"),
+    ({"model_type": "llama", "n_head": 4, "n_kv_head": 3}, "n_head 4 is not a multiple of n_kv_head 3"),
+])
+def test_model_config_is_checked(fields, message):
+    with pytest.raises(InputError, match=message):
+        ModelConfig(**fields)
 
 
 def test_missing_model_dir_says_how_to_train(tmp_path):

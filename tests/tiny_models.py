@@ -10,8 +10,8 @@ from src.lm.tokenizer import build_word_tokenizer
 WORDS = ["a", "b", "c", "d", "r", "q", "x", "y", "z", ";"]
 
 
-def tiny_tokenizer():
-    return build_word_tokenizer(WORDS)
+def tiny_tokenizer(bos: bool = False):
+    return build_word_tokenizer(WORDS, bos=bos)
 
 
 def tiny_gpt2(tokenizer, n_layer: int = 5, n_embd: int = 32, n_inner: int | None = None,
@@ -29,19 +29,16 @@ def tiny_gpt2(tokenizer, n_layer: int = 5, n_embd: int = 32, n_inner: int | None
     return model
 
 
-def tiny_llama_like(tokenizer, family: str, intermediate_size: int = 64, seed: int = 0):
-    """A tiny random Llama or GPT-NeoX (rotary position embeddings, nn.Linear MLP) with peaked outputs."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+def tiny_family_model(tokenizer, family: str, intermediate_size: int = 64, seed: int = 0):
+    """A tiny random model of any family in `src.lm.model.ARCHITECTURES` (4 layers, 32 wide, 4 heads; Llama-style
+    families with 2 key/value heads), weights scaled up so that outputs are peaked."""
+    from src.lm.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    if family == "llama":
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=intermediate_size, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-        model = LlamaForCausalLM(config)
-    else:
-        config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=intermediate_size, num_hidden_layers=4,
-                               num_attention_heads=4, max_position_embeddings=32)
-        model = GPTNeoXForCausalLM(config)
+    grouped = family in ("llama", "mistral", "qwen2")
+    config = ModelConfig(model_type=family, n_layer=4, n_embd=32, n_head=4, n_inner=intermediate_size,
+                         n_kv_head=2 if grouped else None, n_positions=32, tie_word_embeddings=False)
+    model = build_model(config, tokenizer)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.ndim == 2:

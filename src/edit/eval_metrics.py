@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation import EditRequest
 from src.edit.kg_context import prefix_text
-from src.lm.evaluate import first_token_id
+from src.lm.evaluate import encode_prompt, first_token_id, starts_with_bos
 from src.kg.graph import Fact
 from src.utils.errors import InputError
 
@@ -28,7 +28,8 @@ class PromptProbe:
     """Next-token logits for a fixed list of prompts, tokenized once and batched by token length (no padding)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_size: int = 4096) -> None:
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        bos = starts_with_bos(tokenizer)
+        encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
         groups: dict[int, list[int]] = {}
         for index, ids in enumerate(encoded):
             groups.setdefault(len(ids), []).append(index)

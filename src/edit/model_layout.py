@@ -31,6 +31,8 @@ FAMILIES: dict[str, FamilyPaths] = {
                         "transformer.h.{}.mlp", "transformer.h.{}.attn", "transformer.h.{}.mlp.c_proj"),
     "gpt_neox": FamilyPaths("gpt_neox.layers", "gpt_neox.final_layer_norm",
                             "gpt_neox.layers.{}.mlp", "gpt_neox.layers.{}.attention", "gpt_neox.layers.{}.mlp.dense_4h_to_h"),
+    "gptj": FamilyPaths("transformer.h", "transformer.ln_f",
+                        "transformer.h.{}.mlp", "transformer.h.{}.attn", "transformer.h.{}.mlp.fc_out"),
     "llama": FamilyPaths("model.layers", "model.norm",
                          "model.layers.{}.mlp", "model.layers.{}.self_attn", "model.layers.{}.mlp.down_proj"),
 }

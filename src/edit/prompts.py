@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from src.lm.evaluate import first_token_id
+from src.lm.evaluate import first_token_id, starts_with_bos
 from src.utils.errors import InputError
 
 PROMPT_TEMPLATE = "{s} {r}"
@@ -37,8 +37,10 @@ def check_known_words(tokenizer: PreTrainedTokenizerBase, **named_words: str | N
             raise InputError(f"unknown {role} '{word}': the tokenizer does not know it")
 
 
-def encode_fact_prompt(tokenizer: PreTrainedTokenizerBase, s: str, r: str, prefix: str = "") -> EncodedPrompt:
-    """Encode `prefix + "{s} {r}"` and find the subject's tokens from character offsets (multi-token subjects work)."""
+def encode_fact_prompt(tokenizer: PreTrainedTokenizerBase, s: str, r: str, prefix: str = "",
+                       bos: bool | None = None) -> EncodedPrompt:
+    """Encode `prefix + "{s} {r}"` and find the subject's tokens from character offsets (multi-token subjects work).
+    `bos`: put BOS first (None: when the tokenizer adds one, see `starts_with_bos`); the subject range counts it."""
     check_known_words(tokenizer, subject=s, relation=r)
     text = prefix + PROMPT_TEMPLATE.format(s=s, r=r)
     start, end = len(prefix), len(prefix) + len(s)
@@ -47,7 +49,10 @@ def encode_fact_prompt(tokenizer: PreTrainedTokenizerBase, s: str, r: str, prefi
     covered = [i for i, (a, b) in enumerate(encoding["offset_mapping"]) if a < end and b > start]
     if not covered:
         raise InputError(f"subject '{s}' does not occur in the tokenized prompt {text!r}")
-    return EncodedPrompt(text=text, input_ids=tuple(ids), subject_range=(covered[0], covered[-1] + 1))
+    shift = int(starts_with_bos(tokenizer) if bos is None else bos)
+    if shift:
+        ids = [tokenizer.bos_token_id] + ids
+    return EncodedPrompt(text=text, input_ids=tuple(ids), subject_range=(covered[0] + shift, covered[-1] + 1 + shift))
 
 
 def answer_token_id(tokenizer: PreTrainedTokenizerBase, obj: str) -> int:

@@ -59,18 +59,13 @@ def last_positions(prompts: Sequence[EncodedPrompt]) -> list[int]:
     return [len(p.input_ids) - 1 for p in prompts]
 
 
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id
-    return pad if pad is not None else (tokenizer.eos_token_id or 0)
-
-
 @torch.no_grad()
 def mlp_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[EncodedPrompt],
              positions: Sequence[int], layer: int) -> torch.Tensor:
     """(len(prompts), d_ff) float32: the input of `layer`'s MLP output projection at each prompt's position
     (the forward stops at that module)."""
     device = next(model.parameters()).device
-    batch = PromptBatch.of([p.input_ids for p in prompts], pad_id(tokenizer), device)
+    batch = PromptBatch.for_tokenizer([p.input_ids for p in prompts], tokenizer, device)
     with Trace(ModelLayout.of(model).mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return trace.input[torch.arange(len(prompts)), torch.tensor(list(positions))].float()
+        batch.forward(model)
+    return trace.input[torch.arange(len(prompts), device=device), batch.columns(list(positions))].float()

@@ -34,7 +34,7 @@ from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
-from src.edit.rewrite import mlp_keys, pad_id, prompt_weights
+from src.edit.rewrite import mlp_keys, prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
 from src.kg.graph import Fact
@@ -318,12 +318,8 @@ class ROME:
 
     def _next_token_probs(self, model: PreTrainedModel, prompts: list[EncodedPrompt]) -> torch.Tensor:
         with torch.no_grad():
-            batch = PromptBatch.of([p.input_ids for p in prompts], self._pad_id, self.device)
+            batch = PromptBatch.for_tokenizer([p.input_ids for p in prompts], self.tokenizer, self.device)
             return torch.softmax(batch.last_logits(model), dim=-1).cpu()
-
-    @property
-    def _pad_id(self) -> int:
-        return pad_id(self.tokenizer)
 
     def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts) -> dict[str, list[int]]:
         groups = {
@@ -425,8 +421,8 @@ class ROME:
         hp = self.hparams
         all_prompts = prompts.rewrite + prompts.kl
         n_rewrite = len(prompts.rewrite)
-        positions = torch.tensor(self._edit_positions(all_prompts, fact_token), device=self.device)
-        batch = PromptBatch.of([p.input_ids for p in all_prompts], self._pad_id, self.device)
+        batch = PromptBatch.for_tokenizer([p.input_ids for p in all_prompts], self.tokenizer, self.device)
+        positions = batch.columns(self._edit_positions(all_prompts, fact_token))
         module = ModelLayout.of(model).mlp_out(layer)
         rows = torch.arange(len(all_prompts), device=self.device)
         with torch.no_grad(), Trace(module) as trace:

@@ -24,6 +24,7 @@ from src.edit.hooks import Trace
 from src.edit.kg_context import KGContext
 from src.edit.model_layout import ModelLayout
 from src.kg.corpus import require_corpus_file
+from src.lm.evaluate import encode_prompt, starts_with_bos
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_file
 
@@ -46,11 +47,19 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
     return digest.hexdigest()
 
 
-def stats_key(model: PreTrainedModel, corpus_path: Path, layer: int, n_samples: int, dtype: str,
-              source: str = "corpus") -> str:
-    parts = [weights_fingerprint(model), sha256_file(corpus_path), f"layer={layer}", f"n={n_samples}", f"dtype={dtype}"]
-    if source != "corpus":  # (corpus keys stay as they were before sources existed)
-        parts.append(f"source={source}")
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of the tokenizer's vocabulary and templates (which ids the text becomes, BOS included)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stats_key(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_path: Path, layer: int,
+              n_samples: int, dtype: str, source: str = "corpus") -> str:
+    """Cache key: the weights, the tokenizer, the corpus bytes and every setting that changes C."""
+    parts = [weights_fingerprint(model), tokenizer_fingerprint(tokenizer), sha256_file(corpus_path), f"layer={layer}",
+             f"n={n_samples}", f"dtype={dtype}"]
+    parts.append(f"source={source}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -69,7 +78,8 @@ def compute_second_moment(
     last_token_only: one key per line, at its last token (else every token)."""
     layout = ModelLayout.of(model)
     device = next(model.parameters()).device
-    encoded = [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
+    bos = starts_with_bos(tokenizer)  # keys as the prompts will see them
+    encoded = [encode_prompt(tokenizer, line, bos) for line in lines]
     by_length: dict[int, list[list[int]]] = {}
     for ids in encoded:
         if ids:
@@ -110,7 +120,7 @@ def load_or_compute_second_moment(
                                                progress, part) for part in ("corpus", "fact_prompts")]
         return (parts[0][0] + parts[1][0]) / 2, parts[0][1] and parts[1][1]
     corpus_path = require_corpus_file(corpus_path)
-    key = stats_key(model, corpus_path, layer, n_samples, dtype, source)
+    key = stats_key(model, tokenizer, corpus_path, layer, n_samples, dtype, source)
     cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{key}.pt"
     if cache_file.is_file():
         return torch.load(cache_file, map_location="cpu", weights_only=True)["mom2"], True

@@ -78,7 +78,7 @@ class SingleEditReport:
 
 def top_predictions(model, tokenizer, prompt_ids: list[int], k: int, device) -> tuple[tuple[str, float], ...]:
     with torch.no_grad():
-        probs = torch.softmax(PromptBatch.of([prompt_ids], tokenizer.pad_token_id or 0, device).last_logits(model)[0], -1)
+        probs = torch.softmax(PromptBatch.for_tokenizer([prompt_ids], tokenizer, device).last_logits(model)[0], -1)
     values, ids = probs.topk(k)
     return tuple((tokenizer.convert_ids_to_tokens(int(i)), float(v)) for v, i in zip(values, ids))
 

@@ -11,22 +11,30 @@ from src.utils.config import dataclass_from_mapping, read_yaml, resolve_relative
 
 
 @dataclass(frozen=True)
+class TokenizerConfig:
+    """The KG word tokenizer. bos: every text (training lines, prompts, statistics) starts with <bos>."""
+
+    bos: bool = False
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     kg_dir: Path
     output_dir: Path
     seed: int
     model: ModelConfig
     optim: OptimConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
 
     def to_dict(self) -> dict:
         return {"kg_dir": str(self.kg_dir), "output_dir": str(self.output_dir), "seed": self.seed,
-                "model": self.model.to_dict(), "optim": asdict(self.optim)}
+                "model": self.model.to_dict(), "optim": asdict(self.optim), "tokenizer": asdict(self.tokenizer)}
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a training YAML; `kg_dir` and `output_dir` are relative to the YAML file."""
     data = read_yaml(path)
-    top = {"kg_dir", "output_dir", "seed", "model", "optim"}
+    top = {"kg_dir", "output_dir", "seed", "model", "optim", "tokenizer"}
     unknown = sorted(set(data) - top)
     if unknown:
         from src.utils.errors import InputError
@@ -38,4 +46,5 @@ def load_train_config(path: str | Path) -> TrainConfig:
         seed=int(data.get("seed", 0)),
         model=dataclass_from_mapping(ModelConfig, data.get("model") or {}, f"{path} (model)"),
         optim=dataclass_from_mapping(OptimConfig, data.get("optim") or {}, f"{path} (optim)"),
+        tokenizer=dataclass_from_mapping(TokenizerConfig, data.get("tokenizer") or {}, f"{path} (tokenizer)"),
     )

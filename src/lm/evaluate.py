@@ -22,8 +22,20 @@ class FactAccuracy:
         return {"accuracy": self.accuracy, "correct": self.correct, "total": self.total, "num_wrong": len(self.wrong)}
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+def starts_with_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """True when the tokenizer's own template starts every text with BOS (Llama's do; GPT-2's and, unless built
+    with `bos=True`, the KG word tokenizer do not). Prompts follow the tokenizer, as the model saw text in training."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, bos: bool | None = None) -> list[int]:
+    """Token ids of `prompt`, behind BOS when `bos` (None: when the tokenizer adds one). Never an EOS or other
+    trailing special token: the next token after the prompt is what the model is asked for."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if starts_with_bos(tokenizer) if bos is None else bos:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
 
 
 def first_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
@@ -39,7 +51,8 @@ def next_token_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     Prompts are grouped by token length so that no padding is needed (exact for any tokenizer).
     """
     device = next(model.parameters()).device
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    bos = starts_with_bos(tokenizer)
+    encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
     out = torch.empty(len(prompts), model.get_output_embeddings().weight.shape[0], dtype=torch.float32)
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):

@@ -15,7 +15,7 @@ from src.kg.build import CORPUS_FILE, GRAPH_FILE
 from src.kg.corpus import read_corpus
 from src.kg.graph import read_graph_jsonl
 from src.lm.config import TrainConfig
-from src.lm.model import build_gpt2
+from src.lm.model import build_model
 from src.lm.tokenizer import build_word_tokenizer, corpus_words
 from src.lm.train import TrainResult, train_model
 from src.utils.errors import InputError
@@ -62,9 +62,10 @@ def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress
     fingerprint = training_fingerprint(config)
     graph = read_graph_jsonl(config.kg_dir / GRAPH_FILE)
     lines = read_corpus(config.kg_dir / CORPUS_FILE)
-    tokenizer = build_word_tokenizer(corpus_words(lines) | set(graph.entities) | set(graph.relations))
+    tokenizer = build_word_tokenizer(corpus_words(lines) | set(graph.entities) | set(graph.relations),
+                                     bos=config.tokenizer.bos)
     torch.manual_seed(config.seed)
-    model = build_gpt2(config.model, tokenizer)
+    model = build_model(config.model, tokenizer)
     started = time.time()
     result = train_model(model, tokenizer, lines, list(graph.facts), config.optim, config.seed, progress=progress)
     log = {

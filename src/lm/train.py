@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.kg.corpus import parse_sentence
 from src.kg.graph import Fact
-from src.lm.evaluate import fact_accuracy
+from src.lm.evaluate import encode_prompt, fact_accuracy, starts_with_bos
 from src.lm.model import ModelConfig
 from src.utils.errors import InputError
 
@@ -78,21 +78,22 @@ class EncodedCorpus:
 
 def encode_corpus(lines: list[str], tokenizer: PreTrainedTokenizerBase, loss_on: str, max_positions: int) -> EncodedCorpus:
     grouped: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
+    bos = int(starts_with_bos(tokenizer))
     for line_number, line in enumerate(lines, start=1):
         try:
             facts = parse_sentence(line)
         except ValueError as exc:
             raise InputError(f"corpus line {line_number}: {exc}") from None
-        ids = tokenizer(line, add_special_tokens=False)["input_ids"]
+        ids = encode_prompt(tokenizer, line, bool(bos))
         if tokenizer.unk_token_id in ids:
             raise InputError(f"corpus line {line_number} has a word the tokenizer does not know: {line!r}")
         if len(ids) > max_positions:
             raise InputError(f"corpus line {line_number} has {len(ids)} tokens, more than n_positions={max_positions}")
-        if len(ids) != len(line.split()):
+        if len(ids) != len(line.split()) + bos:
             raise InputError("the training corpus needs a word-level tokenizer (one token per word)")
         targets = list(ids[1:])
         if loss_on == "objects":
-            object_positions = {4 * i + 2 for i in range(len(facts))}  # "s r o ; s r o ..."
+            object_positions = {4 * i + 2 + bos for i in range(len(facts))}  # "[<bos>] s r o ; s r o ..."
             targets = [t if p + 1 in object_positions else -100 for p, t in enumerate(targets)]
         inputs_list, targets_list = grouped.setdefault(len(ids) - 1, ([], []))
         inputs_list.append(ids[:-1])
@@ -120,7 +121,7 @@ def lr_factor(step: int, config: OptimConfig) -> float:
 
 
 def train_model(
-    model: GPT2LMHeadModel,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     corpus_lines: list[str],
     facts: list[Fact],
@@ -131,12 +132,13 @@ def train_model(
 ) -> TrainResult:
     """Train in place on `corpus_lines` until fact accuracy on `facts` reaches the target (CPU: bit-reproducible)."""
     torch.manual_seed(seed)
-    data = encode_corpus(corpus_lines, tokenizer, config.loss_on, model.config.n_positions)
+    data = encode_corpus(corpus_lines, tokenizer, config.loss_on, model.config.max_position_embeddings)
     device = next(model.parameters()).device
     buckets = {n: (i.to(device), t.to(device)) for n, (i, t) in data.buckets.items()}
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (decay if param.ndim >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(param)
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    for param in model.parameters():  # no weight decay on embeddings, biases and norms
+        (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -159,9 +161,9 @@ def train_model(
         inputs, targets = buckets[length]
         rows_t = torch.as_tensor(rows, device=device)
         batch_targets = targets[rows_t]
-        hidden = model.transformer(input_ids=inputs[rows_t]).last_hidden_state
+        hidden = model.base_model(input_ids=inputs[rows_t]).last_hidden_state  # (B, T, d): no logits for every token
         selected = batch_targets != -100
-        logits = model.lm_head(hidden[selected])
+        logits = model.get_output_embeddings()(hidden[selected])
         loss = F.cross_entropy(logits.float(), batch_targets[selected])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

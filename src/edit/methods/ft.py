@@ -22,7 +22,7 @@ from src.edit.causal_tracing import CausalTracer
 from src.edit.evaluation import EditRequest
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
 from src.edit.prompt_batch import PromptBatch
-from src.edit.rewrite import RewriteSet, pad_id
+from src.edit.rewrite import RewriteSet
 from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
@@ -93,7 +93,7 @@ class FTEditor(PromptEditor):
         prompts = [p for s in sets for p in s.rewrite]
         weights = torch.tensor([w for s in sets for w in s.weights], device=self.env.device)
         targets = torch.tensor([t for s, t in zip(sets, target_ids) for _ in s.rewrite], device=self.env.device)
-        batch = PromptBatch.of([p.input_ids for p in prompts], pad_id(self.tokenizer), self.env.device)
+        batch = PromptBatch.for_tokenizer([p.input_ids for p in prompts], self.tokenizer, self.env.device)
         weight = self.layout.mlp_out(layer).weight
         # Adam runs on a float32 master copy: on float16 weights its eps (1e-8) underflows to 0 and the first step
         # divides by zero (the model's weight becomes inf/nan). The forward and backward run in the model's dtype.

@@ -31,7 +31,7 @@ from src.edit.evaluation import EditRequest
 from src.edit.hooks import Trace
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
 from src.edit.prompt_batch import PromptBatch
-from src.edit.rewrite import RewriteSet, last_positions, mlp_keys, pad_id
+from src.edit.rewrite import RewriteSet, last_positions, mlp_keys
 from src.edit.rome import apply_update, solve_psd
 from src.edit.rome_hparams import MOM2_SOURCES
 from src.edit.second_moment import load_or_compute_second_moment
@@ -135,9 +135,9 @@ class MEMITEditor(PromptEditor):
     def _residuals_now(self, sets: list[RewriteSet]) -> torch.Tensor:
         """(n, d) float64: block L's output at the last token of each bare prompt, current weights."""
         prompts = [s.rewrite[0] for s in sets]
-        batch = PromptBatch.of([p.input_ids for p in prompts], pad_id(self.tokenizer), self.env.device)
+        batch = PromptBatch.for_tokenizer([p.input_ids for p in prompts], self.tokenizer, self.env.device)
         with Trace(self._z_module(), stop=True) as trace:
-            self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            batch.forward(self.model)
         return trace.output[torch.arange(len(prompts)), batch.last].double().cpu()
 
     def _request_keys(self, sets: list[RewriteSet], layer: int) -> torch.Tensor:
@@ -180,7 +180,7 @@ class MEMITEditor(PromptEditor):
         owner = torch.cat([owner_rw, owner_kl])
         weights = torch.tensor([w for s in sets for w in s.weights], device=device)
         targets = torch.tensor(target_ids, device=device)[owner_rw]
-        batch = PromptBatch.of([p.input_ids for p in rewrite + kl], pad_id(self.tokenizer), device)
+        batch = PromptBatch.for_tokenizer([p.input_ids for p in rewrite + kl], self.tokenizer, device)
         rows = torch.arange(len(owner), device=device)
         n_rw = len(rewrite)
 
