@@ -47,7 +47,7 @@ def main() -> None:
 
     # noise scaled like the default: 3 x the entity-embedding std
     std = CausalTracer(base, tokenizer, device="cpu", subjects=graph.entities).embedding_std
-    noises = [torch.randn((10, 1, base.config.n_embd), generator=torch.Generator().manual_seed(i)) * 3 * std
+    noises = [torch.randn((10, 1, base.config.hidden_size), generator=torch.Generator().manual_seed(i)) * 3 * std
               for i in range(len(facts))]
 
     def trace_all(model, device):

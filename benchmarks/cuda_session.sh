@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every CUDA check in one run, for a lent GPU machine (see README "Measured" > CUDA):
 #   bash benchmarks/cuda_session.sh OUTPUT_DIR
-# Needs the default KG and model (`make train`). Each step has its own time limit, so one slow step cannot hide the
+#   CUDA_SESSION_MODEL=outputs/models/llama_small CUDA_SESSION_STEPS="locate eval" CUDA_SESSION_DTYPES="float32 float16" \
+#       bash benchmarks/cuda_session.sh OUT
+# Steps: check bench locate edit torchrun eval (default: all). Needs the default KG and the model (`make train`). Each step has its own time limit, so one slow step cannot hide the
 # others; every step's log and results end up in OUTPUT_DIR/cuda_results.tar.gz, the combined log in OUTPUT_DIR/log.
 set -uo pipefail
 out="$(mkdir -p "${1:?usage: cuda_session.sh OUTPUT_DIR}" && cd "$1" && pwd)"
@@ -9,7 +11,10 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 work="$(mktemp -d)"
 device="${CUDA_SESSION_DEVICE:-cuda}"  # cpu for a dry run of the flags here
-model=outputs/models/gpt_small
+model="${CUDA_SESSION_MODEL:-outputs/models/gpt_small}"
+steps=" ${CUDA_SESSION_STEPS:-check bench locate edit torchrun eval} "
+want() { [[ "$steps" == *" $1 "* ]]; }
+dtypes="${CUDA_SESSION_DTYPES:-float32 bfloat16 float16}"  # for the locate and eval steps
 kg=data/kg/ba/graph.jsonl
 
 step() {  # step NAME SECONDS COMMAND...
@@ -26,18 +31,20 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
-step cuda_check 100 python3 benchmarks/cuda_check.py --num-facts 10 --num-edits 20 --device "$device"
-step bench_tracing 40 python3 benchmarks/bench_tracing.py --model-dir $model --kg-file $kg --num-facts 20 --device "$device"
-for dtype in float32 float16 bfloat16; do
+want check && step cuda_check 100 python3 benchmarks/cuda_check.py --model-dir $model --num-facts 10 --num-edits 20 \
+    --device "$device"
+want bench && step bench_tracing 40 python3 benchmarks/bench_tracing.py --model-dir $model --kg-file $kg --num-facts 20 \
+    --device "$device"
+want locate && for dtype in $dtypes; do
     step "locate_$dtype" 40 ./run_locating.sh --model-dir $model --kg-file $kg --num-samples 50 --device "$device" \
         --dtype $dtype --output-dir "$work/locate_$dtype"
 done
-step edit_float16 40 ./run_editing.sh -s E_000 -r R_04 -o E_999 --device "$device" --dtype float16 \
+want edit && step edit_float16 40 ./run_editing.sh --model-dir $model -s E_000 -r R_04 -o E_999 --device "$device" --dtype float16 \
     --output-dir "$work/edit_float16"
-step torchrun_nccl 60 torchrun --nproc-per-node 1 run_locating_batch.py --model-dir $model --kg-file $kg \
+want torchrun && step torchrun_nccl 60 torchrun --nproc-per-node 1 run_locating_batch.py --model-dir $model --kg-file $kg \
     --num-samples 10 --device "$device" --output-dir "$work/torchrun"
 
-for dtype in float32 bfloat16 float16; do
+want eval && for dtype in $dtypes; do
     step "eval_$dtype" 90 ./run_editing_eval.sh --model-dir $model --kg-file $kg --methods rome,ft,memit \
         --num-edits 20 --device "$device" --dtype $dtype --no-progress --output-dir "$work/eval_$dtype"
 done
