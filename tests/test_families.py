@@ -13,11 +13,13 @@ import run_editing_single
 import run_locating_batch
 from src.cli.common import run_cli
 from src.edit.causal_tracing import CausalTracer
+from src.edit.locating import load_results
 from src.edit.model_layout import FAMILIES as LAYOUT_FAMILIES
 from src.edit.model_layout import ModelLayout
 from src.edit.rome import ROME
 from src.edit.tracing_reference import plain_trace
-from src.lm.config import TrainConfig
+from src.lm.config import TokenizerConfig, TrainConfig
+from src.lm.evaluate import starts_with_bos
 from src.lm.model import ARCHITECTURES, load_model
 from src.lm.pipeline import train_and_save
 from src.utils.errors import InputError
@@ -74,19 +76,24 @@ def test_the_two_family_tables_cover_the_same_families():
 
 
 def test_a_llama_trained_on_the_kg_is_located_and_edited_by_the_same_commands(tiny_kg, tmp_path, capsys):
-    """`model_type: llama` in the training config; then the guide's locating and editing scripts, unchanged."""
+    """`model_type: llama` and a tokenizer that starts every text with <bos>, as Llama's do; then the guide's
+    locating and editing scripts, unchanged."""
     config = TrainConfig(kg_dir=tiny_kg.directory, output_dir=tmp_path / "llama", seed=0,
-                         model=replace(TINY_MODEL, model_type="llama"), optim=TINY_OPTIM)
+                         model=replace(TINY_MODEL, model_type="llama"), optim=TINY_OPTIM,
+                         tokenizer=TokenizerConfig(bos=True))
     trained = train_and_save(config, progress=False)
     assert trained.result.reached_target
-    model, _ = load_model(trained.model_dir, "cpu")
-    assert type(model).__name__ == "LlamaForCausalLM"
+    model, tokenizer = load_model(trained.model_dir, "cpu")
+    assert type(model).__name__ == "LlamaForCausalLM" and starts_with_bos(tokenizer)
     common = ["--model-dir", str(trained.model_dir), "--device", "cpu"]
     out = tmp_path / "loc"
     assert run_cli(run_locating_batch.main, common + ["--kg-file", str(tiny_kg.graph_path), "--num-samples", "3",
                                                       "--num-noise-samples", "3", "--output-dir", str(out)]) == 0
     summary = json.loads((out / "locating_summary.json").read_text())
     assert summary["num_traced"] == 3 and all(0 <= s["best_layer"] < TINY_MODEL.n_layer for s in summary["samples"])
+    _, samples, _ = load_results(out)
+    trace = samples[0].traces["hidden"]
+    assert trace.input_tokens[0] == "<bos>" and trace.subject_range == (1, 2)
     fact = tiny_kg.graph.facts[0]
     target = next(e for e in tiny_kg.graph.entities if e != fact.o)
     edit_out, hparams = tmp_path / "edit", tmp_path / "rome.yaml"

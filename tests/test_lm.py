@@ -115,6 +115,7 @@ def test_llama_config_differs_from_the_default_only_in_family_and_output():
     ({"model_type": "bert"}, "unknown model_type 'bert'; allowed: gpt2, gptj, gpt_neox, llama, mistral, qwen2"),
     ({"n_embd": 30, "n_head": 4}, "n_embd 30 is not a multiple of n_head 4"),
     ({"model_type": "llama", "n_head": 4, "n_kv_head": 3}, "n_head 4 is not a multiple of n_kv_head 3"),
+    ({"model_type": "gpt2", "n_kv_head": 2}, "n_kv_head is for llama, mistral, qwen2; model_type 'gpt2' has one"),
 ])
 def test_model_config_is_checked(fields, message):
     with pytest.raises(InputError, match=message):

@@ -41,6 +41,9 @@ class ModelConfig:
             raise InputError(f"unknown model_type '{self.model_type}'; allowed: {', '.join(ARCHITECTURES)}")
         if self.n_embd % self.n_head:
             raise InputError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        if self.n_kv_head is not None and self.model_type not in GROUPED_QUERY_FAMILIES:
+            raise InputError(f"n_kv_head is for {', '.join(GROUPED_QUERY_FAMILIES)}; model_type '{self.model_type}' "
+                             "has one key/value head per attention head")
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:
             raise InputError(f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}")
 
@@ -108,6 +111,7 @@ def _llama_style(config_class: str, model_class: str) -> Callable[[ModelConfig, 
     return build
 
 
+GROUPED_QUERY_FAMILIES = ("llama", "mistral", "qwen2")
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt2": Architecture("gelu_new", _gpt2),
     "gptj": Architecture("gelu_new", _gptj),
