@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from src.edit.model_layout import ModelLayout
-from src.edit.rome import ROME, RankOneUpdate, apply_update, solve_psd
+from src.edit.rome import ROME, RankOneUpdate, apply_update, null_space_projector, solve_psd
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment, stats_key
 from src.utils.errors import InputError
@@ -243,6 +243,28 @@ def test_past_keys_weight_keeps_a_new_update_off_earlier_edits_keys(tiny_corpus,
         return float((second._update.matrix() @ k_first).norm() / second._update.delta.norm())
 
     assert second_update_on_first_key(1e6) < 1e-3 < second_update_on_first_key(0.0)
+
+
+def test_null_space_update_leaves_the_preserved_key_directions_unchanged(tiny_corpus, tmp_path):
+    """null_space_threshold: u = P k* with P the projector on C's small-eigenvalue directions, so the update maps
+    every large-eigenvalue direction of C (the keys the corpus uses) to ~0, and the edit still lands."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    moment, _ = load_or_compute_second_moment(model, tokenizer, tiny_corpus, 2, 0, cache_dir=tmp_path / "cache",
+                                              progress=False)
+    projector = null_space_projector(moment, 0.01)
+    assert torch.allclose(projector @ projector, projector, atol=1e-10) and torch.allclose(projector, projector.T)
+    values, vectors = torch.linalg.eigh(moment.double())
+    preserved = vectors[:, values >= 0.01 * values[-1]]
+    assert preserved.shape[1] > 0 and float((projector @ preserved).abs().max()) < 1e-10
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_corpus, stats_dir=tmp_path / "cache",
+                hparams={**FAST, "layer": 2, "null_space_threshold": 0.01}, progress=False)
+    _, result = rome.apply_edit("a", "r", "z")
+    assert result.success
+    update = result._update.matrix()  # (d_model, d_ff)
+    assert float((update @ preserved).norm()) < 1e-8 * float(update.norm())
+    with pytest.raises(InputError, match="null_space_threshold must be in"):
+        ROME(model, tokenizer, device="cpu", hparams={"null_space_threshold": 1.5}, progress=False)
 
 
 def test_fact_prompt_statistics_are_the_last_token_keys_of_every_fact(tiny_model, tiny_kg, tmp_path):

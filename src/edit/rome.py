@@ -402,7 +402,12 @@ class ROME:
         weights = self._prompt_weights(len(prompts.rewrite)).double()
         k_star, k_bare = weights @ keys, keys[0]
         moment = self._with_past_keys(self._key_covariance(model, layer, k_star.shape[0]), layer, k_star.shape[0])
-        u = k_star.clone() if moment is None else solve_psd(moment.double(), k_star)
+        if moment is None:
+            u = k_star.clone()
+        elif hp.null_space_threshold > 0:
+            u = null_space_projector(moment, hp.null_space_threshold) @ k_star
+        else:
+            u = solve_psd(moment.double(), k_star)
         k_denominator = k_star if hp.key_mode == "consistent" else k_bare
         denominator = float(u @ k_denominator)
         if abs(denominator) < 1e-12:
@@ -476,6 +481,17 @@ def apply_update(module: torch.nn.Module, update: torch.Tensor) -> None:
     transposed = mlp_out_weight_is_transposed(module)
     with torch.no_grad():
         module.weight.add_((update.T if transposed else update).to(module.weight.device, module.weight.dtype))
+
+
+def null_space_projector(moment: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(d, d) float64 projector onto the eigenvectors of the PSD `moment` whose eigenvalues are below
+    `threshold` x the largest: keys in the other directions (the preserved ones) are left unchanged by an update
+    W += delta u^T with u = P k* (AlphaEdit, Fang et al. 2025, with a hard rank-one constraint)."""
+    values, vectors = torch.linalg.eigh(moment.double().cpu())
+    kept = vectors[:, values < threshold * values[-1]]
+    if kept.shape[1] == 0:
+        raise InputError(f"null_space_threshold {threshold} leaves no direction: every eigenvalue of C is above it")
+    return kept @ kept.T
 
 
 def solve_psd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ class ROMEHyperParams:
     locate_window: int | None = None
     layer_retries: int = 1
     past_keys_weight: float = 0.0
+    null_space_threshold: float = 0.0
     num_eval_prefixes: int = 5
     num_eval_other_facts: int = 50
     seed: int = 0
@@ -57,6 +58,7 @@ class ROMEHyperParams:
             (self.layer is None or self.layer >= 0, f"layer must be >= 0 or null, got {self.layer}"),
             (self.past_keys_weight >= 0, f"past_keys_weight must be >= 0, got {self.past_keys_weight}"),
             (self.layer_retries >= 0, f"layer_retries must be >= 0, got {self.layer_retries}"),
+            (0 <= self.null_space_threshold < 1, f"null_space_threshold must be in [0, 1), got {self.null_space_threshold}"),
         ]
         for ok, message in checks:
             if not ok:
