@@ -19,7 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation import EditRequest
 from src.edit.kg_context import prefix_text
-from src.lm.evaluate import encode_prompt, first_token_id, starts_with_bos
+from src.edit.prompts import single_token_id
+from src.lm.evaluate import encode_prompt, starts_with_bos
 from src.kg.graph import Fact
 from src.utils.errors import InputError
 
@@ -168,7 +169,8 @@ class KGEvaluator:
         self.aliases = dict(aliases or {})
         self.num_prefixes, self.num_neighbors, self.num_random, self.seed = num_prefixes, num_neighbors, num_random, seed
         self.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in self.facts])
-        self.answers = torch.tensor([first_token_id(tokenizer, f.o) for f in self.facts])
+        object_ids = {o: single_token_id(tokenizer, o, "object") for o in sorted({f.o for f in self.facts})}
+        self.answers = torch.tensor([object_ids[f.o] for f in self.facts])
         self.predictions_before = self.kg_probe.top1(model)
         unk = tokenizer.unk_token_id
         self._known = lambda word: unk is None or unk not in tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -235,7 +237,7 @@ class KGEvaluator:
         out, start = [], len(cases)
         for i, (case, (prefixed, alias)) in enumerate(zip(cases, prompt_sets)):
             q = case.request
-            target, old = first_token_id(self.tokenizer, q.target), first_token_id(self.tokenizer, q.o)
+            target, old = single_token_id(self.tokenizer, q.target), single_token_id(self.tokenizer, q.o, "object")
             prefix_top = top[start : start + len(prefixed)].tolist()
             alias_top = top[start + len(prefixed) : start + len(prefixed) + len(alias)].tolist()
             start += len(prefixed) + len(alias)

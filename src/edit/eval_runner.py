@@ -26,11 +26,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.eval_metrics import CheckpointRecord, EditRecord, EvalCase, KGEvaluator, PromptProbe
 from src.edit.evaluation import EditRequest, draw_requests, mean_interval
+from src.edit.prompts import single_token_id
 from src.edit.kg_context import KGContext
 from src.edit.methods import METHODS, EditEnvironment, build_editor, method_spec
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import read_graph_jsonl
-from src.lm.evaluate import first_token_id
 from src.lm.model import load_model
 from src.utils.device import resolve_device
 from src.utils.distributed import process_shard
@@ -190,7 +190,7 @@ def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, case
     """Retention over the unedited facts, and past edits' efficacy / held-out prefix generalization."""
     requests = [c.request for c in cases]
     edited = {(q.s, q.r) for q in requests}
-    targets = torch.tensor([first_token_id(evaluator.tokenizer, q.target) for q in requests])
+    targets = torch.tensor([single_token_id(evaluator.tokenizer, q.target) for q in requests])
     efficacy = float((PromptProbe(evaluator.tokenizer, [f"{q.s} {q.r}" for q in requests]).top1(model) == targets).float().mean())
     prompts, owners = [], []
     for index, (case, context) in enumerate(zip(cases, used)):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from src.lm.evaluate import first_token_id, starts_with_bos
+from src.lm.evaluate import first_token_id, object_token_ids, starts_with_bos
 from src.utils.errors import InputError
 
 PROMPT_TEMPLATE = "{s} {r}"
@@ -56,6 +56,20 @@ def encode_fact_prompt(tokenizer: PreTrainedTokenizerBase, s: str, r: str, prefi
 
 
 def answer_token_id(tokenizer: PreTrainedTokenizerBase, obj: str) -> int:
-    """Token id of the object as the next token after the prompt (its first token for subword tokenizers)."""
+    """Token id of the object as the next token after the prompt (its first token for subword tokenizers: causal
+    tracing scores the first token, as the original does)."""
     check_known_words(tokenizer, object=obj)
     return first_token_id(tokenizer, obj)
+
+
+def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str, role: str = "target") -> int:
+    """The one token of ` word`, for the editing methods and their evaluation, which rewrite and score one next
+    token; a word of several tokens (a subword tokenizer's entity) is an InputError naming its pieces."""
+    check_known_words(tokenizer, **{role: word})
+    ids = object_token_ids(tokenizer, word)
+    if len(ids) != 1:
+        pieces = " ".join(tokenizer.convert_ids_to_tokens(ids))
+        raise InputError(f"{role} '{word}' is {len(ids)} tokens with this tokenizer ({pieces}); editing and edit "
+                         "evaluation need one-token objects (multi-token targets are not implemented; causal "
+                         "tracing works with any tokenizer)")
+    return ids[0]

@@ -33,7 +33,7 @@ from src.edit.hooks import Trace
 from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
 from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
+from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt, single_token_id
 from src.edit.rewrite import mlp_keys, prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
@@ -199,10 +199,10 @@ class ROME:
             self.layout.check_layer(layer)
         model = self.model
         bare = encode_fact_prompt(self.tokenizer, s, r)
-        target_id = answer_token_id(self.tokenizer, o_target)
+        target_id = single_token_id(self.tokenizer, o_target)
         probs_before = self._next_token_probs(model, [bare])[0]
         prediction_id = int(probs_before.argmax())
-        original_id = answer_token_id(self.tokenizer, original) if original else prediction_id
+        original_id = single_token_id(self.tokenizer, original, "original") if original else prediction_id
         original_name = original or self._token(prediction_id)
 
         def result(model_after, status, layer_used, layer_source, fact_token, note="", **extra) -> EditResult:

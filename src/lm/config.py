@@ -6,15 +6,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from src.lm.model import ModelConfig
+from src.lm.tokenizer import TOKENIZER_KINDS
 from src.lm.train import OptimConfig
 from src.utils.config import dataclass_from_mapping, read_yaml, resolve_relative_to
+from src.utils.errors import InputError
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """The KG word tokenizer. bos: every text (training lines, prompts, statistics) starts with <bos>."""
+    """kind: "word" (one token per entity/relation) or "bpe" (subword pieces, `vocab_size` tokens, trained on the
+    corpus). bos: every text (training lines, prompts, statistics) starts with <bos>."""
 
+    kind: str = "word"
+    vocab_size: int = 0
     bos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOKENIZER_KINDS:
+            raise InputError(f"unknown tokenizer kind '{self.kind}'; allowed: {', '.join(TOKENIZER_KINDS)}")
+        if self.kind == "bpe" and self.vocab_size <= 0:
+            raise InputError(f"tokenizer kind bpe needs vocab_size > 0, got {self.vocab_size}")
+        if self.kind == "word" and self.vocab_size:
+            raise InputError("vocab_size is for kind bpe; the word tokenizer's vocabulary is the corpus' words")
 
 
 @dataclass(frozen=True)
@@ -37,8 +50,6 @@ def load_train_config(path: str | Path) -> TrainConfig:
     top = {"kg_dir", "output_dir", "seed", "model", "optim", "tokenizer"}
     unknown = sorted(set(data) - top)
     if unknown:
-        from src.utils.errors import InputError
-
         raise InputError(f"unknown config key '{unknown[0]}' in {path}; allowed keys: {', '.join(sorted(top))}")
     return TrainConfig(
         kg_dir=resolve_relative_to(path, data.get("kg_dir", "../data/kg/ba")),

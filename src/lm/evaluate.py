@@ -1,4 +1,5 @@
-"""Fact accuracy: does the model's argmax next token after `"{s} {r}"` equal the object? Used by training and later issues."""
+"""Fact accuracy: does greedy decoding after `"{s} {r}"` give the object (all of its tokens)? Used by training,
+locating (facts the model gets wrong are skipped) and the editing methods."""
 
 from __future__ import annotations
 
@@ -38,47 +39,60 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, bos: bool | N
     return ids
 
 
+def object_token_ids(tokenizer: PreTrainedTokenizerBase, word: str) -> list[int]:
+    """Ids of ` word` as it follows a prompt: one token for the word tokenizer, its pieces for a subword one."""
+    return tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
+
+
 def first_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
-    """Id of the first token of ` word` as it follows a prompt (the whole word for the KG tokenizer)."""
-    ids = tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
-    return ids[0]
+    """Id of the first token of ` word` as it follows a prompt (the whole word for the KG tokenizer; causal tracing
+    scores this token, as the original does)."""
+    return object_token_ids(tokenizer, word)[0]
 
 
 @torch.no_grad()
-def next_token_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
-    """Logits (len(prompts), vocab) of the token after each prompt, in float32.
-
-    Prompts are grouped by token length so that no padding is needed (exact for any tokenizer).
-    """
+def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                         lengths: Sequence[int], batch_size: int = 1024) -> list[list[int]]:
+    """Per prompt, `lengths[i]` greedily decoded token ids (argmax, whole vocabulary). Prompts are grouped by token
+    length and continuation length, so no padding is needed (exact for any tokenizer)."""
     device = next(model.parameters()).device
     bos = starts_with_bos(tokenizer)
     encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
-    out = torch.empty(len(prompts), model.get_output_embeddings().weight.shape[0], dtype=torch.float32)
-    by_length: dict[int, list[int]] = {}
+    out: list[list[int]] = [[] for _ in prompts]
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
-    for indices in by_length.values():
+        groups.setdefault((len(ids), int(lengths[i])), []).append(i)
+    for (_, steps), indices in groups.items():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             input_ids = torch.tensor([encoded[i] for i in chunk], device=device)
-            logits = model(input_ids=input_ids).logits[:, -1, :]
-            out[chunk] = logits.float().cpu()
+            for _ in range(steps):
+                next_ids = model(input_ids=input_ids).logits[:, -1, :].argmax(dim=-1)
+                input_ids = torch.cat([input_ids, next_ids[:, None]], dim=1)
+            for row, i in enumerate(chunk):
+                out[i] = input_ids[row, input_ids.shape[1] - steps:].tolist()
     return out
 
 
+def _object_predictions(model, tokenizer, facts: Sequence[Fact], batch_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    targets = [object_token_ids(tokenizer, f.o) for f in facts]
+    predicted = greedy_continuations(model, tokenizer, [f.prompt() for f in facts], [len(t) for t in targets], batch_size)
+    return predicted, targets
+
+
 def predict_objects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Fact], batch_size: int = 1024) -> list[str]:
-    logits = next_token_logits(model, tokenizer, [f.prompt() for f in facts], batch_size)
-    return tokenizer.convert_ids_to_tokens(logits.argmax(dim=-1).tolist())
+    """The model's object for each fact: greedy decoding of as many tokens as the true object has, as text."""
+    predicted, _ = _object_predictions(model, tokenizer, facts, batch_size)
+    return [tokenizer.decode(ids).strip() for ids in predicted]
 
 
 def fact_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Fact], batch_size: int = 1024) -> FactAccuracy:
-    """Share of facts whose object's first token is the argmax next token after `"{s} {r}"` (whole vocabulary)."""
+    """Share of facts whose object is what greedy decoding after `"{s} {r}"` gives (every token of it)."""
     was_training = model.training
     model.eval()
-    logits = next_token_logits(model, tokenizer, [f.prompt() for f in facts], batch_size)
+    predicted, targets = _object_predictions(model, tokenizer, facts, batch_size)
     model.train(was_training)
-    targets = torch.tensor([first_token_id(tokenizer, f.o) for f in facts])
-    hits = logits.argmax(dim=-1) == targets
-    wrong = tuple(f for f, ok in zip(facts, hits.tolist()) if not ok)
-    correct = int(hits.sum())
+    hits = [p == t for p, t in zip(predicted, targets)]
+    wrong = tuple(f for f, ok in zip(facts, hits) if not ok)
+    correct = sum(hits)
     return FactAccuracy(accuracy=correct / max(1, len(facts)), correct=correct, total=len(facts), wrong=wrong)

@@ -16,7 +16,7 @@ from src.kg.corpus import read_corpus
 from src.kg.graph import read_graph_jsonl
 from src.lm.config import TrainConfig
 from src.lm.model import build_model
-from src.lm.tokenizer import build_word_tokenizer, corpus_words
+from src.lm.tokenizer import build_kg_tokenizer, corpus_words
 from src.lm.train import TrainResult, train_model
 from src.utils.errors import InputError
 from src.utils.io import atomic_directory, atomic_write_json, sha256_file, sha256_json
@@ -62,8 +62,9 @@ def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress
     fingerprint = training_fingerprint(config)
     graph = read_graph_jsonl(config.kg_dir / GRAPH_FILE)
     lines = read_corpus(config.kg_dir / CORPUS_FILE)
-    tokenizer = build_word_tokenizer(corpus_words(lines) | set(graph.entities) | set(graph.relations),
-                                     bos=config.tokenizer.bos)
+    words = corpus_words(lines) | set(graph.entities) | set(graph.relations)
+    tokenizer = build_kg_tokenizer(config.tokenizer.kind, lines, words, config.tokenizer.vocab_size,
+                                   config.tokenizer.bos)
     torch.manual_seed(config.seed)
     model = build_model(config.model, tokenizer)
     started = time.time()

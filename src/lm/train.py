@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.kg.corpus import parse_sentence
 from src.kg.graph import Fact
-from src.lm.evaluate import encode_prompt, fact_accuracy, starts_with_bos
+from src.lm.evaluate import fact_accuracy, starts_with_bos
 from src.lm.model import ModelConfig
 from src.utils.errors import InputError
 
@@ -77,24 +77,30 @@ class EncodedCorpus:
 
 
 def encode_corpus(lines: list[str], tokenizer: PreTrainedTokenizerBase, loss_on: str, max_positions: int) -> EncodedCorpus:
+    """Token ids of every line (behind BOS when the tokenizer adds one), grouped by length, with targets: the next
+    token, or -100 where no loss is taken. loss_on "objects": only the tokens of object words (every piece of a
+    subword-split object). Words are whitespace-separated; a tokenizer must not merge tokens across them."""
     grouped: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
-    bos = int(starts_with_bos(tokenizer))
+    bos = starts_with_bos(tokenizer)
     for line_number, line in enumerate(lines, start=1):
         try:
             facts = parse_sentence(line)
         except ValueError as exc:
             raise InputError(f"corpus line {line_number}: {exc}") from None
-        ids = encode_prompt(tokenizer, line, bool(bos))
+        encoding = tokenizer(line, add_special_tokens=False)
+        ids, words = list(encoding["input_ids"]), list(encoding.word_ids())
+        if bos:
+            ids, words = [tokenizer.bos_token_id] + ids, [None] + words
         if tokenizer.unk_token_id in ids:
             raise InputError(f"corpus line {line_number} has a word the tokenizer does not know: {line!r}")
         if len(ids) > max_positions:
             raise InputError(f"corpus line {line_number} has {len(ids)} tokens, more than n_positions={max_positions}")
-        if len(ids) != len(line.split()) + bos:
-            raise InputError("the training corpus needs a word-level tokenizer (one token per word)")
+        if len({w for w in words if w is not None}) != len(line.split()):
+            raise InputError(f"corpus line {line_number}: the tokenizer does not keep words apart ({line!r})")
         targets = list(ids[1:])
         if loss_on == "objects":
-            object_positions = {4 * i + 2 + bos for i in range(len(facts))}  # "[<bos>] s r o ; s r o ..."
-            targets = [t if p + 1 in object_positions else -100 for p, t in enumerate(targets)]
+            object_words = {4 * i + 2 for i in range(len(facts))}  # "s r o ; s r o ..."
+            targets = [t if words[p + 1] in object_words else -100 for p, t in enumerate(targets)]
         inputs_list, targets_list = grouped.setdefault(len(ids) - 1, ([], []))
         inputs_list.append(ids[:-1])
         targets_list.append(targets)

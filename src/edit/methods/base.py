@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.evaluation import EditRequest
 from src.edit.kg_context import KGContext
 from src.edit.model_layout import ModelLayout
-from src.edit.prompts import answer_token_id, check_known_words
+from src.edit.prompts import check_known_words, single_token_id
 from src.edit.rewrite import RewriteSet, rewrite_set
 
 
@@ -105,4 +105,4 @@ class PromptEditor:
             check_known_words(self.tokenizer, subject=q.s, relation=q.r, target=q.target)
         sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
                 for q in requests]
-        return sets, [answer_token_id(self.tokenizer, q.target) for q in requests]
+        return sets, [single_token_id(self.tokenizer, q.target) for q in requests]
