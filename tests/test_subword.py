@@ -1,5 +1,6 @@
-"""A subword (BPE) KG tokenizer: entity names split into pieces, so subjects have first and last tokens; training,
-fact accuracy and causal tracing work on pieces; editing refuses multi-token targets with one clear line."""
+"""A subword (BPE) KG tokenizer: entity names split into pieces, so subjects have first, middle and last tokens;
+training, fact accuracy, causal tracing and ROME work on pieces; FT, MEMIT and the edit evaluation refuse multi-token
+targets with one clear line."""
 
 import json
 from dataclasses import replace
@@ -8,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import run_editing_eval
 import run_editing_single
 import run_locating_batch
 from src.cli.common import run_cli
 from src.edit.causal_tracing import CausalTracer
+from src.edit.evaluation import EditRequest
 from src.edit.locating import load_results
+from src.edit.methods import EditEnvironment, build_editor
 from src.edit.tracing_reference import plain_trace
 from src.lm.config import TokenizerConfig, TrainConfig
 from src.lm.evaluate import fact_accuracy, object_token_ids, predict_objects
@@ -94,11 +98,30 @@ def test_locating_a_bpe_model_has_first_and_last_subject_tokens(bpe_trained, tin
     assert all(s.traces["hidden"].subject_range[1] - s.traces["hidden"].subject_range[0] == 3 for s in samples)
 
 
-def test_editing_a_multi_token_target_is_one_clear_error(bpe_trained, tiny_kg, tmp_path, capsys):
+def test_rome_edits_a_multi_token_target_and_ft_refuses_it(bpe_trained, tiny_kg, tmp_path, capsys):
+    """ROME's v* loss covers every piece of the target (teacher-forced): greedy decoding after the edit gives all
+    three pieces; FT and MEMIT rewrite one next token and refuse with one line."""
     fact = tiny_kg.graph.facts[0]
-    out = tmp_path / "edit"
+    target = next(e for e in tiny_kg.graph.entities if e != fact.o and e[:-1] != fact.o[:-1])  # other first pieces
+    out, hparams = tmp_path / "edit", tmp_path / "rome.yaml"
+    hparams.write_text("num_context_prefixes: 5\nnum_eval_other_facts: 10\n")
     args = ["--model-dir", str(bpe_trained.model_dir), "--kg-corpus", str(tiny_kg.corpus_path), "--device", "cpu",
-            "-s", fact.s, "-r", fact.r, "-o", "E_005", "--output-dir", str(out)]
-    assert run_cli(run_editing_single.main, args) == 2
-    assert "target 'E_005' is 3 tokens with this tokenizer" in capsys.readouterr().err
+            "-s", fact.s, "-r", fact.r, "-o", target, "--output-dir", str(out), "--hparams", str(hparams)]
+    assert run_cli(run_editing_single.main, args) == 0
+    result = json.loads((out / "edit_result.json").read_text())["result"]
+    assert result["success"] is True and result["new_prediction"] == target and result["original_prediction"] == fact.o
+    assert result["target_prob_before"] < 0.01 < 0.2 < result["target_prob_after"]  # joint p of the 3 pieces
+    model, tokenizer = load_model(bpe_trained.model_dir, "cpu")
+    with pytest.raises(InputError, match=f"target '{target}' is 3 tokens with this tokenizer"):
+        build_editor("ft", model, tokenizer, None, EditEnvironment(corpus_path=tiny_kg.corpus_path,
+                                                                   device=torch.device("cpu"), stats_dir=tmp_path)
+                     ).edit([EditRequest(fact.s, fact.r, fact.o, target)])
+
+
+def test_edit_evaluation_of_a_bpe_model_is_one_clear_error(bpe_trained, tiny_kg, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["--model-dir", str(bpe_trained.model_dir), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
+            "--num-edits", "2", "--no-progress", "--output-dir", str(out)]
+    assert run_cli(run_editing_eval.main, args) == 2
+    assert "is 3 tokens with this tokenizer" in capsys.readouterr().err
     assert not out.exists()

@@ -63,13 +63,13 @@ def answer_token_id(tokenizer: PreTrainedTokenizerBase, obj: str) -> int:
 
 
 def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str, role: str = "target") -> int:
-    """The one token of ` word`, for the editing methods and their evaluation, which rewrite and score one next
-    token; a word of several tokens (a subword tokenizer's entity) is an InputError naming its pieces."""
+    """The one token of ` word`, for FT, MEMIT and the edit evaluation, which rewrite and score one next token; a
+    word of several tokens (a subword tokenizer's entity) is an InputError naming its pieces. (ROME and causal
+    tracing take objects of any length.)"""
     check_known_words(tokenizer, **{role: word})
     ids = object_token_ids(tokenizer, word)
     if len(ids) != 1:
         pieces = " ".join(tokenizer.convert_ids_to_tokens(ids))
-        raise InputError(f"{role} '{word}' is {len(ids)} tokens with this tokenizer ({pieces}); editing and edit "
-                         "evaluation need one-token objects (multi-token targets are not implemented; causal "
-                         "tracing works with any tokenizer)")
+        raise InputError(f"{role} '{word}' is {len(ids)} tokens with this tokenizer ({pieces}); FT, MEMIT and the "
+                         "edit evaluation need one-token objects (ROME edits multi-token targets: run_editing.sh)")
     return ids[0]

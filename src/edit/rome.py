@@ -33,7 +33,8 @@ from src.edit.hooks import Trace
 from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
 from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt, single_token_id
+from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt
+from src.lm.evaluate import object_token_ids
 from src.edit.rewrite import mlp_keys, prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
@@ -199,26 +200,26 @@ class ROME:
             self.layout.check_layer(layer)
         model = self.model
         bare = encode_fact_prompt(self.tokenizer, s, r)
-        target_id = single_token_id(self.tokenizer, o_target)
-        probs_before = self._next_token_probs(model, [bare])[0]
-        prediction_id = int(probs_before.argmax())
-        original_id = single_token_id(self.tokenizer, original, "original") if original else prediction_id
-        original_name = original or self._token(prediction_id)
+        target_ids = tuple(object_token_ids(self.tokenizer, o_target))  # one token, or a subword tokenizer's pieces
+        prediction = self._greedy(model, [bare], [len(target_ids)])[0]
+        original_ids = tuple(object_token_ids(self.tokenizer, original)) if original else prediction
+        original_name = original or self._text(prediction)
+        target_prob_before = self._sequence_prob(model, bare, target_ids)
+        original_prob_before = self._sequence_prob(model, bare, original_ids)
 
         def result(model_after, status, layer_used, layer_source, fact_token, note="", **extra) -> EditResult:
-            probs_after = self._next_token_probs(model_after, [bare])[0]
+            after = self._greedy(model_after, [bare], [len(target_ids)])[0]
             return EditResult(
                 subject=s, relation=r, target=o_target, original=original_name, status=status,
-                success=int(probs_after.argmax()) == target_id, layer=layer_used, layer_source=layer_source,
-                fact_token=fact_token, original_prediction=self._token(prediction_id),
-                new_prediction=self._token(int(probs_after.argmax())),
-                target_prob_before=float(probs_before[target_id]), target_prob_after=float(probs_after[target_id]),
-                original_prob_before=float(probs_before[original_id]),
-                original_prob_after=float(probs_after[original_id]),
+                success=after == target_ids, layer=layer_used, layer_source=layer_source,
+                fact_token=fact_token, original_prediction=self._text(prediction), new_prediction=self._text(after),
+                target_prob_before=target_prob_before, target_prob_after=self._sequence_prob(model_after, bare, target_ids),
+                original_prob_before=original_prob_before,
+                original_prob_after=self._sequence_prob(model_after, bare, original_ids),
                 elapsed_seconds=time.perf_counter() - started, hparams=hp.to_dict(), note=note, **extra,
             )
 
-        if prediction_id == target_id:
+        if prediction == target_ids:
             note = f"the model already predicts {o_target} for '{s} {r}'; nothing was edited"
             return model, result(model, "unchanged", -1, "none", hp.fact_token, note, update_norm=0.0, delta_norm=0.0,
                                  v_steps=0, metrics=None)
@@ -237,19 +238,19 @@ class ROME:
             fact_token = located.position
 
         prompts = self._prompts(s, r)
-        eval_before = self._eval_predictions(model, prompts)
+        eval_before = self._eval_predictions(model, prompts, target_ids)
         edited = copy.deepcopy(model) if copy_model else model
-        weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_id)
+        weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         for retry in self._retry_layers(located, layer_used) if layer_source == "located" else []:
-            if int(self._next_token_probs(edited, [bare])[0].argmax()) == target_id:
+            if self._greedy(edited, [bare], [len(target_ids)])[0] == target_ids:
                 break
             with torch.no_grad():  # undo the failed edit, then try the next-best located layer
                 edited.get_submodule(weight_name).weight.copy_(saved)
             layer_used, layer_source = retry, "located (retry)"
-            weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_id)
+            weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         if not copy_model and hp.past_keys_weight > 0:
             self._past_keys.setdefault(layer_used, []).append(update.k_star)
-        metrics = self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts), target_id)
+        metrics = self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts, target_ids), target_ids)
         return edited, result(
             edited, "edited", layer_used, layer_source, fact_token, update_norm=float(update.matrix().norm()),
             delta_norm=float(update.delta.norm()), v_steps=steps, metrics=metrics,
@@ -268,8 +269,8 @@ class ROME:
 
     # ------------------------------------------------------------------ steps
 
-    def _token(self, token_id: int) -> str:
-        return self.tokenizer.convert_ids_to_tokens(token_id)
+    def _text(self, token_ids: tuple[int, ...]) -> str:
+        return self.tokenizer.decode(list(token_ids)).strip()
 
     @functools.cached_property
     def tracer(self) -> CausalTracer:
@@ -316,22 +317,41 @@ class ROME:
             context_facts=train_prefixes,
         )
 
-    def _next_token_probs(self, model: PreTrainedModel, prompts: list[EncodedPrompt]) -> torch.Tensor:
-        with torch.no_grad():
-            batch = PromptBatch.for_tokenizer([p.input_ids for p in prompts], self.tokenizer, self.device)
-            return torch.softmax(batch.last_logits(model), dim=-1).cpu()
+    @torch.no_grad()
+    def _greedy(self, model: PreTrainedModel, prompts: list[EncodedPrompt], lengths: list[int]) -> list[tuple[int, ...]]:
+        """Per prompt, `lengths[i]` greedily decoded token ids (one for the word tokenizer)."""
+        sequences = [list(p.input_ids) for p in prompts]
+        out: list[list[int]] = [[] for _ in prompts]
+        for step in range(max(lengths, default=0)):
+            rows = [i for i, n in enumerate(lengths) if n > step]
+            batch = PromptBatch.for_tokenizer([sequences[i] for i in rows], self.tokenizer, self.device)
+            next_ids = torch.softmax(batch.last_logits(model), dim=-1).argmax(dim=-1).tolist()
+            for i, token in zip(rows, next_ids):
+                sequences[i].append(token)
+                out[i].append(token)
+        return [tuple(ids) for ids in out]
 
-    def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts) -> dict[str, list[int]]:
-        groups = {
-            "prefix": prompts.eval_prefix,
-            "alias": prompts.eval_alias,
-            "subject": [encode_fact_prompt(self.tokenizer, f.s, f.r) for f in prompts.subject_facts],
-            "other": [encode_fact_prompt(self.tokenizer, f.s, f.r) for f in prompts.other_facts],
-        }
+    @torch.no_grad()
+    def _sequence_prob(self, model: PreTrainedModel, prompt: EncodedPrompt, token_ids: tuple[int, ...]) -> float:
+        """p(token_ids | prompt), teacher-forced: the product of each token's probability."""
+        batch = PromptBatch.for_tokenizer([list(prompt.input_ids) + list(token_ids[:-1])], self.tokenizer, self.device)
+        columns = batch.columns([len(prompt.input_ids) - 1])[0] + torch.arange(len(token_ids), device=self.device)
+        logits = batch.forward(model).logits[0, columns].float()
+        probs = torch.softmax(logits, dim=-1)[torch.arange(len(token_ids)), torch.tensor(token_ids)]
+        return float(torch.prod(probs.double()))
+
+    def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts,
+                          target_ids: tuple[int, ...]) -> dict[str, list[tuple[int, ...]]]:
+        """Greedy predictions: as long as the target behind the edited prompts, as long as each fact's object
+        behind the other facts' prompts."""
+        facts = {"subject": prompts.subject_facts, "other": prompts.other_facts}
+        groups = {"prefix": prompts.eval_prefix, "alias": prompts.eval_alias,
+                  **{name: [encode_fact_prompt(self.tokenizer, f.s, f.r) for f in group] for name, group in facts.items()}}
+        lengths = {"prefix": [len(target_ids)] * len(prompts.eval_prefix),
+                   "alias": [len(target_ids)] * len(prompts.eval_alias),
+                   **{name: [len(object_token_ids(self.tokenizer, f.o)) for f in group] for name, group in facts.items()}}
         flat = [p for group in groups.values() for p in group]
-        if not flat:
-            return {name: [] for name in groups}
-        predictions = self._next_token_probs(model, flat).argmax(dim=-1).tolist()
+        predictions = self._greedy(model, flat, [n for name in groups for n in lengths[name]])
         out, start = {}, 0
         for name, group in groups.items():
             out[name] = predictions[start : start + len(group)]
@@ -339,13 +359,13 @@ class ROME:
         return out
 
     @staticmethod
-    def _metrics(prompts: _EditPrompts, before: dict, after: dict, target_id: int) -> EditMetrics:
+    def _metrics(prompts: _EditPrompts, before: dict, after: dict, target_ids: tuple[int, ...]) -> EditMetrics:
         def share(values: list[bool]) -> float | None:
             return float(np.mean(values)) if values else None
 
         return EditMetrics(
-            generalization_prefix=share([p == target_id for p in after["prefix"]]),
-            generalization_alias=share([p == target_id for p in after["alias"]]),
+            generalization_prefix=share([p == target_ids for p in after["prefix"]]),
+            generalization_alias=share([p == target_ids for p in after["alias"]]),
             specificity_subject=share([a == b for a, b in zip(after["subject"], before["subject"])]),
             specificity_other=share([a == b for a, b in zip(after["other"], before["other"])]),
             num_prefix_prompts=len(after["prefix"]), num_subject_facts=len(after["subject"]),
@@ -391,7 +411,7 @@ class ROME:
         self._past_keys.clear()
 
     def _edit(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
-              target_id: int) -> tuple[str, torch.Tensor, RankOneUpdate, int]:
+              target_ids: tuple[int, ...]) -> tuple[str, torch.Tensor, RankOneUpdate, int]:
         """Compute and apply the update to `model`; returns (weight name, saved weight, update, steps)."""
         hp = self.hparams
         layout = ModelLayout.of(model)  # `model` may be a copy: its own modules, not self.model's
@@ -413,7 +433,7 @@ class ROME:
         if abs(denominator) < 1e-12:
             raise InputError(f"degenerate key at layer {layer}: u . k = {denominator:.3g}")
 
-        delta, steps = self._optimize_delta(model, prompts, layer, fact_token, target_id, u, denominator)
+        delta, steps = self._optimize_delta(model, prompts, layer, fact_token, target_ids, u, denominator)
         update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu())
         weight = module.weight
         saved = weight.detach().clone()
@@ -421,19 +441,33 @@ class ROME:
         return weight_name, saved, update, steps
 
     def _optimize_delta(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
-                        target_id: int, u: torch.Tensor, denominator: float) -> tuple[torch.Tensor, int]:
-        """delta (d_model,) float32 such that the edited model predicts the target (see module docstring)."""
+                        target_ids: tuple[int, ...], u: torch.Tensor, denominator: float) -> tuple[torch.Tensor, int]:
+        """delta (d_model,) float32 such that the edited model predicts the target (see module docstring). A target
+        of m tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1] and the
+        NLL sums the m tokens' log-probabilities, as the original does."""
         hp = self.hparams
         all_prompts = prompts.rewrite + prompts.kl
-        n_rewrite = len(prompts.rewrite)
-        batch = PromptBatch.for_tokenizer([p.input_ids for p in all_prompts], self.tokenizer, self.device)
+        n_rewrite, m = len(prompts.rewrite), len(target_ids)
+        inputs = [list(p.input_ids) + list(target_ids[:-1]) for p in prompts.rewrite] + [list(p.input_ids) for p in prompts.kl]
+        batch = PromptBatch.for_tokenizer(inputs, self.tokenizer, self.device)
         positions = batch.columns(self._edit_positions(all_prompts, fact_token))
         module = ModelLayout.of(model).mlp_out(layer)
         rows = torch.arange(len(all_prompts), device=self.device)
+        # read-out rows and columns: m per rewrite prompt (its last prompt token onwards), then one per KL prompt
+        prompt_last = batch.columns([len(p.input_ids) - 1 for p in all_prompts])[:n_rewrite]
+        read_rows = torch.cat([rows[:n_rewrite].repeat_interleave(m), rows[n_rewrite:]])
+        read_columns = torch.cat([(prompt_last[:, None] + torch.arange(m, device=self.device)).reshape(-1),
+                                  batch.last[n_rewrite:]])
+        targets = torch.tensor(target_ids, device=self.device).repeat(n_rewrite)  # (n_rewrite * m,)
+        n_read = n_rewrite * m
+
+        def readout() -> torch.Tensor:
+            return batch.forward(model).logits[read_rows, read_columns].float()  # (n_rewrite * m + n_kl, vocab)
+
         with torch.no_grad(), Trace(module) as trace:
-            logits_init = batch.last_logits(model)
+            logits_init = readout()
         out_bare = trace.output[0, positions[0]].float()
-        kl_init = torch.log_softmax(logits_init[n_rewrite:], dim=-1) if prompts.kl else None
+        kl_init = torch.log_softmax(logits_init[n_read:], dim=-1) if prompts.kl else None
         max_norm = hp.clamp_norm_factor * float(out_bare.norm())
 
         delta = torch.zeros_like(out_bare, requires_grad=True)
@@ -452,15 +486,15 @@ class ROME:
         steps = 0
         try:
             for steps in range(1, hp.v_num_grad_steps + 1):
-                logits = batch.last_logits(model)
+                logits = readout()
                 log_probs = torch.log_softmax(logits, dim=-1)
-                target_log_probs = log_probs[:n_rewrite, target_id]
-                if bool((logits[:n_rewrite].argmax(-1) == target_id).all()) and \
+                target_log_probs = log_probs[torch.arange(n_read, device=self.device), targets].view(n_rewrite, m).sum(1)
+                if bool((logits[:n_read].argmax(-1) == targets).all()) and \
                         float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
                     steps -= 1
                     break
                 nll = -(prompt_weights * target_log_probs).sum()
-                kl = (F.kl_div(log_probs[n_rewrite:], kl_init, log_target=True, reduction="batchmean")
+                kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
                       if kl_init is not None else torch.zeros((), device=self.device))
                 decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
                 loss = nll + hp.kl_factor * kl + decay
