@@ -102,3 +102,19 @@ def test_a_llama_trained_on_the_kg_is_located_and_edited_by_the_same_commands(ti
                                                       "-o", target, "--output-dir", str(edit_out), "--hparams", str(hparams)]) == 0
     result = json.loads((edit_out / "edit_result.json").read_text())["result"]
     assert result["success"] is True and result["weight_name"].endswith("mlp.down_proj")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_train_lm_builds_trains_saves_and_reloads_every_family(family, tiny_kg, tmp_path):
+    """A few training steps of each family from a TrainConfig; the saved directory loads through the Auto classes
+    into the same family with the same weights."""
+    optim = replace(TINY_OPTIM, max_steps=5, eval_every=5)
+    config = TrainConfig(kg_dir=tiny_kg.directory, output_dir=tmp_path / family, seed=0,
+                         model=replace(TINY_MODEL, model_type=family, n_inner=None), optim=optim)
+    trained = train_and_save(config, progress=False)
+    assert trained.result.steps == 5
+    model, _ = load_model(trained.model_dir, "cpu")
+    assert model.config.model_type == family and ModelLayout.of(model).num_layers == TINY_MODEL.n_layer
+    again = train_and_save(config, output_dir=tmp_path / "again", progress=False)
+    reloaded, _ = load_model(again.model_dir, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
