@@ -3,8 +3,10 @@
 For an edit s r -> o* at layer l, with W the MLP output projection (out(k) = W k + b):
   1. k* = mean key (W's input) at the edit position over the bare prompt and the prompt behind context prefixes
      (other KG facts in the corpus' chain format, "E_417 R_02 E_077 ; E_000 R_04").
-  2. u = C^-1 k*, C = E[k k^T] over the KG corpus (float64 solve; C = I without a corpus).
-  3. delta is optimised (Adam) so that the edited model predicts o* on those prompts, with a KL term that keeps
+  2. u = C^-1 k*, C = E[k k^T] over the KG corpus (float64 solve; C = I without a corpus); with
+     null_space_threshold > 0, u = P k* (P: projector on C's small-eigenvalue directions).
+  3. delta is optimised (Adam) so that the edited model predicts o* on those prompts (every piece of o* for a
+     subword tokenizer, teacher-forced on prompt + o*[:-1]), with a KL term that keeps
      the subject's other facts, a weight decay and a norm clamp at clamp_norm_factor * |out(k_bare)|.
      v_objective "rank_one" (default) optimises through the final update itself, W + delta u^T / (u . k*), so what
      is optimised is the edited model at every position; "lookup" adds delta at the edit positions, as the original.
