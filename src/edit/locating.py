@@ -24,7 +24,7 @@ from src.edit.causal_tracing import KINDS, CausalTracer, TraceResult, default_wi
 from src.edit.prompts import check_known_words
 from src.edit.trace_stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
-from src.lm.evaluate import predict_objects
+from src.lm.evaluate import object_predictions
 from src.lm.model import load_model
 from src.utils.distributed import process_shard
 from src.utils.errors import InputError
@@ -149,14 +149,14 @@ def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSumma
         facts = sample_facts(graph.facts, config.num_samples, config.seed)
         for fact in facts:
             check_known_words(tokenizer, entity=fact.s, relation=fact.r, object=fact.o)
-        predictions = predict_objects(model, tokenizer, facts)
+        predicted_ids, object_ids = object_predictions(model, tokenizer, facts)
         tracer = CausalTracer(model, tokenizer, device=device, subjects=graph.entities)
 
         samples, skipped = [], []
         mine = shard.take(list(enumerate(facts)))
         for index, fact in tqdm(mine, desc="tracing", unit="fact", disable=not (progress and shard.is_main)):
-            if predictions[index] != fact.o:
-                skipped.append({"index": index, **fact.to_dict(), "predicted": predictions[index]})
+            if predicted_ids[index] != object_ids[index]:
+                skipped.append({"index": index, **fact.to_dict(), "predicted": tokenizer.decode(predicted_ids[index]).strip()})
                 continue
             traces = tracer.trace_kinds(fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples,
                                         config.kinds, config.window, seed=config.seed + index)

@@ -203,25 +203,27 @@ class ROME:
         model = self.model
         bare = encode_fact_prompt(self.tokenizer, s, r)
         target_ids = tuple(object_token_ids(self.tokenizer, o_target))  # one token, or a subword tokenizer's pieces
-        prediction = self._greedy(model, [bare], [len(target_ids)])[0]
+        prediction = self.greedy_decode(model, [bare], [self._answer_length(s, r, original, len(target_ids))])[0]
         original_ids = tuple(object_token_ids(self.tokenizer, original)) if original else prediction
-        original_name = original or self._text(prediction)
-        target_prob_before = self._sequence_prob(model, bare, target_ids)
-        original_prob_before = self._sequence_prob(model, bare, original_ids)
+        original_name = original or self.decode(prediction)
+        target_prob_before = self.sequence_prob(model, bare, target_ids)
+        original_prob_before = self.sequence_prob(model, bare, original_ids)
 
         def result(model_after, status, layer_used, layer_source, fact_token, note="", **extra) -> EditResult:
-            after = self._greedy(model_after, [bare], [len(target_ids)])[0]
+            after = self.greedy_decode(model_after, [bare], [len(target_ids)])[0]
             return EditResult(
                 subject=s, relation=r, target=o_target, original=original_name, status=status,
                 success=after == target_ids, layer=layer_used, layer_source=layer_source,
-                fact_token=fact_token, original_prediction=self._text(prediction), new_prediction=self._text(after),
-                target_prob_before=target_prob_before, target_prob_after=self._sequence_prob(model_after, bare, target_ids),
+                fact_token=fact_token, original_prediction=self.decode(prediction), new_prediction=self.decode(after),
+                target_prob_before=target_prob_before, target_prob_after=self.sequence_prob(model_after, bare, target_ids),
                 original_prob_before=original_prob_before,
-                original_prob_after=self._sequence_prob(model_after, bare, original_ids),
+                original_prob_after=self.sequence_prob(model_after, bare, original_ids),
                 elapsed_seconds=time.perf_counter() - started, hparams=hp.to_dict(), note=note, **extra,
             )
 
-        if prediction == target_ids:
+        already = (prediction if len(prediction) == len(target_ids)
+                   else self.greedy_decode(model, [bare], [len(target_ids)])[0]) == target_ids
+        if already:
             note = f"the model already predicts {o_target} for '{s} {r}'; nothing was edited"
             return model, result(model, "unchanged", -1, "none", hp.fact_token, note, update_norm=0.0, delta_norm=0.0,
                                  v_steps=0, metrics=None)
@@ -244,7 +246,7 @@ class ROME:
         edited = copy.deepcopy(model) if copy_model else model
         weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         for retry in self._retry_layers(located, layer_used) if layer_source == "located" else []:
-            if self._greedy(edited, [bare], [len(target_ids)])[0] == target_ids:
+            if self.greedy_decode(edited, [bare], [len(target_ids)])[0] == target_ids:
                 break
             with torch.no_grad():  # undo the failed edit, then try the next-best located layer
                 edited.get_submodule(weight_name).weight.copy_(saved)
@@ -271,7 +273,13 @@ class ROME:
 
     # ------------------------------------------------------------------ steps
 
-    def _text(self, token_ids: tuple[int, ...]) -> str:
+    def _answer_length(self, s: str, r: str, original: str | None, fallback: int) -> int:
+        """Tokens to decode for the model's current answer: those of `original`, else of the KG's object for (s, r),
+        else `fallback` (the target's; 1 for the word tokenizer in every case)."""
+        known = original or (self.kg.object_of(s, r) if self.kg else None)
+        return len(object_token_ids(self.tokenizer, known)) if known else fallback
+
+    def decode(self, token_ids: tuple[int, ...]) -> str:
         return self.tokenizer.decode(list(token_ids)).strip()
 
     @functools.cached_property
@@ -320,7 +328,7 @@ class ROME:
         )
 
     @torch.no_grad()
-    def _greedy(self, model: PreTrainedModel, prompts: list[EncodedPrompt], lengths: list[int]) -> list[tuple[int, ...]]:
+    def greedy_decode(self, model: PreTrainedModel, prompts: list[EncodedPrompt], lengths: list[int]) -> list[tuple[int, ...]]:
         """Per prompt, `lengths[i]` greedily decoded token ids (one for the word tokenizer)."""
         sequences = [list(p.input_ids) for p in prompts]
         out: list[list[int]] = [[] for _ in prompts]
@@ -334,7 +342,7 @@ class ROME:
         return [tuple(ids) for ids in out]
 
     @torch.no_grad()
-    def _sequence_prob(self, model: PreTrainedModel, prompt: EncodedPrompt, token_ids: tuple[int, ...]) -> float:
+    def sequence_prob(self, model: PreTrainedModel, prompt: EncodedPrompt, token_ids: tuple[int, ...]) -> float:
         """p(token_ids | prompt), teacher-forced: the product of each token's probability."""
         batch = PromptBatch.for_tokenizer([list(prompt.input_ids) + list(token_ids[:-1])], self.tokenizer, self.device)
         columns = batch.columns([len(prompt.input_ids) - 1])[0] + torch.arange(len(token_ids), device=self.device)
@@ -353,7 +361,7 @@ class ROME:
                    "alias": [len(target_ids)] * len(prompts.eval_alias),
                    **{name: [len(object_token_ids(self.tokenizer, f.o)) for f in group] for name, group in facts.items()}}
         flat = [p for group in groups.values() for p in group]
-        predictions = self._greedy(model, flat, [n for name in groups for n in lengths[name]])
+        predictions = self.greedy_decode(model, flat, [n for name in groups for n in lengths[name]])
         out, start = {}, 0
         for name, group in groups.items():
             out[name] = predictions[start : start + len(group)]
@@ -445,8 +453,8 @@ class ROME:
     def _optimize_delta(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
                         target_ids: tuple[int, ...], u: torch.Tensor, denominator: float) -> tuple[torch.Tensor, int]:
         """delta (d_model,) float32 such that the edited model predicts the target (see module docstring). A target
-        of m tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1] and the
-        NLL sums the m tokens' log-probabilities, as the original does."""
+        of m tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1], and the
+        NLL is the mean over the m tokens, as the original's; the stop test uses the joint probability."""
         hp = self.hparams
         all_prompts = prompts.rewrite + prompts.kl
         n_rewrite, m = len(prompts.rewrite), len(target_ids)
@@ -495,7 +503,7 @@ class ROME:
                         float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
                     steps -= 1
                     break
-                nll = -(prompt_weights * target_log_probs).sum()
+                nll = -(prompt_weights * target_log_probs).sum() / m  # per target token, as the original
                 kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
                       if kl_init is not None else torch.zeros((), device=self.device))
                 decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2

@@ -57,8 +57,8 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 def stats_key(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_path: Path, layer: int,
               n_samples: int, dtype: str, source: str = "corpus") -> str:
     """Cache key: the weights, the tokenizer, the corpus bytes and every setting that changes C."""
-    parts = [weights_fingerprint(model), tokenizer_fingerprint(tokenizer), sha256_file(corpus_path), f"layer={layer}",
-             f"n={n_samples}", f"dtype={dtype}"]
+    parts = [weights_fingerprint(model), tokenizer_fingerprint(tokenizer), f"bos={starts_with_bos(tokenizer)}",
+             sha256_file(corpus_path), f"layer={layer}", f"n={n_samples}", f"dtype={dtype}"]
     parts.append(f"source={source}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 

@@ -21,6 +21,7 @@ from src.edit.prompts import check_known_words, encode_fact_prompt
 from src.edit.rome import ROME, EditResult
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import Fact
+from src.lm.evaluate import object_token_ids
 from src.lm.model import load_model
 from src.utils.errors import InputError
 from src.utils.io import atomic_directory, atomic_write_json
@@ -110,12 +111,13 @@ def run_single_edit(config: SingleEditConfig) -> SingleEditReport:
 
     unrelated = unrelated_facts(rome.kg, config.subject, config.relation, config.num_unrelated)
     rows = []
-    for fact in unrelated:
-        ids = list(encode_fact_prompt(tokenizer, fact.s, fact.r).input_ids)
-        was = top_predictions(model, tokenizer, ids, 1, rome.device)[0]
-        now = top_predictions(edited, tokenizer, ids, 1, rome.device)[0]
-        rows.append({**fact.to_dict(), "before": was[0], "before_prob": was[1], "after": now[0], "after_prob": now[1],
-                     "kept": was[0] == now[0]})
+    for fact in unrelated:  # the whole object (every piece for a subword tokenizer), greedy, before and after
+        prompt = encode_fact_prompt(tokenizer, fact.s, fact.r)
+        length = len(object_token_ids(tokenizer, fact.o))
+        was, now = (rome.greedy_decode(m, [prompt], [length])[0] for m in (model, edited))
+        rows.append({**fact.to_dict(), "before": rome.decode(was), "before_prob": rome.sequence_prob(model, prompt, was),
+                     "after": rome.decode(now), "after_prob": rome.sequence_prob(edited, prompt, now),
+                     "kept": was == now})
     traces = rome.tracer.trace_kinds(config.subject, config.relation, result.original_prediction, kinds=KINDS,
                                 window=rome.hparams.locate_window, seed=rome.hparams.seed)
     report = SingleEditReport(result, before, after, tuple(rows), traces, Path(config.output_dir))

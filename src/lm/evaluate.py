@@ -74,7 +74,10 @@ def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     return out
 
 
-def _object_predictions(model, tokenizer, facts: Sequence[Fact], batch_size: int) -> tuple[list[list[int]], list[list[int]]]:
+def object_predictions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Fact],
+                       batch_size: int = 1024) -> tuple[list[list[int]], list[list[int]]]:
+    """(greedy ids, object ids) per fact: as many tokens decoded as the true object has. Compare ids, not text: a
+    non-canonical piece sequence can decode to the object's text."""
     targets = [object_token_ids(tokenizer, f.o) for f in facts]
     predicted = greedy_continuations(model, tokenizer, [f.prompt() for f in facts], [len(t) for t in targets], batch_size)
     return predicted, targets
@@ -82,7 +85,7 @@ def _object_predictions(model, tokenizer, facts: Sequence[Fact], batch_size: int
 
 def predict_objects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Fact], batch_size: int = 1024) -> list[str]:
     """The model's object for each fact: greedy decoding of as many tokens as the true object has, as text."""
-    predicted, _ = _object_predictions(model, tokenizer, facts, batch_size)
+    predicted, _ = object_predictions(model, tokenizer, facts, batch_size)
     return [tokenizer.decode(ids).strip() for ids in predicted]
 
 
@@ -90,7 +93,7 @@ def fact_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fa
     """Share of facts whose object is what greedy decoding after `"{s} {r}"` gives (every token of it)."""
     was_training = model.training
     model.eval()
-    predicted, targets = _object_predictions(model, tokenizer, facts, batch_size)
+    predicted, targets = object_predictions(model, tokenizer, facts, batch_size)
     model.train(was_training)
     hits = [p == t for p, t in zip(predicted, targets)]
     wrong = tuple(f for f, ok in zip(facts, hits) if not ok)
