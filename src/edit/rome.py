@@ -36,7 +36,7 @@ from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt
-from src.lm.evaluate import object_token_ids
+from src.lm.evaluate import greedy_ids, object_token_ids
 from src.edit.rewrite import mlp_keys, prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
@@ -330,16 +330,7 @@ class ROME:
     @torch.no_grad()
     def greedy_decode(self, model: PreTrainedModel, prompts: list[EncodedPrompt], lengths: list[int]) -> list[tuple[int, ...]]:
         """Per prompt, `lengths[i]` greedily decoded token ids (one for the word tokenizer)."""
-        sequences = [list(p.input_ids) for p in prompts]
-        out: list[list[int]] = [[] for _ in prompts]
-        for step in range(max(lengths, default=0)):
-            rows = [i for i, n in enumerate(lengths) if n > step]
-            batch = PromptBatch.for_tokenizer([sequences[i] for i in rows], self.tokenizer, self.device)
-            next_ids = torch.softmax(batch.last_logits(model), dim=-1).argmax(dim=-1).tolist()
-            for i, token in zip(rows, next_ids):
-                sequences[i].append(token)
-                out[i].append(token)
-        return [tuple(ids) for ids in out]
+        return [tuple(ids) for ids in greedy_ids(model, [p.input_ids for p in prompts], lengths)]
 
     @torch.no_grad()
     def sequence_prob(self, model: PreTrainedModel, prompt: EncodedPrompt, token_ids: tuple[int, ...]) -> float:

@@ -53,12 +53,19 @@ def first_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
 @torch.no_grad()
 def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                          lengths: Sequence[int], batch_size: int = 1024) -> list[list[int]]:
-    """Per prompt, `lengths[i]` greedily decoded token ids (argmax, whole vocabulary). Prompts are grouped by token
-    length and continuation length, so no padding is needed (exact for any tokenizer)."""
-    device = next(model.parameters()).device
+    """`greedy_ids` of text prompts (behind BOS when the tokenizer adds one)."""
     bos = starts_with_bos(tokenizer)
-    encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
-    out: list[list[int]] = [[] for _ in prompts]
+    return greedy_ids(model, [encode_prompt(tokenizer, p, bos) for p in prompts], lengths, batch_size)
+
+
+@torch.no_grad()
+def greedy_ids(model: PreTrainedModel, encoded: Sequence[Sequence[int]], lengths: Sequence[int],
+               batch_size: int = 1024) -> list[list[int]]:
+    """Per prompt (token ids), `lengths[i]` greedily decoded token ids (argmax, whole vocabulary). Prompts are grouped
+    by token length and continuation length, so no padding is needed (exact for any tokenizer)."""
+    device = next(model.parameters()).device
+    encoded = [list(ids) for ids in encoded]
+    out: list[list[int]] = [[] for _ in encoded]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, ids in enumerate(encoded):
         groups.setdefault((len(ids), int(lengths[i])), []).append(i)
