@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -206,18 +206,17 @@ class ROME:
         prediction = self.greedy_decode(model, [bare], [self._answer_length(s, r, original, len(target_ids))])[0]
         original_ids = tuple(object_token_ids(self.tokenizer, original)) if original else prediction
         original_name = original or self.decode(prediction)
-        target_prob_before = self.sequence_prob(model, bare, target_ids)
-        original_prob_before = self.sequence_prob(model, bare, original_ids)
+        target_prob_before, original_prob_before = self.sequence_probs(model, bare, [target_ids, original_ids])
 
         def result(model_after, status, layer_used, layer_source, fact_token, note="", **extra) -> EditResult:
             after = self.greedy_decode(model_after, [bare], [len(target_ids)])[0]
+            target_prob_after, original_prob_after = self.sequence_probs(model_after, bare, [target_ids, original_ids])
             return EditResult(
                 subject=s, relation=r, target=o_target, original=original_name, status=status,
                 success=after == target_ids, layer=layer_used, layer_source=layer_source,
                 fact_token=fact_token, original_prediction=self.decode(prediction), new_prediction=self.decode(after),
-                target_prob_before=target_prob_before, target_prob_after=self.sequence_prob(model_after, bare, target_ids),
-                original_prob_before=original_prob_before,
-                original_prob_after=self.sequence_prob(model_after, bare, original_ids),
+                target_prob_before=target_prob_before, target_prob_after=target_prob_after,
+                original_prob_before=original_prob_before, original_prob_after=original_prob_after,
                 elapsed_seconds=time.perf_counter() - started, hparams=hp.to_dict(), note=note, **extra,
             )
 
@@ -333,13 +332,22 @@ class ROME:
         return [tuple(ids) for ids in greedy_ids(model, [p.input_ids for p in prompts], lengths)]
 
     @torch.no_grad()
-    def sequence_prob(self, model: PreTrainedModel, prompt: EncodedPrompt, token_ids: tuple[int, ...]) -> float:
-        """p(token_ids | prompt), teacher-forced: the product of each token's probability."""
-        batch = PromptBatch.for_tokenizer([list(prompt.input_ids) + list(token_ids[:-1])], self.tokenizer, self.device)
-        columns = batch.columns([len(prompt.input_ids) - 1])[0] + torch.arange(len(token_ids), device=self.device)
-        logits = batch.forward(model).logits[0, columns].float()
-        probs = torch.softmax(logits, dim=-1)[torch.arange(len(token_ids)), torch.tensor(token_ids)]
-        return float(torch.prod(probs.double()))
+    def sequence_probs(self, model: PreTrainedModel, prompt: EncodedPrompt,
+                       candidates: Sequence[tuple[int, ...]]) -> list[float]:
+        """p(c | prompt) per candidate c, teacher-forced (the product of its tokens' probabilities); one forward per
+        distinct prompt + c[:-1], so one in all for one-token candidates."""
+        read = len(prompt.input_ids) - 1
+        distributions: dict[tuple[int, ...], torch.Tensor] = {}  # c[:-1] -> (len(c), vocab) next-token probabilities
+        out = []
+        for candidate in candidates:
+            prefix = tuple(candidate[:-1])
+            if prefix not in distributions:
+                batch = PromptBatch.for_tokenizer([list(prompt.input_ids) + list(prefix)], self.tokenizer, self.device)
+                columns = batch.columns([read])[0] + torch.arange(len(candidate), device=self.device)
+                distributions[prefix] = torch.softmax(batch.forward(model).logits[0, columns].float(), dim=-1)
+            probs = distributions[prefix][torch.arange(len(candidate)), torch.tensor(candidate)]
+            out.append(float(torch.prod(probs.double())))
+        return out
 
     def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts,
                           target_ids: tuple[int, ...]) -> dict[str, list[tuple[int, ...]]]:

@@ -110,14 +110,15 @@ def run_single_edit(config: SingleEditConfig) -> SingleEditReport:
         return SingleEditReport(result, before, after, (), {}, None)
 
     unrelated = unrelated_facts(rome.kg, config.subject, config.relation, config.num_unrelated)
+    # the whole object (every piece for a subword tokenizer), greedy, before and after
+    prompts = [encode_fact_prompt(tokenizer, fact.s, fact.r) for fact in unrelated]
+    lengths = [len(object_token_ids(tokenizer, fact.o)) for fact in unrelated]
+    before_ids, after_ids = (rome.greedy_decode(m, prompts, lengths) for m in (model, edited))
     rows = []
-    for fact in unrelated:  # the whole object (every piece for a subword tokenizer), greedy, before and after
-        prompt = encode_fact_prompt(tokenizer, fact.s, fact.r)
-        length = len(object_token_ids(tokenizer, fact.o))
-        was, now = (rome.greedy_decode(m, [prompt], [length])[0] for m in (model, edited))
-        rows.append({**fact.to_dict(), "before": rome.decode(was), "before_prob": rome.sequence_prob(model, prompt, was),
-                     "after": rome.decode(now), "after_prob": rome.sequence_prob(edited, prompt, now),
-                     "kept": was == now})
+    for fact, prompt, was, now in zip(unrelated, prompts, before_ids, after_ids):
+        (was_prob,), (now_prob,) = rome.sequence_probs(model, prompt, [was]), rome.sequence_probs(edited, prompt, [now])
+        rows.append({**fact.to_dict(), "before": rome.decode(was), "before_prob": was_prob,
+                     "after": rome.decode(now), "after_prob": now_prob, "kept": was == now})
     traces = rome.tracer.trace_kinds(config.subject, config.relation, result.original_prediction, kinds=KINDS,
                                 window=rome.hparams.locate_window, seed=rome.hparams.seed)
     report = SingleEditReport(result, before, after, tuple(rows), traces, Path(config.output_dir))
