@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.edit.causal_tracing import CausalTracer, TraceResult, default_window, window_layers
+from src.edit import causal_tracing
+from src.edit.causal_tracing import CausalTracer, TraceRequest, TraceResult, default_window, window_layers
 from src.edit.tracing_reference import plain_trace
 from src.utils.errors import InputError
 from tests.tiny_models import tiny_gpt2, tiny_tokenizer
@@ -22,7 +23,10 @@ def assert_matches_reference(tracer, model, result, noise):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("window", [1, 2, 3, 10])
-def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation):
+@pytest.mark.parametrize("suffix_replay", [False, True])
+def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation, suffix_replay,
+                                                               monkeypatch):
+    monkeypatch.setattr(causal_tracing, "MIN_FACTS_FOR_SUFFIX_REPLAY", 1 if suffix_replay else 10**9)
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer, attn_implementation=attn_implementation)
     tracer = CausalTracer(model, tokenizer, device="cpu")
@@ -58,6 +62,36 @@ def test_small_chunks_give_identical_scores():
     small = CausalTracer(model, tokenizer, device="cpu", max_batch_tokens=12).trace_kinds("a", "b r", noise=noise, num_samples=4)
     for kind in big:
         np.testing.assert_allclose(big[kind].scores, small[kind].scores, atol=TOL)
+
+
+def test_tracing_many_facts_together_equals_one_at_a_time(monkeypatch):
+    monkeypatch.setattr(causal_tracing, "MIN_FACTS_FOR_SUFFIX_REPLAY", 2)  # groups of 2 and 3 replay suffixes
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    tracer = CausalTracer(model, tokenizer, device="cpu")
+    noise = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(4))
+    requests = [  # prompts of 2, 3 and 5 tokens, one- and two-token subjects, given and predicted answers
+        TraceRequest("a", "b", "c", seed=1), TraceRequest("a x", "b", None, seed=2), TraceRequest("x", "r", "z", seed=3),
+        TraceRequest("q", "b r", None, seed=4), TraceRequest("a x", "r", "c", noise=noise),
+        TraceRequest("z", "b", None, seed=5, prefix="y q ; "),
+    ]
+    together = tracer.trace_many(requests, num_samples=5, facts_per_forward=3)
+    for request, traced in zip(requests, together):
+        alone = tracer.trace_kinds(request.s, request.r, request.o_target, num_samples=5, noise=request.noise,
+                                   seed=request.seed, prefix=request.prefix)
+        assert traced.keys() == alone.keys() == {"hidden", "mlp", "attn"}
+        for kind in alone:
+            assert traced[kind].to_dict(include_scores=False) == pytest.approx(alone[kind].to_dict(include_scores=False))
+            np.testing.assert_allclose(traced[kind].scores, alone[kind].scores, atol=TOL)
+    assert len({traced["hidden"].low_score for traced in together}) == len(requests)  # each fact has its own noise
+
+
+def test_tracing_leaves_the_model_as_it_was():
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    before = [type(m) for m in model.modules()]
+    CausalTracer(model, tokenizer, device="cpu").trace_kinds("a", "b", num_samples=2)
+    assert [type(m) for m in model.modules()] == before
 
 
 def test_seeded_noise_is_reproducible_and_scaled():

@@ -1,4 +1,5 @@
-"""torchrun sharding of run_locating_batch.py: 2 CPU processes (gloo) write what one process writes."""
+"""torchrun sharding of run_locating_batch.py: 2 CPU processes (gloo) write what one process writes (20 samples:
+blocks of 8 traced facts, so both processes trace some)."""
 
 import json
 import os
@@ -20,7 +21,7 @@ def test_shard_takes_every_world_size_th_item():
 
 def run(command, out, tiny_trained, tiny_kg):
     args = [*command, str(REPO_ROOT / "run_locating_batch.py"), "--model-dir", str(tiny_trained[0]),
-            "--kg-file", str(tiny_kg.graph_path), "--num-samples", "6", "--num-noise-samples", "3", "--no-plots",
+            "--kg-file", str(tiny_kg.graph_path), "--num-samples", "20", "--num-noise-samples", "3", "--no-plots",
             "--device", "cpu", "--output-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)

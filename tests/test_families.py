@@ -12,7 +12,10 @@ import torch
 import run_editing_single
 import run_locating_batch
 from src.cli.common import run_cli
-from src.edit.causal_tracing import CausalTracer
+from src.edit import causal_tracing
+from src.edit.block_call import BlockCall, RecordKeysValues
+from src.edit.causal_tracing import CausalTracer, TraceRequest
+from src.edit.hooks import RecordCall
 from src.edit.locating import load_results
 from src.edit.model_layout import FAMILIES as LAYOUT_FAMILIES
 from src.edit.model_layout import ModelLayout
@@ -31,18 +34,32 @@ FAMILIES = [f for f in ARCHITECTURES if f != "gpt2"]  # GPT-2 has its own tests 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
-def test_tracer_equals_reference(family, kind):
+@pytest.mark.parametrize("suffix_replay", [False, True])
+def test_tracer_equals_reference(family, kind, suffix_replay, monkeypatch):
+    # suffix replay (recompute tokens from the restored one on, over recorded keys and values) or full replay
+    monkeypatch.setattr(causal_tracing, "MIN_FACTS_FOR_SUFFIX_REPLAY", 1 if suffix_replay else 10**9)
     tokenizer = tiny_tokenizer()
     model = tiny_family_model(tokenizer, family)
     tracer = CausalTracer(model, tokenizer, device="cpu")
     noise = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
-    result = tracer.trace_important_states("a x", "b r", None, kind=kind, window=2, noise=noise, num_samples=5,
-                                           prefix="y q ; ")
-    reference, low, high = plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id, noise,
-                                       kind, 1 if kind == "hidden" else 2)
-    assert np.abs(result.scores - reference).max() <= 1e-5
-    assert abs(result.low_score - low) <= 1e-5 and abs(result.high_score - high) <= 1e-5
-    assert np.ptp(reference[result.subject_range[0]:]) > 1e-2
+    requests = [TraceRequest("a x", "b r", None, noise=noise, prefix="y q ; "), TraceRequest("a x", "b r", None, noise=noise)]
+    for result in (traced[kind] for traced in tracer.trace_many(requests, num_samples=5, kinds=[kind], window=2)):
+        reference, low, high = plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
+                                           noise, kind, 1 if kind == "hidden" else 2)
+        assert np.abs(result.scores - reference).max() <= 1e-5
+        assert abs(result.low_score - low) <= 1e-5 and abs(result.high_score - high) <= 1e-5
+        assert np.ptp(reference[result.subject_range[0]:]) > 1e-2
+
+
+@pytest.mark.parametrize("family", ARCHITECTURES)
+def test_every_family_supports_suffix_replay(family):
+    tokenizer = tiny_tokenizer()
+    model = tiny_family_model(tokenizer, family)
+    with RecordCall(ModelLayout.of(model).block(0)) as call, \
+            RecordKeysValues([ModelLayout.of(model).attn(l) for l in range(2)]) as keys_values:
+        model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=False)
+    assert BlockCall.bind(ModelLayout.of(model).block(0), call.args[1:], call.kwargs, num_tokens=3).supports_suffix
+    assert [tuple(k.shape[-2:]) for k, _ in keys_values.recorded] == [(3, 32 // model.config.num_attention_heads)] * 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)

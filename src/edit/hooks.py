@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Callable, Iterable
+from contextlib import AbstractContextManager, contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -121,3 +121,22 @@ class RecordCall(AbstractContextManager):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._handle.remove()
+
+
+@contextmanager
+def swap_modules(model: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]) -> Iterator[int]:
+    """Within the context, every submodule `m` of `model` for which `replacement(m)` is a module is replaced by it;
+    the originals are put back on exit. Yields the number of modules swapped."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        new = replacement(module) if name else None
+        if new is not None:
+            parent_name, _, attribute = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            swapped.append((parent, attribute, module))
+            setattr(parent, attribute, new)
+    try:
+        yield len(swapped)
+    finally:
+        for parent, attribute, module in reversed(swapped):
+            setattr(parent, attribute, module)

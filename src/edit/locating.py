@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.edit.causal_tracing import KINDS, CausalTracer, TraceResult, default_window, normalize_kind
+from src.edit.causal_tracing import FACTS_PER_FORWARD, KINDS, CausalTracer, TraceRequest, TraceResult, default_window, normalize_kind
 from src.edit.prompts import check_known_words
 from src.edit.trace_stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
@@ -138,8 +138,8 @@ def trace_file_name(index: int, fact: Fact) -> str:
 def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSummary | None:
     """Trace `num_samples` random facts that the model gets right; write the results directory.
 
-    Under `torchrun --nproc-per-node N`, sample i is traced by rank i % N (each trace is seeded by its index, not by
-    the rank), rank 0 gathers, writes the directory and returns the summary; the other ranks return None."""
+    Under `torchrun --nproc-per-node N`, block i of FACTS_PER_FORWARD traced samples goes to rank i % N (each trace
+    is seeded by its sample index, not by the rank), rank 0 gathers, writes the directory and returns the summary; the other ranks return None."""
     config = config.validate()
     with process_shard() as shard:
         started = time.perf_counter()
@@ -152,18 +152,28 @@ def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSumma
         predicted_ids, object_ids = object_predictions(model, tokenizer, facts)
         tracer = CausalTracer(model, tokenizer, device=device, subjects=graph.entities)
 
-        samples, skipped = [], []
-        mine = shard.take(list(enumerate(facts)))
-        for index, fact in tqdm(mine, desc="tracing", unit="fact", disable=not (progress and shard.is_main)):
+        requests, skipped = [], []
+        for index, fact in enumerate(facts):
             if predicted_ids[index] != object_ids[index]:
                 skipped.append({"index": index, **fact.to_dict(), "predicted": tokenizer.decode(predicted_ids[index]).strip()})
-                continue
-            traces = tracer.trace_kinds(fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples,
-                                        config.kinds, config.window, seed=config.seed + index)
-            mlp = traces.get("mlp") or tracer.trace_important_states(
-                fact.s, fact.r, fact.o, config.noise_level, config.num_noise_samples, "mlp", config.window,
-                seed=config.seed + index)
-            samples.append(SampleTrace(index, fact, mlp.best_layer(config.position), traces))
+            else:
+                requests.append((index, TraceRequest(fact.s, fact.r, fact.o, seed=config.seed + index)))
+        # facts are traced FACTS_PER_FORWARD at a time; the same blocks whatever the number of processes, so the
+        # numbers do not depend on it
+        blocks = [requests[i : i + FACTS_PER_FORWARD] for i in range(0, len(requests), FACTS_PER_FORWARD)]
+        mine = shard.take(blocks)
+        kinds = config.kinds if "mlp" in config.kinds else (*config.kinds, "mlp")  # the best layer needs the MLP trace
+        samples = []
+        with tqdm(total=sum(map(len, mine)), desc="tracing", unit="fact",
+                  disable=not (progress and shard.is_main)) as bar:
+            for block in mine:
+                traced = tracer.trace_many([request for _, request in block], config.noise_level,
+                                           config.num_noise_samples, kinds, config.window)
+                for (index, _), traces in zip(block, traced):
+                    best_layer = traces["mlp"].best_layer(config.position)
+                    samples.append(SampleTrace(index, facts[index], best_layer, {k: traces[k] for k in config.kinds}))
+                bar.update(len(block))
+        skipped = skipped if shard.is_main else []  # every process found the same ones
         gathered = shard.gather((samples, skipped))
         if not shard.is_main:
             return None
