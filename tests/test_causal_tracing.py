@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from src.edit import causal_tracing
 from src.edit.causal_tracing import CausalTracer, TraceRequest, TraceResult, default_window, window_layers
 from src.edit.tracing_reference import plain_trace
 from src.utils.errors import InputError
@@ -24,12 +23,10 @@ def assert_matches_reference(tracer, model, result, noise):
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("window", [1, 2, 3, 10])
 @pytest.mark.parametrize("suffix_replay", [False, True])
-def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation, suffix_replay,
-                                                               monkeypatch):
-    monkeypatch.setattr(causal_tracing, "MIN_FACTS_FOR_SUFFIX_REPLAY", 1 if suffix_replay else 10**9)
+def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation, suffix_replay):
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer, attn_implementation=attn_implementation)
-    tracer = CausalTracer(model, tokenizer, device="cpu")
+    tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay)
     noise = torch.randn(6, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
     # a two-token subject behind a context prefix: tokens before the subject, first/last subject token, relation
     result = tracer.trace_important_states("a x", "b r", None, kind=kind, window=window, noise=noise, num_samples=6,
@@ -64,8 +61,7 @@ def test_small_chunks_give_identical_scores():
         np.testing.assert_allclose(big[kind].scores, small[kind].scores, atol=TOL)
 
 
-def test_tracing_many_facts_together_equals_one_at_a_time(monkeypatch):
-    monkeypatch.setattr(causal_tracing, "MIN_FACTS_FOR_SUFFIX_REPLAY", 2)  # groups of 2 and 3 replay suffixes
+def test_tracing_many_facts_together_equals_one_at_a_time():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
     tracer = CausalTracer(model, tokenizer, device="cpu")
@@ -158,3 +154,20 @@ def test_cuda_without_cuda_is_a_clear_error():
     tokenizer = tiny_tokenizer()
     with pytest.raises(InputError, match="CUDA is not available"):
         CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cuda")
+
+
+def test_suffix_replay_is_used_and_can_be_turned_off():
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    calls = []
+    handle = model.transformer.h[2].register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[1]))
+    try:
+        for suffix_replay in (True, False):
+            calls.clear()
+            CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay).trace_kinds("a x", "b r", num_samples=2)
+            # block 2 sees the whole 4-token prompt in the runs; then, restoring the subject (tokens 0-1) or the
+            # relation (2-3), the tokens from the first one recomputed: 0 (mlp/attn at token 0), 1 (hidden at token
+            # 0, over the clean run's keys and values; and token 1), 2, 3
+            assert calls[0] == 4 and sorted(set(calls[1:])) == ([1, 2, 3, 4] if suffix_replay else [4])
+    finally:
+        handle.remove()

@@ -12,7 +12,6 @@ import torch
 import run_editing_single
 import run_locating_batch
 from src.cli.common import run_cli
-from src.edit import causal_tracing
 from src.edit.block_call import BlockCall, RecordKeysValues
 from src.edit.causal_tracing import CausalTracer, TraceRequest
 from src.edit.hooks import RecordCall
@@ -35,12 +34,10 @@ FAMILIES = [f for f in ARCHITECTURES if f != "gpt2"]  # GPT-2 has its own tests 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("suffix_replay", [False, True])
-def test_tracer_equals_reference(family, kind, suffix_replay, monkeypatch):
-    # suffix replay (recompute tokens from the restored one on, over recorded keys and values) or full replay
-    monkeypatch.setattr(causal_tracing, "MIN_FACTS_FOR_SUFFIX_REPLAY", 1 if suffix_replay else 10**9)
+def test_tracer_equals_reference(family, kind, suffix_replay):
     tokenizer = tiny_tokenizer()
     model = tiny_family_model(tokenizer, family)
-    tracer = CausalTracer(model, tokenizer, device="cpu")
+    tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay)
     noise = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
     requests = [TraceRequest("a x", "b r", None, noise=noise, prefix="y q ; "), TraceRequest("a x", "b r", None, noise=noise)]
     for result in (traced[kind] for traced in tracer.trace_many(requests, num_samples=5, kinds=[kind], window=2)):

@@ -11,8 +11,8 @@ This implementation gives the numbers of the original one-forward-per-restoratio
 - tokens before the subject never see noise, so restoring them changes nothing: their score is `low_score`;
 - the layers below the first restored one are identical for every restoration there, so they are computed once in
   the corrupted run and the forward restarts from that layer's recorded input;
-- restoring token t changes no token before it, so (with enough facts per forward to pay for one more pass per
-  token position) only tokens t.. are recomputed, attending to the keys and values the corrupted run recorded for
+- restoring token t changes no token before it, so only tokens t.. are recomputed (one pass over the blocks per
+  first recomputed token), attending to the keys and values the corrupted run recorded for
   the others; restoring the subject's first token's block output makes every token up to it clean, so only the
   tokens after it are recomputed, over the clean run's keys and values (`src.edit.block_call`);
 - GPT-2's "gelu_new" activation runs as torch's fused tanh-GELU kernel while tracing (same formula).
@@ -39,10 +39,6 @@ from src.utils.errors import InputError
 
 KINDS = ("hidden", "mlp", "attn")
 EDIT_POSITIONS = ("last", "subject_last")
-# Replaying only the tokens from the restored one on takes one more pass over the blocks per token position; for
-# fewer facts per forward than this, the extra passes cost more than the rows they save (measured on a 2-core CPU:
-# 1 fact 28 vs 38 ms, 8 facts 26 vs 21 ms per fact on the default model; benchmarks/bench_tracing.py).
-MIN_FACTS_FOR_SUFFIX_REPLAY = 4
 FACTS_PER_FORWARD = 8  # trace_many's default: 8 and 16 facts per forward measured alike (benchmarks/bench_tracing.py)
 
 
@@ -210,6 +206,8 @@ class CausalTracer:
             (the original pools the embeddings of subject tokens); default: all non-special vocabulary tokens.
         noise_std: absolute sigma instead of computing it.
         max_batch_tokens: memory bound for one forward (rows x tokens).
+        suffix_replay: recompute only the tokens from the restored one on (default); False recomputes every token,
+            as the original does (same numbers up to float32 rounding; kept to test one against the other).
     """
 
     def __init__(
@@ -220,12 +218,14 @@ class CausalTracer:
         subjects: Sequence[str] | None = None,
         noise_std: float | None = None,
         max_batch_tokens: int = 1 << 16,
+        suffix_replay: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.layout = ModelLayout.of(model)
         self.max_batch_tokens = max_batch_tokens
+        self.suffix_replay = suffix_replay
         self.embedding_std = float(noise_std) if noise_std is not None else self._embedding_std(subjects)
 
     @property
@@ -396,7 +396,7 @@ class CausalTracer:
         inputs = [first.input.view(F, rows, T, d)] + [traces[f"hidden.{l}"].output.view(F, rows, T, d) for l in range(L)]
         call = BlockCall.bind(layout.block(0), _first_row(block_call.args[1:], F * rows),
                               _first_row(block_call.kwargs, F * rows), num_tokens=T)
-        recorded = keys_values.recorded if call.supports_suffix and F >= MIN_FACTS_FOR_SUFFIX_REPLAY else None
+        recorded = keys_values.recorded if call.supports_suffix and self.suffix_replay else None
         return _Group(
             requests=list(requests), prompts=list(prompts), answer_ids=answer_ids,
             high_scores=[float(p) for p in probabilities[:, 0]], low_scores=[float(p.mean()) for p in probabilities[:, 1:]],
