@@ -132,3 +132,17 @@ def test_train_lm_builds_trains_saves_and_reloads_every_family(family, tiny_kg, 
     again = train_and_save(config, output_dir=tmp_path / "again", progress=False)
     reloaded, _ = load_model(again.model_dir, "cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_traces_follow_float32(family, dtype):
+    """The suffix replay's keys, values and mask follow the model's dtype (run here on the CPU)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_family_model(tokenizer, family)
+    noise = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(1))
+    request = [TraceRequest("a x", "b r", None, noise=noise)]
+    full = CausalTracer(model, tokenizer, device="cpu").trace_many(request, num_samples=5)[0]
+    half = CausalTracer(model.to(dtype), tokenizer, device="cpu").trace_many(request, num_samples=5)[0]
+    for kind in full:
+        assert np.abs(full[kind].scores - half[kind].scores).max() < 2e-2
