@@ -2,7 +2,7 @@
 """MEMIT on one batch: efficacy against preservation of the rest of the KG, for several lambdas and layer sets.
 
     python benchmarks/bench_memit_tradeoff.py [--num-edits 500] [--lambdas 100,200,300]
-        [--layer-sets 0-1-2,0-1-2-3-4-5-6-7] [--mom2-source fact_prompts]
+        [--layer-sets 0-1-2,0-1-2-3-4-5-6-7] [--mom2-source fact_prompts] [--hparam v_stop_prob=0.99 ...]
 
 The target residuals z do not depend on lambda, so they are computed once per layer set; each lambda then applies
 MEMIT's layer updates to a fresh copy of the weights. unchanged = share of the unedited KG facts whose top-1 is as
@@ -42,7 +42,13 @@ def main() -> None:
     parser.add_argument("--layer-sets", default="0-1-2,0-1-2-3-4-5-6-7")
     parser.add_argument("--mom2-source", default="corpus")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                        help="another MEMIT hyperparameter (configs/memit_gpt_small.yaml), e.g. v_stop_prob=0.99")
     args = parser.parse_args()
+    overrides = {}
+    for item in args.hparam:
+        key, _, value = item.partition("=")
+        overrides[key] = float(value) if "." in value or "e" in value else int(value)
 
     model, tokenizer = load_model(args.model_dir, device="cpu")
     graph = read_graph_jsonl(args.kg_file)
@@ -53,12 +59,12 @@ def main() -> None:
     keep = torch.tensor([(f.s, f.r) not in edited for f in evaluator.facts])
     targets = torch.tensor([answer_token_id(tokenizer, q.target) for q in requests])
     bare = PromptProbe(tokenizer, [f"{q.s} {q.r}" for q in requests])
-    print(f"{args.num_edits} edits in one batch, key statistics from {args.mom2_source}")
+    print(f"{args.num_edits} edits in one batch, key statistics from {args.mom2_source}, other hyperparameters {overrides}")
     print(f"{'layers':<18}{'lambda':>8}{'efficacy':>10}{'unchanged':>11}{'retention':>11}")
     for layer_set in args.layer_sets.split(","):
         layers = [int(v) for v in layer_set.split("-")]
         work = copy.deepcopy(model)
-        editor = build_editor("memit", work, tokenizer, {"layers": layers, "mom2_source": args.mom2_source}, env)
+        editor = build_editor("memit", work, tokenizer, {"layers": layers, "mom2_source": args.mom2_source, **overrides}, env)
         hp = editor.hparams
         sets = [rewrite_set(tokenizer, editor.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
                 for q in requests]
