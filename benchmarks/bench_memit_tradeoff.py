@@ -29,6 +29,7 @@ from src.edit.methods.memit import MEMITHyperParams  # noqa: E402
 from src.edit.prompts import answer_token_id  # noqa: E402
 from src.edit.rewrite import rewrite_set  # noqa: E402
 from src.edit.rome import apply_update  # noqa: E402
+from src.utils.config import parse_overrides  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 
@@ -45,10 +46,7 @@ def main() -> None:
     parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
                         help="another MEMIT hyperparameter (configs/memit_gpt_small.yaml), e.g. v_stop_prob=0.99")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.hparam:
-        key, _, value = item.partition("=")
-        overrides[key] = float(value) if "." in value or "e" in value else int(value)
+    overrides = parse_overrides(args.hparam)
 
     model, tokenizer = load_model(args.model_dir, device="cpu")
     graph = read_graph_jsonl(args.kg_file)

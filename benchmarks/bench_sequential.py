@@ -26,6 +26,7 @@ from src.edit.kg_context import KGContext  # noqa: E402
 from src.edit.methods import EditEnvironment  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.config import parse_overrides  # noqa: E402
 
 SETTINGS = {  # name -> (method, hyperparameter overrides of the method's defaults)
     "rome": ("rome", {}),
@@ -59,7 +60,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", default="rome,rome_original,rome_past")
     parser.add_argument("--past-keys-weight", type=float, default=None, help="override the *_past settings' weight")
+    parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                        help="another hyperparameter for every setting, e.g. mom2_update_weight=400")
     args = parser.parse_args()
+    extra = parse_overrides(args.hparam)
 
     model, tokenizer = load_model(args.model_dir, device="cpu")
     graph = read_graph_jsonl(args.kg_file)
@@ -72,6 +76,7 @@ def main() -> None:
         method, overrides = SETTINGS[name]
         if args.past_keys_weight is not None and "past_keys_weight" in overrides:
             overrides = {**overrides, "past_keys_weight": args.past_keys_weight}
+        overrides = {**overrides, **extra}
         started = time.perf_counter()
         run = run_method(method, model, tokenizer, requests, "sequential", evaluator, env, overrides, args.every)
         results[name] = (run, time.perf_counter() - started)
@@ -88,7 +93,7 @@ def main() -> None:
         print(f"{results[names[0]][0].checkpoints[row].num_edits:>6}" + "".join(f"{c:>24}" for c in cells))
     print(f"{'s/edit':>6}" + "".join(f"{results[n][1] / args.num_edits:>24.2f}" for n in names))
     for name in names:
-        print(f"{name}: {SETTINGS[name][0]} {SETTINGS[name][1] if args.past_keys_weight is None else ''}")
+        print(f"{name}: {SETTINGS[name][0]} {SETTINGS[name][1] if args.past_keys_weight is None else ''} {extra or ''}")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,13 @@ def test_each_default_hparams_file_matches_the_method_defaults(method):
 
     spec = METHODS[method]
     assert spec.load_hparams(REPO_ROOT / spec.default_hparams) == spec.load_hparams(None)
+
+
+def test_sequential_memit_config_differs_from_the_default_in_the_documented_keys():
+    from src.edit.methods.memit import load_memit_hparams
+    from tests.conftest import REPO_ROOT
+
+    default = load_memit_hparams(REPO_ROOT / "configs" / "memit_gpt_small.yaml").to_dict()
+    sequential = load_memit_hparams(REPO_ROOT / "configs" / "memit_sequential_gpt_small.yaml").to_dict()
+    changed = {key: sequential[key] for key in default if sequential[key] != default[key]}
+    assert changed == {"clamp_norm_factor": 8.0, "v_stop_prob": 0.99, "mom2_update_weight": 400.0, "past_keys_weight": 1.0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -54,3 +54,14 @@ def load_dataclass(cls: type[T], source: Any, base: Mapping[str, Any] | None = N
     given = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
     where = str(source) if isinstance(source, (str, Path)) else "hparams"
     return dataclass_from_mapping(cls, {**(base or {}), **given}, where)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`["v_stop_prob=0.99", "layers=[0, 1]"]` -> {"v_stop_prob": 0.99, "layers": [0, 1]}: each value read as YAML."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"expected KEY=VALUE, got '{item}'")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
