@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from src.edit import causal_tracing
 from src.edit.causal_tracing import CausalTracer, TraceRequest, TraceResult, default_window, window_layers
 from src.edit.tracing_reference import plain_trace
 from src.utils.errors import InputError
@@ -82,12 +83,24 @@ def test_tracing_many_facts_together_equals_one_at_a_time():
     assert len({traced["hidden"].low_score for traced in together}) == len(requests)  # each fact has its own noise
 
 
-def test_tracing_leaves_the_model_as_it_was():
+def test_tracing_leaves_the_model_as_it_was_even_when_it_fails():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
     before = [type(m) for m in model.modules()]
-    CausalTracer(model, tokenizer, device="cpu").trace_kinds("a", "b", num_samples=2)
+    tracer = CausalTracer(model, tokenizer, device="cpu")
+    tracer.trace_kinds("a", "b", num_samples=2)
+    with pytest.raises(InputError, match="noise has shape"):
+        tracer.trace_kinds("a", "b", num_samples=2, noise=torch.zeros(3, 1, 32))
     assert [type(m) for m in model.modules()] == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_flash_and_flex_attention_replay_every_token():
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    assert causal_tracing._attention_takes_any_mask(model)
+    model.config._attn_implementation = "flash_attention_2"  # its mask is a padding mask: no suffix replay
+    assert not causal_tracing._attention_takes_any_mask(model)
 
 
 def test_seeded_noise_is_reproducible_and_scaled():

@@ -34,18 +34,37 @@ FAMILIES = [f for f in ARCHITECTURES if f != "gpt2"]  # GPT-2 has its own tests 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("suffix_replay", [False, True])
-def test_tracer_equals_reference(family, kind, suffix_replay):
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_tracer_equals_reference(family, kind, suffix_replay, attn_implementation):
     tokenizer = tiny_tokenizer()
     model = tiny_family_model(tokenizer, family)
+    model.config._attn_implementation = attn_implementation  # eager blocks get a mask, which the suffix replay slices
     tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay)
     noise = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
-    requests = [TraceRequest("a x", "b r", None, noise=noise, prefix="y q ; "), TraceRequest("a x", "b r", None, noise=noise)]
-    for result in (traced[kind] for traced in tracer.trace_many(requests, num_samples=5, kinds=[kind], window=2)):
+    other = torch.randn(5, 1, 32, generator=torch.Generator().manual_seed(2)) * 3 * tracer.embedding_std
+    requests = [TraceRequest("a x", "b r", None, noise=noise, prefix="y q ; "),  # 3 tokens before the subject
+                TraceRequest("a x", "b r", None, noise=noise), TraceRequest("q", "a b r", None, noise=other)]
+    widths = []  # tokens per call of block 1: fewer than the prompt's when only a suffix is recomputed
+    handle = ModelLayout.of(model).block(1).register_forward_pre_hook(lambda _m, args: widths.append(args[0].shape[1]))
+    try:
+        traced = tracer.trace_many(requests, num_samples=5, kinds=[kind], window=2)
+    finally:
+        handle.remove()
+    assert (min(widths) < 4) == suffix_replay
+    for request, result in zip(requests, (t[kind] for t in traced)):
         reference, low, high = plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
-                                           noise, kind, 1 if kind == "hidden" else 2)
+                                           request.noise, kind, 1 if kind == "hidden" else 2)
         assert np.abs(result.scores - reference).max() <= 1e-5
         assert abs(result.low_score - low) <= 1e-5 and abs(result.high_score - high) <= 1e-5
         assert np.ptp(reference[result.subject_range[0]:]) > 1e-2
+
+
+def test_models_mixing_attention_types_are_refused():
+    tokenizer = tiny_tokenizer()
+    model = tiny_family_model(tokenizer, "qwen2")
+    model.config.layer_types = ["full_attention", "sliding_attention"] * 2
+    with pytest.raises(InputError, match="different attention types"):
+        CausalTracer(model, tokenizer, device="cpu")
 
 
 @pytest.mark.parametrize("family", ARCHITECTURES)

@@ -51,7 +51,8 @@ def cache_argument(module: nn.Module) -> str | None:
 class RecordKeysValues(AbstractContextManager):
     """Record the keys and values each attention module computes during a forward (which runs without a cache):
     `with RecordKeysValues(attentions) as kv: model(x)`; then `kv.recorded[l]` = (keys, values), each (batch, kv
-    heads, T, head dim), or `kv.recorded` is None if some module takes no cache argument."""
+    heads, T, head dim), or `kv.recorded` is None if some module takes no cache argument or never called its
+    `update`."""
 
     def __init__(self, attentions: Sequence[nn.Module]) -> None:
         names = [cache_argument(module) for module in attentions]
@@ -119,12 +120,18 @@ class BlockCall:
         0..first-1 per row, (rows, kv heads, first, head dim) each."""
         if first == 0:
             return primary(block(hidden, **self.arguments))
-        return primary(block(hidden, **self._suffix_arguments(first, prefix, hidden.dtype)))
+        cache = PrefixKeysValues(prefix)
+        output = primary(block(hidden, **self._suffix_arguments(first, cache, hidden.dtype)))
+        if cache.recorded is None:
+            raise RuntimeError(f"{type(block).__name__} did not pass its {self.cache_argument} to its attention; "
+                               "trace with CausalTracer(..., suffix_replay=False)")
+        return output
 
-    def _suffix_arguments(self, first: int, prefix, dtype: torch.dtype) -> dict:
+    def _suffix_arguments(self, first: int, cache: PrefixKeysValues, dtype: torch.dtype) -> dict:
         T = self.num_tokens
+        prefix = cache.prefix
         arguments = dict(self.arguments)
-        arguments[self.cache_argument] = PrefixKeysValues(prefix)
+        arguments[self.cache_argument] = cache
         for name in ("position_ids", "position_embeddings"):
             value = arguments.get(name)
             if isinstance(value, torch.Tensor):

@@ -157,7 +157,7 @@ class LocateResult:
                 "effects": list(self.effects), "kind": self.trace.kind, "window": self.trace.window}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TraceRequest:
     """One fact to trace: `"{prefix}{s} {r}"` -> o_target (None: the model's own prediction).
 
@@ -224,6 +224,10 @@ class CausalTracer:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.layout = ModelLayout.of(model)
+        layer_types = getattr(model.config, "layer_types", None)
+        if layer_types and len(set(layer_types)) > 1:  # the replay calls every block with block 0's mask
+            raise InputError("models whose layers use different attention types are not supported: "
+                             f"{sorted(set(layer_types))}")
         self.max_batch_tokens = max_batch_tokens
         self.suffix_replay = suffix_replay
         self.embedding_std = float(noise_std) if noise_std is not None else self._embedding_std(subjects)
@@ -263,10 +267,8 @@ class CausalTracer:
         noise: exact additive noise (num_samples, subject tokens, hidden size) instead of a seeded draw.
         prefix: context text before the prompt (e.g. another fact, `"E_417 R_02 E_077 ; "`).
         """
-        return self.trace_kinds(s, r, o_target, noise_level, num_samples, (normalize_kind(kind),), window, noise, seed,
-                                prefix)[
-            normalize_kind(kind)
-        ]
+        kind = normalize_kind(kind)
+        return self.trace_kinds(s, r, o_target, noise_level, num_samples, (kind,), window, noise, seed, prefix)[kind]
 
     def trace_kinds(
         self,
@@ -386,7 +388,7 @@ class CausalTracer:
         with Trace(layout.embed, edit_output=corrupt, retain_output=False), TraceDict(modules) as traces, \
                 Trace(layout.block(0), retain_input=True, retain_output=False) as first, \
                 RecordCall(layout.block(0)) as block_call, \
-                RecordKeysValues([layout.attn(l) for l in range(L)]) as keys_values:
+                RecordKeysValues([layout.attn(l) for l in range(L)] if self.suffix_replay else []) as keys_values:
             logits = self.model(input_ids=input_ids, use_cache=False).logits[:, -1].float().view(F, rows, -1)
         answer_ids = torch.tensor([int(logits[f, 0].argmax()) if q.o_target is None else
                                    answer_token_id(self.tokenizer, q.o_target) for f, q in enumerate(requests)],
@@ -396,7 +398,8 @@ class CausalTracer:
         inputs = [first.input.view(F, rows, T, d)] + [traces[f"hidden.{l}"].output.view(F, rows, T, d) for l in range(L)]
         call = BlockCall.bind(layout.block(0), _first_row(block_call.args[1:], F * rows),
                               _first_row(block_call.kwargs, F * rows), num_tokens=T)
-        recorded = keys_values.recorded if call.supports_suffix and self.suffix_replay else None
+        suffix = self.suffix_replay and call.supports_suffix and _attention_takes_any_mask(self.model)
+        recorded = keys_values.recorded if suffix else None
         return _Group(
             requests=list(requests), prompts=list(prompts), answer_ids=answer_ids,
             high_scores=[float(p) for p in probabilities[:, 0]], low_scores=[float(p.mean()) for p in probabilities[:, 1:]],
@@ -426,7 +429,7 @@ class CausalTracer:
 
         for first, restorations in sorted(passes.items()):
             restorations.sort(key=lambda x: x.start)
-            per_chunk = max(1, self.max_batch_tokens // ((T - first) * N))
+            per_chunk = max(1, self.max_batch_tokens // (T * N))  # rows hold T - first tokens and keys of first
             for i in range(0, len(restorations), per_chunk):
                 chunk = restorations[i : i + per_chunk]
                 for item, p in zip(chunk, self._replay(group, chunk).tolist()):
@@ -511,6 +514,12 @@ class CausalTracer:
         answers = group.answer_ids[facts].repeat_interleave(N)
         probabilities = torch.softmax(logits, dim=-1).gather(1, answers[:, None])[:, 0]
         return probabilities.view(len(chunk), N).mean(dim=1).cpu()
+
+
+def _attention_takes_any_mask(model: PreTrainedModel) -> bool:
+    """Suffix replay passes an additive (or the recorded, sliced) 4-D mask: eager and sdpa attention take one; flash
+    and flex attention expect other mask types, so they replay every token."""
+    return getattr(model.config, "_attn_implementation", None) in ("eager", "sdpa")
 
 
 def _first_recomputed_token(kind: str, token: int, subject_start: int, num_tokens: int) -> tuple[int, bool]:

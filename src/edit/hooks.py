@@ -126,16 +126,16 @@ class RecordCall(AbstractContextManager):
 @contextmanager
 def swap_modules(model: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]) -> Iterator[int]:
     """Within the context, every submodule `m` of `model` for which `replacement(m)` is a module is replaced by it;
-    the originals are put back on exit. Yields the number of modules swapped."""
+    the originals are put back on exit (hooks registered on them do not run meanwhile). Yields the number swapped."""
     swapped = []
-    for name, module in list(model.named_modules()):
-        new = replacement(module) if name else None
-        if new is not None:
-            parent_name, _, attribute = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            swapped.append((parent, attribute, module))
-            setattr(parent, attribute, new)
     try:
+        for name, module in list(model.named_modules()):
+            new = replacement(module) if name else None
+            if new is not None:
+                parent_name, _, attribute = name.rpartition(".")
+                parent = model.get_submodule(parent_name)
+                setattr(parent, attribute, new)
+                swapped.append((parent, attribute, module))
         yield len(swapped)
     finally:
         for parent, attribute, module in reversed(swapped):

@@ -138,8 +138,9 @@ def trace_file_name(index: int, fact: Fact) -> str:
 def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSummary | None:
     """Trace `num_samples` random facts that the model gets right; write the results directory.
 
-    Under `torchrun --nproc-per-node N`, block i of FACTS_PER_FORWARD traced samples goes to rank i % N (each trace
-    is seeded by its sample index, not by the rank), rank 0 gathers, writes the directory and returns the summary; the other ranks return None."""
+    Under `torchrun --nproc-per-node N`, block i of FACTS_PER_FORWARD traced samples goes to rank i % N (each
+    trace is seeded by its sample index, not by the rank); rank 0 gathers, writes the directory and returns the
+    summary; the other ranks return None."""
     config = config.validate()
     with process_shard() as shard:
         started = time.perf_counter()
