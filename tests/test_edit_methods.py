@@ -141,3 +141,12 @@ def test_sequential_memit_config_differs_from_the_default_in_the_documented_keys
     sequential = load_memit_hparams(REPO_ROOT / "configs" / "memit_sequential_gpt_small.yaml").to_dict()
     changed = {key: sequential[key] for key in default if sequential[key] != default[key]}
     assert changed == {"clamp_norm_factor": 8.0, "v_stop_prob": 0.99, "mom2_update_weight": 400.0, "past_keys_weight": 1.0}
+
+
+def test_wider_mlp_memit_config_differs_from_the_default_in_lambda_only():
+    from src.edit.methods.memit import load_memit_hparams
+    from tests.conftest import REPO_ROOT
+
+    default = load_memit_hparams(REPO_ROOT / "configs" / "memit_gpt_small.yaml").to_dict()
+    wide = load_memit_hparams(REPO_ROOT / "configs" / "memit_gpt_mlp1024.yaml").to_dict()
+    assert {key: wide[key] for key in default if wide[key] != default[key]} == {"mom2_update_weight": 400.0}

@@ -130,3 +130,10 @@ def test_missing_model_dir_says_how_to_train(tmp_path):
 def test_missing_kg_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="KG file not found"):
         read_graph_jsonl(tmp_path / "graph.jsonl")
+
+
+def test_wider_mlp_config_differs_from_the_default_only_in_d_ff_and_output():
+    gpt, wide = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_small", "gpt_mlp1024"))
+    assert wide.output_dir == REPO_ROOT / "outputs" / "models" / "gpt_mlp1024"
+    assert (gpt.model.n_inner, wide.model.n_inner) == (None, 1024)
+    assert replace(wide.model, n_inner=None) == gpt.model and wide.optim == gpt.optim and wide.kg_dir == gpt.kg_dir
