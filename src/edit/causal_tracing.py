@@ -12,9 +12,9 @@ This implementation gives the numbers of the original one-forward-per-restoratio
 - the layers below the first restored one are identical for every restoration there, so they are computed once in
   the corrupted run and the forward restarts from that layer's recorded input;
 - restoring token t changes no token before it, so only tokens t.. are recomputed (one pass over the blocks per
-  first recomputed token), attending to the keys and values the corrupted run recorded for
-  the others; restoring the subject's first token's block output makes every token up to it clean, so only the
-  tokens after it are recomputed, over the clean run's keys and values (`src.edit.block_call`);
+  first recomputed token), attending to the keys and values the corrupted run recorded for the others; restoring
+  the subject's first token's block output makes every token up to it clean, so only the tokens after it are
+  recomputed, over the clean run's keys and values (`src.edit.block_call`);
 - GPT-2's "gelu_new" activation runs as torch's fused tanh-GELU kernel while tracing (same formula).
 """
 
