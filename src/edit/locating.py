@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.edit.causal_tracing import FACTS_PER_FORWARD, KINDS, CausalTracer, TraceRequest, TraceResult, default_window, normalize_kind
+from src.edit.causal_tracing import (FACTS_PER_FORWARD, KINDS, CausalTracer, TraceRequest, TraceResult,
+                                     default_window, normalize_kind)
 from src.edit.prompts import check_known_words
 from src.edit.trace_stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
