@@ -143,6 +143,19 @@ def test_sequential_memit_config_differs_from_the_default_in_the_documented_keys
     assert changed == {"clamp_norm_factor": 8.0, "v_stop_prob": 0.99, "mom2_update_weight": 400.0, "past_keys_weight": 1.0}
 
 
+def test_sequential_rome_config_fixes_the_layer_and_keeps_each_methods_key_mixture():
+    from src.edit.methods.rome_editor import load_rome_hparams, load_rome_original_hparams
+    from tests.conftest import REPO_ROOT
+
+    path = REPO_ROOT / "configs" / "rome_sequential_gpt_small.yaml"
+    default = load_rome_hparams(REPO_ROOT / "configs" / "rome_gpt_small.yaml").to_dict()
+    sequential = load_rome_hparams(path).to_dict()
+    assert {key: sequential[key] for key in default if sequential[key] != default[key]} == {
+        "layer": 0, "mom2_source": "fact_prompts"}
+    original = load_rome_original_hparams(path)  # the overlay leaves rome-original's own keys alone
+    assert (original.layer, original.key_mode, original.v_objective) == (0, "original", "lookup")
+
+
 def test_wider_mlp_memit_config_differs_from_the_default_in_lambda_only():
     from src.edit.methods.memit import load_memit_hparams
     from tests.conftest import REPO_ROOT
