@@ -132,8 +132,9 @@ def test_missing_kg_is_a_clear_error(tmp_path):
         read_graph_jsonl(tmp_path / "graph.jsonl")
 
 
-def test_wider_mlp_config_differs_from_the_default_only_in_d_ff_and_output():
-    gpt, wide = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_small", "gpt_mlp1024"))
-    assert wide.output_dir == REPO_ROOT / "outputs" / "models" / "gpt_mlp1024"
-    assert (gpt.model.n_inner, wide.model.n_inner) == (None, 1024)
+@pytest.mark.parametrize("d_ff", [1024, 2048])
+def test_wider_mlp_config_differs_from_the_default_only_in_d_ff_and_output(d_ff):
+    gpt, wide = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_small", f"gpt_mlp{d_ff}"))
+    assert wide.output_dir == REPO_ROOT / "outputs" / "models" / f"gpt_mlp{d_ff}"
+    assert (gpt.model.n_inner, wide.model.n_inner) == (None, d_ff)
     assert replace(wide.model, n_inner=None) == gpt.model and wide.optim == gpt.optim and wide.kg_dir == gpt.kg_dir
