@@ -25,13 +25,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.activations import NewGELUActivation
 
 from src.edit.block_call import BlockCall, RecordKeysValues
-from src.edit.hooks import RecordCall, Trace, TraceDict, swap_modules
+from src.edit.fast_forward import fused_activations
+from src.edit.hooks import RecordCall, Trace, TraceDict
 from src.edit.model_layout import ModelLayout
 from src.edit.prompts import EncodedPrompt, answer_token_id, encode_fact_prompt
 from src.utils.device import resolve_device
@@ -319,7 +318,7 @@ class CausalTracer:
                    for i in range(0, len(indices), facts_per_forward)]
         results: list[dict[str, TraceResult] | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc="tracing", unit="fact", disable=not progress) as bar, \
-                swap_modules(self.model, _fused_activation):
+                fused_activations(self.model):
             for batch in batches:
                 group = self._runs([requests[i] for i in batch], [prompts[i] for i in batch], noise_level, num_samples)
                 for index, traced in zip(batch, self._trace(group, kinds, window)):
@@ -547,17 +546,6 @@ class _Restoration:
     start: int
     first: int
     clean_prefix: bool
-
-
-def _fused_activation(module: nn.Module) -> nn.Module | None:
-    """transformers' NewGELUActivation (GPT-2's "gelu_new") computes tanh-GELU in eight elementwise passes, a third of
-    a small block's CPU time; torch's fused kernel computes the same formula (float32 differences < 1e-6)."""
-    return _TanhGELU() if isinstance(module, NewGELUActivation) else None
-
-
-class _TanhGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.gelu(x, approximate="tanh")
 
 
 def _first_row(value, batch: int):

@@ -19,46 +19,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation import EditRequest
 from src.edit.kg_context import prefix_text
+from src.edit.prompt_probe import PromptProbe
 from src.edit.prompts import single_token_id
-from src.lm.evaluate import encode_prompt, starts_with_bos
 from src.kg.graph import Fact
 from src.utils.errors import InputError
-
-
-class PromptProbe:
-    """Next-token logits for a fixed list of prompts, tokenized once and batched by token length (no padding)."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_size: int = 4096) -> None:
-        bos = starts_with_bos(tokenizer)
-        encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
-        groups: dict[int, list[int]] = {}
-        for index, ids in enumerate(encoded):
-            groups.setdefault(len(ids), []).append(index)
-        self.size = len(prompts)
-        self.batches = [(torch.tensor(chunk), torch.tensor([encoded[i] for i in chunk]))
-                        for indices in groups.values()
-                        for chunk in (indices[i : i + batch_size] for i in range(0, len(indices), batch_size))]
-
-    @torch.no_grad()
-    def _run(self, model: PreTrainedModel, reduce) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        device = next(model.parameters()).device
-        return [(rows, reduce(model(input_ids=ids.to(device), logits_to_keep=1, use_cache=False).logits[:, -1].float()))
-                for rows, ids in self.batches]
-
-    def top1(self, model: PreTrainedModel) -> torch.Tensor:
-        """(n,) long, CPU: the argmax token after each prompt."""
-        out = torch.empty(self.size, dtype=torch.long)
-        for rows, ids in self._run(model, lambda logits: logits.argmax(-1).cpu()):
-            out[rows] = ids
-        return out
-
-    def probabilities(self, model: PreTrainedModel) -> torch.Tensor:
-        """(n, vocab) float32, CPU: softmax of the next-token logits (for small prompt sets)."""
-        results = self._run(model, lambda logits: torch.softmax(logits, dim=-1).cpu())
-        out = torch.empty(self.size, results[0][1].shape[-1]) if results else torch.empty(0, 0)
-        for rows, probs in results:
-            out[rows] = probs
-        return out
 
 
 @dataclass(frozen=True)

@@ -31,16 +31,17 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.causal_tracing import CausalTracer, LocateResult
+from src.edit.fast_forward import frozen_parameters, fused_activations
 from src.edit.hooks import Trace
 from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt
-from src.lm.evaluate import greedy_ids, object_token_ids
 from src.edit.rewrite import mlp_keys, prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
 from src.kg.graph import Fact
+from src.lm.evaluate import greedy_ids, object_token_ids
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
@@ -473,7 +474,7 @@ class ROME:
         def readout() -> torch.Tensor:
             return batch.forward(model).logits[read_rows, read_columns].float()  # (n_rewrite * m + n_kl, vocab)
 
-        with torch.no_grad(), Trace(module) as trace:
+        with torch.no_grad(), fused_activations(model), Trace(module) as trace:
             logits_init = readout()
         out_bare = trace.output[0, positions[0]].float()
         kl_init = torch.log_softmax(logits_init[n_read:], dim=-1) if prompts.kl else None
@@ -493,29 +494,30 @@ class ROME:
         optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
         handle = module.register_forward_hook(add_delta)
         steps = 0
-        try:
-            for steps in range(1, hp.v_num_grad_steps + 1):
-                logits = readout()
-                log_probs = torch.log_softmax(logits, dim=-1)
-                target_log_probs = log_probs[torch.arange(n_read, device=self.device), targets].view(n_rewrite, m).sum(1)
-                if bool((logits[:n_read].argmax(-1) == targets).all()) and \
-                        float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
-                    steps -= 1
-                    break
-                nll = -(prompt_weights * target_log_probs).sum() / m  # per target token, as the original
-                kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
-                      if kl_init is not None else torch.zeros((), device=self.device))
-                decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
-                loss = nll + hp.kl_factor * kl + decay
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    norm = delta.norm()
-                    if norm > max_norm:
-                        delta.mul_(max_norm / norm)
-        finally:
-            handle.remove()
+        with frozen_parameters(model), fused_activations(model):
+            try:
+                for steps in range(1, hp.v_num_grad_steps + 1):
+                    logits = readout()
+                    log_probs = torch.log_softmax(logits, dim=-1)
+                    target_log_probs = log_probs[torch.arange(n_read, device=self.device), targets].view(n_rewrite, m).sum(1)
+                    if bool((logits[:n_read].argmax(-1) == targets).all()) and \
+                            float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
+                        steps -= 1
+                        break
+                    nll = -(prompt_weights * target_log_probs).sum() / m  # per target token, as the original
+                    kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
+                          if kl_init is not None else torch.zeros((), device=self.device))
+                    decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
+                    loss = nll + hp.kl_factor * kl + decay
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        norm = delta.norm()
+                        if norm > max_norm:
+                            delta.mul_(max_norm / norm)
+            finally:
+                handle.remove()
         return delta.detach(), steps
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation import EditRequest
+from src.edit.fast_forward import frozen_parameters, fused_activations
 from src.edit.hooks import Trace
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
 from src.edit.prompt_batch import PromptBatch
@@ -184,7 +185,7 @@ class MEMITEditor(PromptEditor):
         rows = torch.arange(len(owner), device=device)
         n_rw = len(rewrite)
 
-        with torch.no_grad(), Trace(self._z_module()) as trace:
+        with torch.no_grad(), fused_activations(self.model), Trace(self._z_module()) as trace:
             logits_init = batch.last_logits(self.model)
         bare_rows = torch.tensor([0] + [len(s.rewrite) for s in sets[:-1]], device=device).cumsum(0)
         h_bare = trace.output[bare_rows, batch.last[bare_rows]].float()  # (n, d)
@@ -202,7 +203,8 @@ class MEMITEditor(PromptEditor):
         optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
         done = torch.zeros(n, dtype=torch.bool, device=device)
         steps = torch.zeros(n, dtype=torch.long)
-        with Trace(self._z_module(), retain_output=False, edit_output=add_delta):
+        with frozen_parameters(self.model), fused_activations(self.model), \
+                Trace(self._z_module(), retain_output=False, edit_output=add_delta):
             for _ in range(hp.v_num_grad_steps):
                 log_probs = torch.log_softmax(batch.last_logits(self.model), dim=-1)
                 target_lp = log_probs[:n_rw].gather(1, targets[:, None])[:, 0]

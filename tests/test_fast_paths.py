@@ -1,0 +1,89 @@
+"""The speed paths compute what the plain paths compute: shared prompt stems, fused GELU, frozen parameters."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from transformers.activations import NewGELUActivation
+
+from src.edit.fast_forward import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
+from src.edit.prompt_probe import PromptProbe, cache_keyword
+from src.edit.rome import ROME
+from src.lm.model import ARCHITECTURES
+from tests.tiny_models import tiny_family_model, tiny_gpt2, tiny_tokenizer
+
+PAIRS = [f"{s} {r}" for s, r in itertools.product("abcdxyz", "rq")]  # 14 prompts over 7 stems
+
+
+@pytest.mark.parametrize("family", list(ARCHITECTURES))
+@pytest.mark.parametrize("bos", [False, True])
+def test_shared_stems_give_the_whole_prompts_predictions(family, bos):
+    tokenizer = tiny_tokenizer(bos=bos)
+    model = tiny_family_model(tokenizer, family)
+    prompts = PAIRS + ["a r b q", "c r d q", "c r d r", "x"]  # a second length and a stem-less prompt
+    shared, whole = PromptProbe(tokenizer, prompts), PromptProbe(tokenizer, prompts, share_stems=False)
+    assert cache_keyword(model) is not None
+    assert [g.stems is not None for g in shared.groups] == [True, False, False]  # 7 stems for 14: shared
+    assert not any(g.stems is not None for g in whole.groups)
+    assert torch.equal(shared.top1(model), whole.top1(model))
+    torch.testing.assert_close(shared.probabilities(model), whole.probabilities(model), atol=2e-6, rtol=1e-5)
+
+
+def test_shared_stems_are_chunked_like_whole_prompts(monkeypatch):
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    whole = PromptProbe(tokenizer, PAIRS, share_stems=False).probabilities(model)
+    monkeypatch.setattr("src.edit.prompt_probe.rows_per_forward", lambda model, tokens: 3)  # 3 stems, then 3 rows
+    torch.testing.assert_close(PromptProbe(tokenizer, PAIRS).probabilities(model), whole, atol=2e-6, rtol=1e-5)
+
+
+def test_fused_activations_match_gelu_new_and_are_put_back():
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer, n_layer=3)
+    ids = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with fused_activations(model) as swapped:
+            assert swapped == 3
+            assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+            fused = model(input_ids=ids).logits
+    assert sum(isinstance(m, NewGELUActivation) for m in model.modules()) == 3
+    torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-5)  # logits of size ~100: float32 rounding only
+
+
+def test_frozen_parameters_pass_gradients_through_without_weight_gradients():
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer, n_layer=2)
+    model.transformer.wte.weight.requires_grad_(False)  # a flag that is already off stays off
+    delta = torch.zeros(model.config.n_embd, requires_grad=True)
+    with frozen_parameters(model):
+        hidden = model.transformer(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state
+        (hidden + delta).pow(2).sum().backward()
+    assert delta.grad is not None and float(delta.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.transformer.wte.weight.requires_grad
+    assert all(p.requires_grad for name, p in model.named_parameters() if name != "transformer.wte.weight")
+
+
+def test_rows_per_forward_bounds_the_widest_activation():
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer, n_embd=32, n_inner=256)
+    assert widest_hidden(model) == 256
+    assert rows_per_forward(model, 4, budget=256 * 4 * 10) == 10
+    assert rows_per_forward(model, 4, budget=1) == 1
+    assert widest_hidden(tiny_gpt2(tokenizer, n_embd=32)) == 128  # n_inner None: 4 x n_embd
+
+
+def test_rome_leaves_no_weight_gradients_and_the_same_flags(tiny_model, tiny_kg, tmp_path):
+    model, tokenizer = tiny_model
+    fact = tiny_kg.graph.facts[0]
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                hparams={"layer": 1}, progress=False)
+    edited, result = rome.apply_edit(fact.s, fact.r, target)
+    assert result.status == "edited" and result.v_steps > 0
+    assert all(p.grad is None for p in edited.parameters())
+    assert all(p.requires_grad for p in edited.parameters())
+    assert any(isinstance(m, NewGELUActivation) for m in edited.modules())  # the copy keeps the model's own modules
