@@ -9,6 +9,10 @@ import torch
 from transformers.activations import NewGELUActivation
 
 from src.edit.fast_forward import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
+from src.edit.hooks import Trace
+from src.edit.methods.memit import LastTokenReadout
+from src.edit.model_layout import ModelLayout
+from src.edit.prompt_batch import PromptBatch
 from src.edit.prompt_probe import PromptProbe, cache_keyword
 from src.edit.rome import ROME
 from src.lm.model import ARCHITECTURES
@@ -87,3 +91,29 @@ def test_rome_leaves_no_weight_gradients_and_the_same_flags(tiny_model, tiny_kg,
     assert all(p.grad is None for p in edited.parameters())
     assert all(p.requires_grad for p in edited.parameters())
     assert any(isinstance(m, NewGELUActivation) for m in edited.modules())  # the copy keeps the model's own modules
+
+
+@pytest.mark.parametrize("family", list(ARCHITECTURES))
+def test_last_block_readout_equals_the_whole_forward(family):
+    """MEMIT's z step: adding a vector at the last block's output, norm + unembedding alone give the logits that a
+    whole forward with the vector added by a hook gives (right-padded prompts of different lengths)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_family_model(tokenizer, family)
+    layout = ModelLayout.of(model)
+    batch = PromptBatch.for_tokenizer([[1, 2, 3], [4, 5], [6, 7, 8, 9]], tokenizer, torch.device("cpu"))
+    added = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    readouts = {layer: LastTokenReadout(model, layout, layer, batch) for layer in (layout.num_layers - 2,
+                                                                                   layout.num_layers - 1)}
+    assert readouts[layout.num_layers - 1].direct and not readouts[layout.num_layers - 2].direct
+    for layer, readout in readouts.items():
+        def add(output, layer=layer):
+            output = output.clone()
+            output[torch.arange(3), batch.last] += added
+            return output
+
+        with torch.no_grad(), Trace(layout.block(layer), retain_output=False, edit_output=add):
+            expected = batch.last_logits(model)
+        with torch.no_grad():
+            torch.testing.assert_close(readout(added), expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(readout(torch.zeros_like(added)), readout.initial_logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(expected, readout.initial_logits, atol=1e-3)  # the added vector matters

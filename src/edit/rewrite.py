@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.edit.fast_forward import fused_activations, rows_per_forward
 from src.edit.hooks import Trace
 from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout
@@ -63,9 +64,18 @@ def last_positions(prompts: Sequence[EncodedPrompt]) -> list[int]:
 def mlp_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[EncodedPrompt],
              positions: Sequence[int], layer: int) -> torch.Tensor:
     """(len(prompts), d_ff) float32: the input of `layer`'s MLP output projection at each prompt's position
-    (the forward stops at that module)."""
+    (each forward stops at that module; forwards sized by `rows_per_forward`)."""
     device = next(model.parameters()).device
-    batch = PromptBatch.for_tokenizer([p.input_ids for p in prompts], tokenizer, device)
-    with Trace(ModelLayout.of(model).mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
-        batch.forward(model)
-    return trace.input[torch.arange(len(prompts), device=device), batch.columns(list(positions))].float()
+    module = ModelLayout.of(model).mlp_out(layer)
+    width = max(len(p.input_ids) for p in prompts)
+    step = rows_per_forward(model, width)
+    keys = []
+    with fused_activations(model):
+        for start in range(0, len(prompts), step):
+            chunk = prompts[start : start + step]
+            batch = PromptBatch.for_tokenizer([p.input_ids for p in chunk], tokenizer, device)
+            with Trace(module, retain_input=True, retain_output=False, stop=True) as trace:
+                batch.forward(model)
+            columns = batch.columns(list(positions[start : start + step]))
+            keys.append(trace.input[torch.arange(len(chunk), device=device), columns].float())
+    return torch.cat(keys)

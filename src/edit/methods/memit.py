@@ -31,6 +31,7 @@ from src.edit.evaluation import EditRequest
 from src.edit.fast_forward import frozen_parameters, fused_activations
 from src.edit.hooks import Trace
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
+from src.edit.model_layout import ModelLayout
 from src.edit.prompt_batch import PromptBatch
 from src.edit.rewrite import RewriteSet, last_positions, mlp_keys
 from src.edit.rome import apply_update, solve_psd
@@ -182,31 +183,24 @@ class MEMITEditor(PromptEditor):
         weights = torch.tensor([w for s in sets for w in s.weights], device=device)
         targets = torch.tensor(target_ids, device=device)[owner_rw]
         batch = PromptBatch.for_tokenizer([p.input_ids for p in rewrite + kl], self.tokenizer, device)
-        rows = torch.arange(len(owner), device=device)
         n_rw = len(rewrite)
 
-        with torch.no_grad(), fused_activations(self.model), Trace(self._z_module()) as trace:
-            logits_init = batch.last_logits(self.model)
+        with fused_activations(self.model):
+            readout = LastTokenReadout(self.model, self.layout, self.layers[-1], batch)
+        logits_init = readout.initial_logits
         bare_rows = torch.tensor([0] + [len(s.rewrite) for s in sets[:-1]], device=device).cumsum(0)
-        h_bare = trace.output[bare_rows, batch.last[bare_rows]].float()  # (n, d)
+        h_bare = readout.last_hidden[bare_rows].float()  # (n, d)
         kl_init = torch.log_softmax(logits_init[n_rw:], dim=-1)
         max_norm = hp.clamp_norm_factor * h_bare.norm(dim=-1)  # (n,)
         kl_counts = torch.bincount(owner_kl, minlength=n).clamp(min=1).float() if len(kl) else None
 
         delta = torch.zeros_like(h_bare, requires_grad=True)
-
-        def add_delta(output: torch.Tensor) -> torch.Tensor:
-            added = torch.zeros_like(output)
-            added = added.index_put((rows, batch.last), delta[owner].to(output.dtype))
-            return output + added
-
         optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
         done = torch.zeros(n, dtype=torch.bool, device=device)
         steps = torch.zeros(n, dtype=torch.long)
-        with frozen_parameters(self.model), fused_activations(self.model), \
-                Trace(self._z_module(), retain_output=False, edit_output=add_delta):
+        with frozen_parameters(self.model), fused_activations(self.model):
             for _ in range(hp.v_num_grad_steps):
-                log_probs = torch.log_softmax(batch.last_logits(self.model), dim=-1)
+                log_probs = torch.log_softmax(readout(delta[owner]), dim=-1)
                 target_lp = log_probs[:n_rw].gather(1, targets[:, None])[:, 0]
                 with torch.no_grad():
                     hit = (log_probs[:n_rw].argmax(-1) == targets).float()
@@ -232,6 +226,37 @@ class MEMITEditor(PromptEditor):
                     delta[done] = before[done]
                 steps += (~done).long().cpu()
         return (h_bare.double() + delta.detach().double()).cpu(), steps.tolist()
+
+
+class LastTokenReadout:
+    """Logits at each row's last token of `batch` when a vector is added to block `layer`'s output at that token.
+
+    The model runs once here (`initial_logits`, `last_hidden`: block `layer`'s output at each row's last token). If
+    `layer` is the last block, nothing before the final norm depends on the added vector, so each call applies only
+    the final norm and the unembedding to last_hidden + added: the same logits as a whole forward, at a fraction of
+    the cost (MEMIT's default z layer is the last block). Otherwise each call runs the whole model with a hook."""
+
+    def __init__(self, model: PreTrainedModel, layout: ModelLayout, layer: int, batch: PromptBatch) -> None:
+        self.model, self.layout, self.batch = model, layout, batch
+        self.block = layout.block(layer)
+        self.direct = layer == layout.num_layers - 1
+        rows = torch.arange(len(batch.last), device=batch.last.device)
+        with torch.no_grad(), Trace(self.block) as trace:
+            self.initial_logits = batch.last_logits(model)  # (rows, vocab) float32
+        self.last_hidden = trace.output[rows, batch.last]  # (rows, d), the model's dtype
+        self._rows = rows
+
+    def __call__(self, added: torch.Tensor) -> torch.Tensor:
+        """added (rows, d) -> logits (rows, vocab) float32."""
+        if self.direct:
+            hidden = self.last_hidden + added.to(self.last_hidden.dtype)
+            return self.layout.unembed(self.layout.final_norm(hidden)).float()
+
+        def add(output: torch.Tensor) -> torch.Tensor:
+            return output.index_put((self._rows, self.batch.last), added.to(output.dtype), accumulate=True)
+
+        with Trace(self.block, retain_output=False, edit_output=add):
+            return self.batch.last_logits(self.model)
 
 
 def make_memit(model, tokenizer, hparams, env: EditEnvironment) -> MEMITEditor:
