@@ -31,6 +31,7 @@ bench:
 	$(PYTHON) benchmarks/bench_tracing.py
 	$(PYTHON) benchmarks/bench_editing.py
 	$(PYTHON) benchmarks/bench_training.py
+	$(PYTHON) benchmarks/bench_fast_paths.py
 
 test: install
 	$(PYTHON) -m pytest tests

@@ -117,3 +117,36 @@ def test_last_block_readout_equals_the_whole_forward(family):
             torch.testing.assert_close(readout(added), expected, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(readout(torch.zeros_like(added)), readout.initial_logits, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(expected, readout.initial_logits, atol=1e-3)  # the added vector matters
+
+
+def test_rome_reads_and_factorises_the_initial_statistics_once_per_layer(tiny_model, tiny_kg, tmp_path, monkeypatch):
+    """Sequential in-place edits on one layer: C is read once, factorised once, and u = C^-1 k* as a fresh solve."""
+    import src.edit.rome as rome_module
+
+    model, tokenizer = tiny_model
+    reads, factorisations, solves = [], [], []
+    original_read, original_solver = rome_module.load_or_compute_second_moment, rome_module.PSDSolver
+
+    class CountingSolver(original_solver):
+        def __init__(self, matrix):
+            factorisations.append(1)
+            super().__init__(matrix)
+
+        def solve(self, rhs):
+            solution = super().solve(rhs)
+            solves.append((self.matrix, rhs, solution))
+            return solution
+
+    monkeypatch.setattr(rome_module, "load_or_compute_second_moment",
+                        lambda *a, **k: reads.append(1) or original_read(*a, **k))
+    monkeypatch.setattr(rome_module, "PSDSolver", CountingSolver)
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                hparams={"layer": 1}, progress=False, statistics_from="initial")
+    facts = [f for f in tiny_kg.graph.facts][:3]
+    for fact in facts:
+        target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+        _, result = rome.apply_edit(fact.s, fact.r, target, copy_model=False)
+        assert result.status == "edited"
+    assert len(reads) == 1 and len(factorisations) == 1 and len(solves) == 3
+    for matrix, rhs, solution in solves:
+        torch.testing.assert_close(solution, torch.linalg.solve(matrix, rhs), atol=1e-8, rtol=1e-6)

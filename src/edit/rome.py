@@ -180,6 +180,8 @@ class ROME:
         self._statistics_model = copy.deepcopy(model) if statistics_from == "initial" else None
         self.progress = progress
         self._past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> k* of in-place edits (past_keys_weight > 0)
+        self._initial_moments: dict[int, torch.Tensor] = {}  # layer -> C on the initial weights, read once
+        self._solvers: dict[int, PSDSolver] = {}  # layer -> factorised initial C
         if self.kg is None:
             warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
                           "term on the subject's other facts; edits will be less specific", stacklevel=2)
@@ -189,12 +191,14 @@ class ROME:
     # ------------------------------------------------------------------ public API
 
     def apply_edit(self, s: str, r: str, o_target: str, copy_model: bool = True, layer: int | None = None,
-                   original: str | None = None) -> tuple[PreTrainedModel, EditResult]:
+                   original: str | None = None, measure: bool = True) -> tuple[PreTrainedModel, EditResult]:
         """Rewrite `s r -> o_target`. Returns (edited model, EditResult).
 
         copy_model=True edits a deep copy and leaves `model` bit-identical; False edits in place, and
         `rome.restore(model, result)` undoes it. layer None: hparams.layer, else located by causal tracing.
         original: the object to compare against (default: the model's current prediction).
+        measure=False skips the generalization / specificity prompts (`result.metrics` is None), for callers that
+        measure the edit themselves.
         """
         started = time.perf_counter()
         hp = self.hparams
@@ -242,7 +246,7 @@ class ROME:
             fact_token = located.position
 
         prompts = self._prompts(s, r)
-        eval_before = self._eval_predictions(model, prompts, target_ids)
+        eval_before = self._eval_predictions(model, prompts, target_ids) if measure else None
         edited = copy.deepcopy(model) if copy_model else model
         weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         for retry in self._retry_layers(located, layer_used) if layer_source == "located" else []:
@@ -254,7 +258,8 @@ class ROME:
             weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         if not copy_model and hp.past_keys_weight > 0:
             self._past_keys.setdefault(layer_used, []).append(update.k_star)
-        metrics = self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts, target_ids), target_ids)
+        metrics = (self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts, target_ids), target_ids)
+                   if measure else None)
         return edited, result(
             edited, "edited", layer_used, layer_source, fact_token, update_norm=float(update.matrix().norm()),
             delta_norm=float(update.delta.norm()), v_steps=steps, metrics=metrics,
@@ -396,14 +401,28 @@ class ROME:
         return mlp_keys(model, self.tokenizer, prompts, positions, layer)
 
     def _key_covariance(self, model: PreTrainedModel, layer: int, size: int) -> torch.Tensor | None:
+        """C for `layer`: on the initial weights, read once per layer and kept (`statistics_from="initial"`);
+        on the current weights, from the statistics cache (keyed by the weights) every time."""
         if not self.use_mom2_adjustment or self.corpus_path is None:
             return None
+        if self._statistics_model is not None and layer in self._initial_moments:
+            return self._initial_moments[layer]
         moment, _ = load_or_compute_second_moment(
             self._statistics_model or model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples,
             self.hparams.mom2_dtype, self.stats_dir, self.progress, self.hparams.mom2_source)
         if moment.shape != (size, size):
             raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
+        if self._statistics_model is not None:
+            self._initial_moments[layer] = moment
         return moment
+
+    def _solve(self, layer: int, moment: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
+        """C^-1 k*; C's factorisation is kept per layer while C is the initial weights' (no past keys added)."""
+        if moment is not self._initial_moments.get(layer):
+            return solve_psd(moment, k_star)
+        if layer not in self._solvers:
+            self._solvers[layer] = PSDSolver(moment)
+        return self._solvers[layer].solve(k_star)
 
     def _with_past_keys(self, moment: torch.Tensor | None, layer: int, size: int) -> torch.Tensor | None:
         """C + past_keys_weight * sum_i k_i k_i^T over the k* of this ROME's earlier in-place edits at `layer`, so that
@@ -437,7 +456,7 @@ class ROME:
         elif hp.null_space_threshold > 0:
             u = null_space_projector(moment, hp.null_space_threshold) @ k_star
         else:
-            u = solve_psd(moment.double(), k_star)
+            u = self._solve(layer, moment, k_star)
         k_denominator = k_star if hp.key_mode == "consistent" else k_bare
         denominator = float(u @ k_denominator)
         if abs(denominator) < 1e-12:
@@ -539,13 +558,26 @@ def null_space_projector(moment: torch.Tensor, threshold: float) -> torch.Tensor
     return kept @ kept.T
 
 
+class PSDSolver:
+    """Solves matrix x = rhs for a fixed PSD matrix in float64 on the CPU, without forming the inverse: Cholesky,
+    factored once, else least squares (for an ill-conditioned or singular matrix, e.g. C from fewer keys than
+    dimensions)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix.double().cpu()
+        factor, info = torch.linalg.cholesky_ex(self.matrix)
+        self.factor = factor if int(info) == 0 else None
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """rhs: (n,) or (n, m) -> the same shape, float64."""
+        rhs = rhs.double().cpu()
+        columns = rhs[:, None] if rhs.dim() == 1 else rhs
+        solution = torch.cholesky_solve(columns, self.factor) if self.factor is not None else None
+        if solution is None or not torch.isfinite(solution).all():
+            solution = torch.linalg.lstsq(self.matrix, columns, driver="gelsd").solution
+        return solution[:, 0] if rhs.dim() == 1 else solution
+
+
 def solve_psd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """matrix^-1 rhs in float64 on the CPU, without forming the inverse: Cholesky, else least squares (for an
-    ill-conditioned or singular matrix, e.g. C from fewer keys than dimensions). rhs: (n,) or (n, m)."""
-    matrix, rhs = matrix.double().cpu(), rhs.double().cpu()
-    columns = rhs[:, None] if rhs.dim() == 1 else rhs
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    solution = torch.cholesky_solve(columns, factor) if int(info) == 0 else None
-    if solution is None or not torch.isfinite(solution).all():
-        solution = torch.linalg.lstsq(matrix, columns, driver="gelsd").solution
-    return solution[:, 0] if rhs.dim() == 1 else solution
+    """matrix^-1 rhs in float64 on the CPU (`PSDSolver`, for one right-hand side). rhs: (n,) or (n, m)."""
+    return PSDSolver(matrix).solve(rhs)

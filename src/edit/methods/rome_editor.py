@@ -45,7 +45,8 @@ class ROMEEditor:
             raise InputError(f"{self.name} edits one fact at a time, got {len(requests)} requests; "
                              "use mode independent or sequential (or the memit method for batches)")
         request = requests[0]
-        _, result = self.rome.apply_edit(request.s, request.r, request.target, copy_model=False, original=request.o)
+        _, result = self.rome.apply_edit(request.s, request.r, request.target, copy_model=False, original=request.o,
+                                         measure=False)
         layers = () if result.status == "unchanged" else (result.layer,)
         info = RequestInfo(layers=layers, context_facts=result.context_facts, steps=result.v_steps, note=result.note)
         return MethodOutput(infos=(info,), changed=(f"{result.weight_name}.weight",) if result.weight_name else ())
