@@ -4,6 +4,9 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 KG_CONFIG ?= configs/kg_ba.yaml
 TRAIN_CONFIG ?= configs/train_gpt_small.yaml
+# The model that locate/edit use: the one TRAIN_CONFIG writes (its output_dir). For the d_ff 2048 model:
+# make demo TRAIN_CONFIG=configs/train_gpt_mlp2048.yaml MODEL_DIR=outputs/models/gpt_mlp2048
+MODEL_DIR ?= outputs/models/gpt_small
 
 .PHONY: install data train locate edit demo test bench clean
 
@@ -18,14 +21,14 @@ train: data
 	$(PYTHON) -m src.cli.train_lm --config $(TRAIN_CONFIG) --skip-if-trained
 
 locate:
-	PYTHON=$(PYTHON) ./run_locating.sh --num-samples 10 --output-dir outputs/locating_results
+	PYTHON=$(PYTHON) ./run_locating.sh --model-dir $(MODEL_DIR) --num-samples 10 --output-dir outputs/locating_results
 
 edit:
-	PYTHON=$(PYTHON) ./run_editing.sh -s E_000 -r R_04 -o E_999 --output-dir outputs/editing_results
+	PYTHON=$(PYTHON) ./run_editing.sh --model-dir $(MODEL_DIR) -s E_000 -r R_04 -o E_999 --output-dir outputs/editing_results
 
 # Everything from a fresh clone: install, build the KG, train (skipped when already trained), trace, edit.
 demo: install train locate edit
-	@echo "demo done: KG data/kg/ba, model outputs/models/gpt_small, traces outputs/locating_results, edit outputs/editing_results"
+	@echo "demo done: KG data/kg/ba, model $(MODEL_DIR), traces outputs/locating_results, edit outputs/editing_results"
 
 bench:
 	$(PYTHON) benchmarks/bench_tracing.py

@@ -150,3 +150,16 @@ def test_rome_reads_and_factorises_the_initial_statistics_once_per_layer(tiny_mo
     assert len(reads) == 1 and len(factorisations) == 1 and len(solves) == 3
     for matrix, rhs, solution in solves:
         torch.testing.assert_close(solution, torch.linalg.solve(matrix, rhs), atol=1e-8, rtol=1e-6)
+
+
+def test_shared_stems_in_bfloat16_predict_the_kg_as_whole_prompts_do(tiny_model, tiny_kg):
+    """The cache path in half precision (the CUDA dtypes; bfloat16 runs on the CPU): same top-1 on every KG fact."""
+    model, tokenizer = tiny_model
+    model = model.to(torch.bfloat16)
+    prompts = [f.prompt() for f in tiny_kg.graph.facts]
+    shared = PromptProbe(tokenizer, prompts)
+    assert any(g.stems is not None for g in shared.groups)
+    top1 = shared.top1(model)
+    assert torch.equal(top1, PromptProbe(tokenizer, prompts, share_stems=False).top1(model))
+    objects = torch.tensor([tokenizer.convert_tokens_to_ids(f.o) for f in tiny_kg.graph.facts])
+    assert float((top1 == objects).float().mean()) > 0.9  # the trained model still knows its facts in bfloat16
