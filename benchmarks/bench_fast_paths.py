@@ -39,6 +39,7 @@ from src.edit.methods import EditEnvironment, build_editor, memit  # noqa: E402
 from src.edit.prompt_probe import PromptProbe  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.device import resolve_device  # noqa: E402
 
 
 class _WholeForwardReadout(memit.LastTokenReadout):
@@ -63,8 +64,12 @@ def plain_paths():
 
 
 def timed(function):
+    """(seconds, value); waits for queued CUDA work before reading the clock."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    synchronize()
     started = time.perf_counter()
     value = function()
+    synchronize()
     return time.perf_counter() - started, value
 
 
@@ -107,14 +112,16 @@ def main() -> None:
     parser.add_argument("--eval-edits", type=int, default=5)
     parser.add_argument("--rome-hparams", default="configs/rome_gpt_small.yaml")
     parser.add_argument("--memit-hparams", default="configs/memit_gpt_small.yaml")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     args = parser.parse_args()
+    device = resolve_device(args.device)
 
     graph = read_graph_jsonl(args.kg_file)
     corpus = default_corpus(args.kg_file)
-    model, tokenizer = load_model(args.model_dir, device="cpu", dtype="float32")
-    env = EditEnvironment(corpus_path=corpus, device=torch.device("cpu"))
-    print(f"{args.model_dir}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{torch.get_num_threads()} threads")
+    model, tokenizer = load_model(args.model_dir, device=device, dtype="float32")
+    env = EditEnvironment(corpus_path=corpus, device=device)
+    where = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else str(device)
+    print(f"{args.model_dir}: {sum(p.numel() for p in model.parameters()):,} parameters, {where}")
     print(f"{'':<12} {'plain s':>10} {'fast s':>10} {'ratio':>8}  {'per':<8} results")
 
     prompts = [f.prompt() for f in graph.facts]

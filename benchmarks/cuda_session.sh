@@ -3,7 +3,7 @@
 #   bash benchmarks/cuda_session.sh OUTPUT_DIR
 #   CUDA_SESSION_MODEL=outputs/models/llama_small CUDA_SESSION_STEPS="locate eval" CUDA_SESSION_DTYPES="float32 float16" \
 #       bash benchmarks/cuda_session.sh OUT
-# Steps: check bench locate edit torchrun eval (default: all). Needs the default KG and the model (`make train`). Each step has its own time limit, so one slow step cannot hide the
+# Steps: check bench fast locate edit torchrun eval (default: all). Needs the default KG and the model (`make train`). Each step has its own time limit, so one slow step cannot hide the
 # others; every step's log and results end up in OUTPUT_DIR/cuda_results.tar.gz, the combined log in OUTPUT_DIR/log.
 set -uo pipefail
 out="$(mkdir -p "${1:?usage: cuda_session.sh OUTPUT_DIR}" && cd "$1" && pwd)"
@@ -12,7 +12,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEN
 work="$(mktemp -d)"
 device="${CUDA_SESSION_DEVICE:-cuda}"  # cpu for a dry run of the flags here
 model="${CUDA_SESSION_MODEL:-outputs/models/gpt_small}"
-steps=" ${CUDA_SESSION_STEPS:-check bench locate edit torchrun eval} "
+steps=" ${CUDA_SESSION_STEPS:-check bench fast locate edit torchrun eval} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 dtypes="${CUDA_SESSION_DTYPES:-float32 bfloat16 float16}"  # for the locate and eval steps
 kg=data/kg/ba/graph.jsonl
@@ -34,6 +34,8 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 want check && step cuda_check 100 python3 benchmarks/cuda_check.py --model-dir $model --num-facts 10 --num-edits 20 \
     --device "$device"
 want bench && step bench_tracing 40 python3 benchmarks/bench_tracing.py --model-dir $model --kg-file $kg --num-facts 20 \
+    --device "$device"
+want fast && step bench_fast_paths 120 python3 benchmarks/bench_fast_paths.py --model-dir $model --kg-file $kg \
     --device "$device"
 want locate && for dtype in $dtypes; do
     step "locate_$dtype" 40 ./run_locating.sh --model-dir $model --kg-file $kg --num-samples 50 --device "$device" \
