@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import sys
 import time
 from pathlib import Path
@@ -79,14 +80,12 @@ def row(name: str, plain: float, fast: float, unit: str, difference: str) -> Non
 
 def edited_weights(editor_name, model, tokenizer, requests, env, hparams, batch: bool) -> tuple[float, list]:
     """(seconds, the weight updates of each edit call) on a private copy of `model`."""
-    import copy
-
     work = copy.deepcopy(model)
     editor = build_editor(editor_name, work, tokenizer, hparams, env)
     snapshot = {n: p.detach().clone() for n, p in work.named_parameters()}
     weights, seconds = [], 0.0
     for group in ([requests] if batch else [[q] for q in requests]):
-        elapsed, output = timed(lambda: editor.edit(group))
+        elapsed, output = timed(lambda group=group: editor.edit(group))
         seconds += elapsed
         params = dict(work.named_parameters())
         weights.append([(params[n] - snapshot[n]).detach().clone() for n in output.changed])
