@@ -1,4 +1,5 @@
-"""The speed paths compute what the plain paths compute: shared prompt stems, fused GELU, frozen parameters."""
+"""The speed paths compute what the plain paths compute: shared prompt stems, fused GELU, frozen parameters, MEMIT's
+last-block readout, the kept statistics."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import pytest
 import torch
 from transformers.activations import NewGELUActivation
 
+from src.edit.block_call import cache_argument
 from src.edit.fast_forward import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
 from src.edit.hooks import Trace
 from src.edit.methods.memit import LastTokenReadout
 from src.edit.model_layout import ModelLayout
 from src.edit.prompt_batch import PromptBatch
-from src.edit.prompt_probe import PromptProbe, cache_keyword
+from src.edit.prompt_probe import PromptProbe
 from src.edit.rome import ROME
 from src.lm.model import ARCHITECTURES
 from tests.tiny_models import tiny_family_model, tiny_gpt2, tiny_tokenizer
@@ -28,7 +30,7 @@ def test_shared_stems_give_the_whole_prompts_predictions(family, bos):
     model = tiny_family_model(tokenizer, family)
     prompts = PAIRS + ["a r b q", "c r d q", "c r d r", "x"]  # a second length and a stem-less prompt
     shared, whole = PromptProbe(tokenizer, prompts), PromptProbe(tokenizer, prompts, share_stems=False)
-    assert cache_keyword(model) is not None
+    assert cache_argument(model) is not None
     assert [g.stems is not None for g in shared.groups] == [True, False, False]  # 7 stems for 14: shared
     assert not any(g.stems is not None for g in whole.groups)
     assert torch.equal(shared.top1(model), whole.top1(model))
@@ -142,7 +144,7 @@ def test_rome_reads_and_factorises_the_initial_statistics_once_per_layer(tiny_mo
     monkeypatch.setattr(rome_module, "PSDSolver", CountingSolver)
     rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
                 hparams={"layer": 1}, progress=False, statistics_from="initial")
-    facts = [f for f in tiny_kg.graph.facts][:3]
+    facts = list(tiny_kg.graph.facts)[:3]
     for fact in facts:
         target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
         _, result = rome.apply_edit(fact.s, fact.r, target, copy_model=False)
