@@ -4,8 +4,8 @@ Prompts are tokenized once and batched by token length (no padding). Where many 
 but their last token (the KG's `s r` prompts share the subject: 7,001 facts, 1,000 subjects), the shared part (the
 stem) runs once with a key/value cache and only the last tokens run per prompt: exact up to float rounding, and
 8,001 token positions instead of 14,002 for the KG. Forwards are sized to the model (`rows_per_forward`) and
-GPT-2's activation runs fused (`fused_activations`): 4096-row forwards of the d_ff 2048 model took twice as long,
-much of it in the kernel.
+GPT-2's activation runs fused (`fused_activations`). Measured on the d_ff 2048 model (2 CPU cores): one KG pass in
+4096-row forwards took 3.8 s, with more system than user time; in 256-row forwards, 1.2 s.
 """
 
 from __future__ import annotations

@@ -180,8 +180,7 @@ class ROME:
         self._statistics_model = copy.deepcopy(model) if statistics_from == "initial" else None
         self.progress = progress
         self._past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> k* of in-place edits (past_keys_weight > 0)
-        self._initial_moments: dict[int, torch.Tensor] = {}  # layer -> C on the initial weights, read once
-        self._solvers: dict[int, PSDSolver] = {}  # layer -> factorised initial C
+        self._initial_statistics: dict[int, PSDSolver] = {}  # layer -> initial C, read and factorised once
         if self.kg is None:
             warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
                           "term on the subject's other facts; edits will be less specific", stacklevel=2)
@@ -401,28 +400,28 @@ class ROME:
         return mlp_keys(model, self.tokenizer, prompts, positions, layer)
 
     def _key_covariance(self, model: PreTrainedModel, layer: int, size: int) -> torch.Tensor | None:
-        """C for `layer`: on the initial weights, read once per layer and kept (`statistics_from="initial"`);
-        on the current weights, from the statistics cache (keyed by the weights) every time."""
+        """C for `layer`: on the initial weights (`statistics_from="initial"`), read and factorised once per layer and
+        kept (float64); on the current weights, from the statistics cache (keyed by the weights) every time."""
         if not self.use_mom2_adjustment or self.corpus_path is None:
             return None
-        if self._statistics_model is not None and layer in self._initial_moments:
-            return self._initial_moments[layer]
+        if self._statistics_model is not None and layer in self._initial_statistics:
+            return self._initial_statistics[layer].matrix
         moment, _ = load_or_compute_second_moment(
             self._statistics_model or model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples,
             self.hparams.mom2_dtype, self.stats_dir, self.progress, self.hparams.mom2_source)
         if moment.shape != (size, size):
             raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
         if self._statistics_model is not None:
-            self._initial_moments[layer] = moment
+            self._initial_statistics[layer] = PSDSolver(moment)
+            return self._initial_statistics[layer].matrix
         return moment
 
     def _solve(self, layer: int, moment: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
         """C^-1 k*; C's factorisation is kept per layer while C is the initial weights' (no past keys added)."""
-        if moment is not self._initial_moments.get(layer):
+        initial = self._initial_statistics.get(layer)
+        if initial is None or moment is not initial.matrix:
             return solve_psd(moment, k_star)
-        if layer not in self._solvers:
-            self._solvers[layer] = PSDSolver(moment)
-        return self._solvers[layer].solve(k_star)
+        return initial.solve(k_star)
 
     def _with_past_keys(self, moment: torch.Tensor | None, layer: int, size: int) -> torch.Tensor | None:
         """C + past_keys_weight * sum_i k_i k_i^T over the k* of this ROME's earlier in-place edits at `layer`, so that
