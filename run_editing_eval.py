@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import REPO_ROOT, repo_path
-from src.edit.eval_runner import MODES, EvalConfig, run_evaluation
+from src.edit.eval_runner import MODES, EvalConfig, check_inputs, run_evaluation
 from src.edit.methods import METHODS
+from src.utils.distributed import relaunch_with_torchrun, started_by_torchrun
 from src.utils.errors import InputError
 
 
@@ -28,7 +30,7 @@ def parse_hparams(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def parse_args(argv: Sequence[str] | None) -> EvalConfig:
+def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int]:
     p = argparse.ArgumentParser(description="Evaluate editing methods on counterfactual edits of KG facts.")
     p.add_argument("--model-dir", default=repo_path("outputs/models/gpt_small"))
     p.add_argument("--kg-file", default=repo_path("data/kg/ba/graph.jsonl"))
@@ -46,13 +48,17 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
                    help="hyperparameters YAML for one method (repeatable; default: configs/<method>_gpt_small.yaml)")
     p.add_argument("--num-neighbors", type=int, default=20, help="same-relation facts per edit for specificity")
     p.add_argument("--num-random", type=int, default=20, help="random facts per edit for specificity")
+    p.add_argument("--procs", type=int, default=1, help="independent mode: split the edits across this many "
+                   "processes on this machine, one CPU thread each (torchrun; default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.procs < 1:
+        raise InputError(f"--procs must be >= 1, got {a.procs}")
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     return EvalConfig(model_dir=a.model_dir, kg_file=a.kg_file, kg_corpus=a.kg_corpus, methods=methods,
                       num_edits=a.num_edits, mode=a.mode, seed=a.seed, output_dir=a.output_dir, device=a.device, dtype=a.dtype,
                       hparams=parse_hparams(a.hparams), every=a.every, num_neighbors=a.num_neighbors,
-                      num_random=a.num_random, progress=not a.no_progress)
+                      num_random=a.num_random, progress=not a.no_progress), a.procs
 
 
 def fmt(metric: dict, scale: float = 1.0) -> str:
@@ -62,7 +68,10 @@ def fmt(metric: dict, scale: float = 1.0) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, procs = parse_args(argv)
+    if procs > 1 and not started_by_torchrun():
+        check_inputs(config, REPO_ROOT, world_size=procs)
+        relaunch_with_torchrun(Path(__file__).resolve(), sys.argv[1:] if argv is None else argv, procs)
     report = run_evaluation(config, REPO_ROOT)
     if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return 0

@@ -1,5 +1,5 @@
-"""torchrun sharding of run_locating_batch.py: 2 CPU processes (gloo) write what one process writes (20 samples:
-blocks of 8 traced facts, so both processes trace some)."""
+"""torchrun sharding of run_locating_batch.py and run_editing_eval.py: 2 CPU processes (gloo) write what one process
+writes (20 samples: blocks of 8 traced facts, so both processes trace some)."""
 
 import json
 import os
@@ -46,8 +46,8 @@ def test_torchrun_independent_evaluation_matches_one_process(tiny_trained, tiny_
     fast = tmp_path / "memit.yaml"
     fast.write_text("layers: [1, 2]\nnum_context_prefixes: 3\nmom2_source: corpus\nmom2_update_weight: 100\n")
 
-    def records(command, out):
-        args = [*command, str(REPO_ROOT / "run_editing_eval.py"), "--model-dir", str(tiny_trained[0]),
+    def records(command, out, *extra):
+        args = [*command, str(REPO_ROOT / "run_editing_eval.py"), *extra, "--model-dir", str(tiny_trained[0]),
                 "--kg-file", str(tiny_kg.graph_path), "--device", "cpu", "--methods", "memit", "--num-edits", "4",
                 "--hparams", f"memit={fast}", "--no-progress", "--output-dir", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "KG_ROME_CACHE": str(tmp_path)}
@@ -60,3 +60,15 @@ def test_torchrun_independent_evaluation_matches_one_process(tiny_trained, tiny_
     sharded = records([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
                       tmp_path / "two")
     assert [r["index"] for r in sharded] == [0, 1, 2, 3] and sharded == single
+    assert records([sys.executable], tmp_path / "procs", "--procs", "2") == single  # starts torchrun itself
+
+
+def test_procs_refuses_sequential_mode_before_starting_processes(tiny_trained, tiny_kg, tmp_path):
+    args = [sys.executable, str(REPO_ROOT / "run_editing_eval.py"), "--procs", "2", "--mode", "sequential",
+            "--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--output-dir", str(tmp_path)]
+    result = subprocess.run(args, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: mode sequential edits one model step after step and cannot be split across 2 processes; run it in "
+        "one (independent mode can be split)"]

@@ -103,8 +103,8 @@ def test_default_train_config_paths_resolve_from_the_config_file():
     assert config.model.n_layer >= 6
 
 
-def test_llama_config_differs_from_the_default_only_in_family_and_output():
-    gpt, llama = (load_train_config(REPO_ROOT / "configs" / f"train_{name}_small.yaml") for name in ("gpt", "llama"))
+def test_llama_config_differs_from_the_d512_gpt_only_in_family_and_output():
+    gpt, llama = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_mlp512", "llama_small"))
     assert (gpt.model.model_type, llama.model.model_type) == ("gpt2", "llama")
     assert llama.output_dir == REPO_ROOT / "outputs" / "models" / "llama_small"
     assert replace(llama.model, model_type="gpt2") == gpt.model and llama.optim == gpt.optim
@@ -132,9 +132,17 @@ def test_missing_kg_is_a_clear_error(tmp_path):
         read_graph_jsonl(tmp_path / "graph.jsonl")
 
 
+def test_default_config_is_the_d512_gpt_with_a_2048_wide_mlp_and_the_exact_gelu():
+    default, narrow = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_small", "gpt_mlp512"))
+    assert (default.model.inner, default.model.activation) == (2048, "gelu")
+    assert (narrow.model.inner, narrow.model.activation) == (512, "gelu_new")
+    assert replace(default.model, n_inner=None, activation_function=None) == narrow.model
+    assert default.optim == narrow.optim and default.kg_dir == narrow.kg_dir and default.seed == narrow.seed
+
+
 @pytest.mark.parametrize("d_ff", [1024, 2048])
-def test_wider_mlp_config_differs_from_the_default_only_in_d_ff_and_output(d_ff):
-    gpt, wide = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_small", f"gpt_mlp{d_ff}"))
+def test_wider_mlp_config_differs_from_the_d512_gpt_only_in_d_ff_and_output(d_ff):
+    gpt, wide = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_mlp512", f"gpt_mlp{d_ff}"))
     assert wide.output_dir == REPO_ROOT / "outputs" / "models" / f"gpt_mlp{d_ff}"
     assert (gpt.model.n_inner, wide.model.n_inner) == (None, d_ff)
     assert replace(wide.model, n_inner=None) == gpt.model and wide.optim == gpt.optim and wide.kg_dir == gpt.kg_dir

@@ -31,8 +31,8 @@ from src.edit.methods import METHODS, EditEnvironment, build_editor, method_spec
 from src.edit.prompt_probe import PromptProbe
 from src.edit.prompts import single_token_id
 from src.kg.corpus import require_corpus_file
-from src.kg.graph import read_graph_jsonl
-from src.lm.model import load_model
+from src.kg.graph import KnowledgeGraph, read_graph_jsonl
+from src.lm.model import load_model, require_model_dir
 from src.utils.device import resolve_device
 from src.utils.distributed import process_shard
 from src.utils.errors import InputError
@@ -263,20 +263,39 @@ def method_hparams(config: EvalConfig, method: str, repo_root: Path) -> str | No
     return str(default) if default.is_file() else None
 
 
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What `check_inputs` read: hyperparameter files and values per method, the corpus path and the KG."""
+
+    files: dict[str, str | None]
+    hparams: dict[str, Any]
+    corpus: Path
+    graph: KnowledgeGraph
+
+
+def check_inputs(config: EvalConfig, repo_root: Path, world_size: int = 1) -> CheckedInputs:
+    """Validate everything that can be checked without loading the model, so that bad input fails before any edit
+    (and before `world_size` processes start)."""
+    config.validate()
+    if world_size > 1 and config.mode != "independent":
+        raise InputError(f"mode {config.mode} edits one model step after step and cannot be split across "
+                         f"{world_size} processes; run it in one (independent mode can be split)")
+    files = {m: method_hparams(config, m, repo_root) for m in config.methods}
+    hparams = {m: METHODS[m].load_hparams(files[m]) for m in config.methods}
+    corpus = require_corpus_file(config.kg_corpus or default_corpus(config.kg_file))
+    graph = read_graph_jsonl(config.kg_file)
+    require_model_dir(config.model_dir)
+    return CheckedInputs(files, hparams, corpus, graph)
+
+
 def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
     """Everything is validated before any edit; the output files are written atomically at the end.
 
     Under `torchrun --nproc-per-node N` (independent mode only), request i is edited by rank i % N; rank 0 gathers the
     records, writes the directory and returns the report; the other ranks return None."""
-    config.validate()
-    files = {m: method_hparams(config, m, repo_root) for m in config.methods}
-    hparams = {m: METHODS[m].load_hparams(files[m]) for m in config.methods}  # bad hyperparameters fail here, early
-    corpus = require_corpus_file(config.kg_corpus or default_corpus(config.kg_file))
-    graph = read_graph_jsonl(config.kg_file)
     with process_shard() as shard:
-        if shard.world_size > 1 and config.mode != "independent":
-            raise InputError(f"mode {config.mode} edits one model step after step and cannot be split across "
-                             f"processes; run it without torchrun (independent mode can be)")
+        inputs = check_inputs(config, repo_root, shard.world_size)
+        files, hparams, corpus, graph = inputs.files, inputs.hparams, inputs.corpus, inputs.graph
         device = shard.device(config.device)
         model, tokenizer = load_model(config.model_dir, device=device, dtype=config.dtype)
         env = EditEnvironment(corpus_path=corpus, device=resolve_device(device),

@@ -141,13 +141,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def require_model_dir(model_dir: str | Path) -> Path:
+    """`model_dir` as a Path if it holds a model's config.json, else an InputError that says how to train one."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"Model not found: {model_dir} has no config.json; train one with: {TRAIN_HINT}")
+    return model_dir
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "auto",
                dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model directory written by `train_lm` (or any causal LM directory) in eval mode, in `dtype` (the
     weights are cast after loading; statistics and solves of the editing methods stay float32/float64)."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"Model not found: {model_dir} has no config.json; train one with: {TRAIN_HINT}")
+    model_dir = require_model_dir(model_dir)
     resolved = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, resolved)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -3,14 +3,18 @@
     with process_shard() as shard:          # rank 0 of 1 without torchrun
         mine = shard.take(items)            # items[rank::world_size]
         everything = shard.gather(results)  # rank 0: one list per rank; other ranks: None
+
+A script can start itself under torchrun (`relaunch_with_torchrun`, behind a `--procs N` flag).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Iterator, NoReturn, Sequence, TypeVar
 
 import torch
 
@@ -68,3 +72,19 @@ def process_shard() -> Iterator[Shard]:
         yield Shard(dist.get_rank(), dist.get_world_size(), local_rank)
     finally:
         dist.destroy_process_group()
+
+
+def started_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ
+
+
+def relaunch_with_torchrun(script: str | Path, argv: Sequence[str], procs: int) -> NoReturn:
+    """Replace this process by `torchrun --standalone --nproc-per-node procs script argv` (on this machine only).
+    Each process gets one intra-op thread unless OMP_NUM_THREADS is set: on a CPU with few cores, single-threaded
+    processes do more work together than one multi-threaded process, whose small matrix products parallelise poorly."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+               str(script), *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, command, env)
