@@ -35,6 +35,7 @@ bench:
 	$(PYTHON) benchmarks/bench_editing.py
 	$(PYTHON) benchmarks/bench_training.py
 	$(PYTHON) benchmarks/bench_fast_paths.py
+	$(PYTHON) benchmarks/bench_activations.py
 
 test: install
 	$(PYTHON) -m pytest tests
