@@ -36,6 +36,7 @@ bench:
 	$(PYTHON) benchmarks/bench_training.py
 	$(PYTHON) benchmarks/bench_fast_paths.py
 	$(PYTHON) benchmarks/bench_activations.py
+	$(PYTHON) benchmarks/bench_resumed_forward.py
 
 test: install
 	$(PYTHON) -m pytest tests

@@ -1,5 +1,5 @@
 """The speed paths compute what the plain paths compute: shared prompt stems, fused GELU, frozen parameters, MEMIT's
-last-block readout, the kept statistics."""
+last-block readout, ROME's forward resumed from the edited block, the kept statistics."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from src.edit.methods.memit import LastTokenReadout
 from src.edit.model_layout import ModelLayout
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompt_probe import PromptProbe
+from src.edit.resumed_forward import ResumedForward
 from src.edit.rome import ROME
 from src.lm.model import ARCHITECTURES
 from tests.tiny_models import tiny_family_model, tiny_gpt2, tiny_tokenizer
@@ -119,6 +120,33 @@ def test_last_block_readout_equals_the_whole_forward(family):
             torch.testing.assert_close(readout(added), expected, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(readout(torch.zeros_like(added)), readout.initial_logits, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(expected, readout.initial_logits, atol=1e-3)  # the added vector matters
+
+
+@pytest.mark.parametrize("family", list(ARCHITECTURES))
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_resumed_forward_equals_the_whole_forward_with_a_hook(family, side):
+    """ROME's delta step: logits (and their gradient in the added tensor) from block l on equal a whole forward whose
+    block l output gets the tensor by a hook, at the first, a middle and the last block, with padded prompts."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_family_model(tokenizer, family)
+    layout = ModelLayout.of(model)
+    batch = PromptBatch.of([[1, 2, 3], [4, 5], [6, 7, 8, 9]], pad_id=0, device=torch.device("cpu"), side=side)
+    read_rows = torch.tensor([0, 0, 1, 2])
+    read_columns = batch.offset[read_rows] + torch.tensor([1, 2, 1, 3])  # real tokens of each row
+    generator = torch.Generator().manual_seed(0)
+    for layer in (0, layout.num_layers // 2, layout.num_layers - 1):
+        resumed = ResumedForward(model, layer, batch, read_rows, read_columns)
+        added = torch.randn(resumed.start.shape, generator=generator).requires_grad_(True)
+        with Trace(layout.block(layer), retain_output=False, edit_output=lambda output: output + added):
+            expected = batch.forward(model).logits[read_rows, read_columns]
+        got = resumed(added)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        weights = torch.randn(got.shape, generator=generator)
+        (expected_grad,), (got_grad,) = (torch.autograd.grad((x * weights).sum(), added) for x in (expected, got))
+        torch.testing.assert_close(got_grad, expected_grad, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            torch.testing.assert_close(resumed(torch.zeros_like(added)), resumed.initial_logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(expected, resumed.initial_logits, atol=1e-3)  # the added tensor matters
 
 
 def test_rome_reads_and_factorises_the_initial_statistics_once_per_layer(tiny_model, tiny_kg, tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ from src.edit.kg_context import KGContext, prefix_text
 from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt
+from src.edit.resumed_forward import ResumedForward
 from src.edit.rewrite import mlp_keys, prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
@@ -489,53 +490,48 @@ class ROME:
         targets = torch.tensor(target_ids, device=self.device).repeat(n_rewrite)  # (n_rewrite * m,)
         n_read = n_rewrite * m
 
-        def readout() -> torch.Tensor:
-            return batch.forward(model).logits[read_rows, read_columns].float()  # (n_rewrite * m + n_kl, vocab)
-
-        with torch.no_grad(), fused_activations(model), Trace(module) as trace:
-            logits_init = readout()
+        # read-out logits (n_rewrite * m + n_kl, vocab) from block `layer` on: the blocks below do not depend on delta
+        with fused_activations(model), Trace(module, retain_input=True) as trace:
+            readout = ResumedForward(model, layer, batch, read_rows, read_columns)
         out_bare = trace.output[0, positions[0]].float()
-        kl_init = torch.log_softmax(logits_init[n_read:], dim=-1) if prompts.kl else None
+        kl_init = torch.log_softmax(readout.initial_logits[n_read:], dim=-1) if prompts.kl else None
         max_norm = hp.clamp_norm_factor * float(out_bare.norm())
 
         delta = torch.zeros_like(out_bare, requires_grad=True)
-        direction = (u / denominator).float().to(self.device)
+        dtype = trace.output.dtype
+        if hp.v_objective == "rank_one":  # the update itself: out(k) += (k . u / u . k*) delta, at every token
+            coefficients = (trace.input.float() @ (u / denominator).float().to(self.device))[..., None].to(dtype)
 
-        def add_delta(_module, inputs, output):
-            if hp.v_objective == "rank_one":  # the update itself: out(k) += (k . u / u . k*) delta, everywhere
-                return output + (inputs[0].float() @ direction)[..., None].to(output.dtype) * delta.to(output.dtype)
-            added = torch.zeros_like(output)
-            added[rows, positions] = delta.to(output.dtype)
-            return output + added
+            def added() -> torch.Tensor:
+                return coefficients * delta.to(dtype)
+        else:  # lookup: delta at the edit positions only
+            def added() -> torch.Tensor:
+                return torch.zeros_like(trace.output).index_put((rows, positions), delta.to(dtype))
 
         prompt_weights = self._prompt_weights(n_rewrite).to(self.device)
         optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
-        handle = module.register_forward_hook(add_delta)
         steps = 0
         with frozen_parameters(model), fused_activations(model):
-            try:
-                for steps in range(1, hp.v_num_grad_steps + 1):
-                    logits = readout()
-                    log_probs = torch.log_softmax(logits, dim=-1)
-                    target_log_probs = log_probs[torch.arange(n_read, device=self.device), targets].view(n_rewrite, m).sum(1)
-                    if bool((logits[:n_read].argmax(-1) == targets).all()) and \
-                            float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
-                        steps -= 1
-                        break
-                    nll = -(prompt_weights * target_log_probs).sum() / m  # per target token, as the original
-                    kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
-                          if kl_init is not None else torch.zeros((), device=self.device))
-                    decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
-                    loss = nll + hp.kl_factor * kl + decay
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    with torch.no_grad():
-                        norm = delta.norm()
-                        if norm > max_norm:
-                            delta.mul_(max_norm / norm)
-            finally:
-                handle.remove()
+            for steps in range(1, hp.v_num_grad_steps + 1):
+                logits = readout(added())
+                log_probs = torch.log_softmax(logits, dim=-1)
+                target_log_probs = log_probs[torch.arange(n_read, device=self.device), targets].view(n_rewrite, m).sum(1)
+                if bool((logits[:n_read].argmax(-1) == targets).all()) and \
+                        float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
+                    steps -= 1
+                    break
+                nll = -(prompt_weights * target_log_probs).sum() / m  # per target token, as the original
+                kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
+                      if kl_init is not None else torch.zeros((), device=self.device))
+                decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
+                loss = nll + hp.kl_factor * kl + decay
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    norm = delta.norm()
+                    if norm > max_norm:
+                        delta.mul_(max_norm / norm)
         return delta.detach(), steps
 
 

@@ -1,0 +1,45 @@
+"""Logits of a batch when a tensor is added to one block's output, recomputed from that block on.
+
+ROME optimises delta, a vector added to layer l's MLP output; the blocks up to l compute the same thing at every
+step (only the MLP's output changes, and it enters the block's output by addition). `ResumedForward` runs the model
+once, keeps block l's output (B, T, d) and the arguments the model called its blocks with (mask, positions, rotary
+embeddings), and then gives the logits for any added tensor by running blocks l+1..L-1 only, then the final norm and
+the unembedding at the positions read. Exact up to float rounding (block output + added, instead of adding inside the
+block); an edit at layer 1 of 8 runs 6 blocks per step instead of 8.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from src.edit.block_call import BlockCall
+from src.edit.hooks import RecordCall, Trace
+from src.edit.model_layout import ModelLayout
+from src.edit.prompt_batch import PromptBatch
+
+
+class ResumedForward:
+    """read_rows, read_columns: (n,) the (row, column) positions whose logits are read.
+
+    Built under no_grad: `initial_logits` (n, vocab) float32 are the model's own at those positions, and
+    `start` (B, T, d) is block `layer`'s output. Calling it with `added` (B, T, d) gives the logits (n, vocab) float32
+    of the model whose block `layer` output is start + added, differentiable in `added`."""
+
+    def __init__(self, model: PreTrainedModel, layer: int, batch: PromptBatch, read_rows: torch.Tensor,
+                 read_columns: torch.Tensor) -> None:
+        self.layout = ModelLayout.of(model)
+        block = self.layout.block(layer)
+        with torch.no_grad(), Trace(block) as trace, RecordCall(block) as record:
+            self.initial_logits = batch.forward(model).logits[read_rows, read_columns].float()
+        self.start = trace.output
+        self.call = BlockCall.bind(block, record.args[1:], record.kwargs, num_tokens=batch.input_ids.shape[1])
+        self.blocks = [self.layout.block(j) for j in range(layer + 1, self.layout.num_layers)]
+        self.read_rows, self.read_columns = read_rows, read_columns
+
+    def __call__(self, added: torch.Tensor) -> torch.Tensor:
+        hidden = self.start + added.to(self.start.dtype)
+        for block in self.blocks:
+            hidden = self.call(block, hidden)
+        read = hidden[self.read_rows, self.read_columns]
+        return self.layout.unembed(self.layout.final_norm(read)).float()
