@@ -5,9 +5,9 @@
 
 Plain = these paths switched off, as the code ran before them: GPT-2's gelu_new as transformers runs it (eight
 elementwise passes), weights that require grad while delta is optimised, 4096-row KG forwards with every prompt run
-whole, MEMIT's z step through the whole model, MLP keys of all rewrite prompts in one forward. (Two other savings
-are on in both columns: ROME keeps the initial C and its factorisation per layer, and the evaluation skips ROME's
-own metric prompts.) Rows:
+whole, MEMIT's z step through the whole model, MLP keys of all rewrite prompts in one forward. (Three other savings
+are on in both columns: ROME keeps the initial C and its factorisation per layer, the evaluation skips ROME's own
+metric prompts, and ROME's delta steps resume from the edited block: bench_resumed_forward.py times that one.) Rows:
   KG probe     one top-1 pass over every KG fact (what independent evaluation runs after each edit)
   rome         independent edits (edit + restore), method time only
   memit        one batch of edits
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.edit import prompt_probe, rewrite, rome  # noqa: E402
 from src.edit.eval_metrics import KGEvaluator  # noqa: E402
 from src.edit.eval_runner import default_corpus, run_method  # noqa: E402
+from src.edit.hooks import Trace  # noqa: E402
 from src.edit.evaluation import draw_requests  # noqa: E402
 from src.edit.kg_context import KGContext  # noqa: E402
 from src.edit.methods import EditEnvironment, build_editor, memit  # noqa: E402
@@ -43,10 +44,23 @@ from src.lm.model import load_model  # noqa: E402
 from src.utils.device import resolve_device  # noqa: E402
 
 
-class _WholeForwardReadout(memit.LastTokenReadout):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.direct = False
+class _WholeForwardReadout:
+    """MEMIT's z step without the speed path: the whole model per call, a hook adding the vector at each row's last
+    token of block `layer`'s output."""
+
+    def __init__(self, model, layout, layer: int, batch) -> None:
+        self.model, self.batch, self.block = model, batch, layout.block(layer)
+        self._rows = torch.arange(len(batch.last), device=batch.last.device)
+        with torch.no_grad(), Trace(self.block) as trace:
+            self.initial_logits = batch.last_logits(model)
+        self.last_hidden = trace.output[self._rows, batch.last]
+
+    def __call__(self, added: torch.Tensor) -> torch.Tensor:
+        def add(output: torch.Tensor) -> torch.Tensor:
+            return output.index_put((self._rows, self.batch.last), added.to(output.dtype), accumulate=True)
+
+        with Trace(self.block, retain_output=False, edit_output=add):
+            return self.batch.last_logits(self.model)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from src.edit.hooks import Trace
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
 from src.edit.model_layout import ModelLayout
 from src.edit.prompt_batch import PromptBatch
+from src.edit.resumed_forward import ResumedForward
 from src.edit.rewrite import RewriteSet, last_positions, mlp_keys
 from src.edit.rome import apply_update, solve_psd
 from src.edit.rome_hparams import MOM2_SOURCES
@@ -231,32 +232,26 @@ class MEMITEditor(PromptEditor):
 class LastTokenReadout:
     """Logits at each row's last token of `batch` when a vector is added to block `layer`'s output at that token.
 
-    The model runs once here (`initial_logits`, `last_hidden`: block `layer`'s output at each row's last token). If
-    `layer` is the last block, nothing before the final norm depends on the added vector, so each call applies only
-    the final norm and the unembedding to last_hidden + added: the same logits as a whole forward, at a fraction of
-    the cost (MEMIT's default z layer is the last block). Otherwise each call runs the whole model with a hook."""
+    A `ResumedForward` from block `layer`: the model runs once here (`initial_logits`; `last_hidden`, block `layer`'s
+    output at each row's last token), and each call runs only the blocks above `layer`, the final norm and the
+    unembedding. For MEMIT's default z layer, the last block, that is the final norm and the unembedding alone."""
 
     def __init__(self, model: PreTrainedModel, layout: ModelLayout, layer: int, batch: PromptBatch) -> None:
-        self.model, self.layout, self.batch = model, layout, batch
-        self.block = layout.block(layer)
-        self.direct = layer == layout.num_layers - 1
-        rows = torch.arange(len(batch.last), device=batch.last.device)
-        with torch.no_grad(), Trace(self.block) as trace:
-            self.initial_logits = batch.last_logits(model)  # (rows, vocab) float32
-        self.last_hidden = trace.output[rows, batch.last]  # (rows, d), the model's dtype
-        self._rows = rows
+        self._rows = torch.arange(len(batch.last), device=batch.last.device)
+        self._last = batch.last
+        self._resumed = ResumedForward(model, layer, batch, self._rows, batch.last)
+        self.initial_logits = self._resumed.initial_logits  # (rows, vocab) float32
+        self.last_hidden = self._resumed.start[self._rows, batch.last]  # (rows, d), the model's dtype
+
+    @property
+    def direct(self) -> bool:
+        """True when nothing but the final norm and the unembedding runs per call (`layer` is the last block)."""
+        return not self._resumed.blocks
 
     def __call__(self, added: torch.Tensor) -> torch.Tensor:
         """added (rows, d) -> logits (rows, vocab) float32."""
-        if self.direct:
-            hidden = self.last_hidden + added.to(self.last_hidden.dtype)
-            return self.layout.unembed(self.layout.final_norm(hidden)).float()
-
-        def add(output: torch.Tensor) -> torch.Tensor:
-            return output.index_put((self._rows, self.batch.last), added.to(output.dtype), accumulate=True)
-
-        with Trace(self.block, retain_output=False, edit_output=add):
-            return self.batch.last_logits(self.model)
+        start = self._resumed.start
+        return self._resumed(torch.zeros_like(start).index_put((self._rows, self._last), added.to(start.dtype)))
 
 
 def make_memit(model, tokenizer, hparams, env: EditEnvironment) -> MEMITEditor:
