@@ -14,7 +14,7 @@ metric prompts, and ROME's delta steps resume from the edited block: bench_resum
   evaluation   run_method("rome", independent): edits and all their metrics
 Each row prints seconds plain / fast, the ratio, and how far the results differ (updates: max |dW_plain - dW_fast| /
 max |dW_plain| per edit call; float32 rounding, amplified where C is ill-conditioned: up to ~1e-3 at layer 1 of the
-default model, whose rank-one updates reach entries of 30).
+d_ff 512 model, whose rank-one updates reach entries of 30).
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ class ResumedForward:
         self.blocks = [self.layout.block(j) for j in range(layer + 1, self.layout.num_layers)]
         self.read_rows, self.read_columns = read_rows, read_columns
 
+    def placed(self, rows: torch.Tensor, columns: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, T, d): zeros with vectors (n, d) at (rows, columns), (n,) each; differentiable in `vectors`."""
+        return torch.zeros_like(self.start).index_put((rows, columns), vectors.to(self.start.dtype))
+
     def __call__(self, added: torch.Tensor) -> torch.Tensor:
         hidden = self.start + added.to(self.start.dtype)
         for block in self.blocks:

@@ -506,7 +506,7 @@ class ROME:
                 return coefficients * delta.to(dtype)
         else:  # lookup: delta at the edit positions only
             def added() -> torch.Tensor:
-                return torch.zeros_like(trace.output).index_put((rows, positions), delta.to(dtype))
+                return readout.placed(rows, positions, delta)
 
         prompt_weights = self._prompt_weights(n_rewrite).to(self.device)
         optimizer = torch.optim.Adam([delta], lr=hp.v_lr)

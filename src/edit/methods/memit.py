@@ -237,11 +237,10 @@ class LastTokenReadout:
     unembedding. For MEMIT's default z layer, the last block, that is the final norm and the unembedding alone."""
 
     def __init__(self, model: PreTrainedModel, layout: ModelLayout, layer: int, batch: PromptBatch) -> None:
-        self._rows = torch.arange(len(batch.last), device=batch.last.device)
-        self._last = batch.last
-        self._resumed = ResumedForward(model, layer, batch, self._rows, batch.last)
+        rows = torch.arange(len(batch.last), device=batch.last.device)
+        self._resumed = ResumedForward(model, layer, batch, rows, batch.last)
         self.initial_logits = self._resumed.initial_logits  # (rows, vocab) float32
-        self.last_hidden = self._resumed.start[self._rows, batch.last]  # (rows, d), the model's dtype
+        self.last_hidden = self._resumed.start[rows, batch.last]  # (rows, d), the model's dtype
 
     @property
     def direct(self) -> bool:
@@ -250,8 +249,8 @@ class LastTokenReadout:
 
     def __call__(self, added: torch.Tensor) -> torch.Tensor:
         """added (rows, d) -> logits (rows, vocab) float32."""
-        start = self._resumed.start
-        return self._resumed(torch.zeros_like(start).index_put((self._rows, self._last), added.to(start.dtype)))
+        resumed = self._resumed
+        return resumed(resumed.placed(resumed.read_rows, resumed.read_columns, added))
 
 
 def make_memit(model, tokenizer, hparams, env: EditEnvironment) -> MEMITEditor:
