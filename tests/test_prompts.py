@@ -82,4 +82,6 @@ def test_rome_edit_is_the_same_with_a_left_padding_tokenizer(tiny_model, tiny_kg
         results[side] = rome.apply_edit(fact.s, fact.r, "E_005")[1]
     assert results["left"].success and results["right"].success
     assert results["left"].v_steps == results["right"].v_steps
-    assert torch.allclose(results["left"]._update.delta, results["right"]._update.delta, rtol=1e-4, atol=1e-5)
+    for name in ("k_star", "u", "delta"):  # the same up to float rounding (measured: 5e-6 of the norm for delta)
+        left, right = getattr(results["left"]._update, name), getattr(results["right"]._update, name)
+        assert float((left - right).norm() / right.norm()) <= 1e-4, name

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from src.edit.model_layout import ModelLayout
-from src.edit.rome import ROME, RankOneUpdate, apply_update, null_space_projector, solve_psd
+from src.edit.rome import ROME, RankOneUpdate, apply_update, combine_keys, null_space_projector, solve_psd
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment, stats_key
 from src.utils.errors import InputError
@@ -41,6 +41,33 @@ def test_rank_one_update_closed_form():
     assert torch.linalg.matrix_rank(matrix).item() == 1
     expected = torch.outer(delta, torch.linalg.inv(moment) @ k_star) / (k_star @ torch.linalg.inv(moment) @ k_star)
     assert torch.allclose(matrix, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("key_mode", ["consistent", "original"])
+def test_several_keys_get_delta_in_full_from_the_least_change_rank_one_update(key_mode):
+    """A 3-piece target read at 3 positions: W' k_j = W k_j + delta at each key k_j, with dW written out
+    independently: dW = delta 1^T (K C^-1 K_den^T)^-1 K C^-1 (rows of K: the mean keys; K_den = K, where this is
+    the update of least ||dW C^1/2|| with that property, or the bare prompt's keys for "original", the original's
+    one-key mixture)."""
+    generator = torch.Generator().manual_seed(3)
+    samples = torch.randn(400, 8, generator=generator, dtype=torch.float64)
+    moment = samples.T @ samples / 400
+    keys = torch.randn(3, 8, generator=generator, dtype=torch.float64)
+    bare = keys + 0.3 * torch.randn(3, 8, generator=generator, dtype=torch.float64)
+    denominator_keys = keys if key_mode == "consistent" else bare
+    delta = torch.randn(5, generator=generator, dtype=torch.float64)
+    k_star, key, u = combine_keys(keys, denominator_keys, lambda x: solve_psd(moment, x))
+    update = RankOneUpdate(k_star=k_star, key=key, u=u, delta=delta, keys=keys)
+    matrix = update.matrix()
+    assert torch.linalg.matrix_rank(matrix).item() == 1
+    for k in denominator_keys:
+        assert torch.allclose(matrix @ k, delta, atol=1e-9)
+    inverse = torch.linalg.inv(moment)
+    gram = keys @ inverse @ denominator_keys.T  # (3, 3)
+    expected = torch.outer(delta, torch.ones(3, dtype=torch.float64) @ torch.linalg.inv(gram) @ keys @ inverse)
+    assert torch.allclose(matrix, expected, atol=1e-9)
+    one_key = combine_keys(keys[:1], denominator_keys[:1], lambda x: solve_psd(moment, x))
+    assert torch.equal(one_key[2], solve_psd(moment, keys[0]))  # one key: ROME's u = C^-1 k*, unchanged
 
 
 def test_solve_falls_back_on_a_singular_moment():

@@ -24,6 +24,10 @@ class EncodedPrompt:
     def last_subject_index(self) -> int:
         return self.subject_range[1] - 1
 
+    def followed_by(self, token_ids: tuple[int, ...]) -> "EncodedPrompt":
+        """The prompt with `token_ids` appended (a target's first pieces, teacher-forced); `text` stays the prompt's."""
+        return EncodedPrompt(text=self.text, input_ids=self.input_ids + tuple(token_ids), subject_range=self.subject_range)
+
 
 def check_known_words(tokenizer: PreTrainedTokenizerBase, **named_words: str | None) -> None:
     """Raise InputError when a word maps to the unknown token, e.g. `check_known_words(tok, entity="E_1234")`."""

@@ -13,6 +13,13 @@ For an edit s r -> o* at layer l, with W the MLP output projection (out(k) = W k
   4. W' = W + delta u^T / (u . k), so out'(k*) = out(k*) + delta = v*: rank one.
      key_mode "consistent" uses k = k* (the same key in residual and denominator); "original" uses the bare
      prompt's key in the denominator, reproducing the original code's mixture.
+
+A target of m > 1 tokens (subword pieces) edited at the last token is read at m positions: the prompt's last
+token and each teacher-forced piece but the last, each predicting the next piece. The update then gives delta in
+full at the m mean keys k*_1..k*_m, still rank one: u = C^-1 K a with K = [k*_1 .. k*_m] and a chosen so that
+u . k_j is the same for every j (`combine_keys`), which is the least-change (under C) update with W' k*_j = W k*_j +
+delta for all j. With m = 1 this is step 2 and 4 as above. (The original edits multi-token targets at the
+subject's last token only; `fact_token: subject_last` does that here.)
 """
 
 from __future__ import annotations
@@ -73,13 +80,15 @@ class RankOneUpdate:
     """The update dW = delta u^T / (u . key) in (d_model, d_ff) convention: out'(k) = out(k) + dW k.
 
     k_star: mean key over the rewrite prompts; key: the key of the denominator (k_star, or the bare prompt's key
-    for key_mode "original"); u = C^-1 k_star. All float64 on the CPU.
+    for key_mode "original"); u = C^-1 k_star. keys: (m, d_ff) the keys that get delta in full, one per position a
+    target token is read at (m = 1: k_star itself; see `combine_keys`). All float64 on the CPU.
     """
 
     k_star: torch.Tensor
     key: torch.Tensor
     u: torch.Tensor
     delta: torch.Tensor
+    keys: torch.Tensor | None = None
 
     @property
     def denominator(self) -> float:
@@ -257,7 +266,7 @@ class ROME:
             layer_used, layer_source = retry, "located (retry)"
             weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         if not copy_model and hp.past_keys_weight > 0:
-            self._past_keys.setdefault(layer_used, []).append(update.k_star)
+            self._past_keys.setdefault(layer_used, []).extend(update.keys)
         metrics = (self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts, target_ids), target_ids)
                    if measure else None)
         return edited, result(
@@ -396,6 +405,21 @@ class ROME:
             return [len(p.input_ids) - 1 for p in prompts]
         return [p.last_subject_index for p in prompts]
 
+    @staticmethod
+    def _pieces_read(fact_token: str, target_ids: tuple[int, ...]) -> int:
+        """Positions per rewrite prompt that get delta: one per target token at the last token, else one."""
+        return len(target_ids) if fact_token == "last" else 1
+
+    def _piece_keys(self, model: PreTrainedModel, rewrite: list[EncodedPrompt], layer: int, fact_token: str,
+                    target_ids: tuple[int, ...]) -> torch.Tensor:
+        """(m, n_rewrite, d_ff) float64: the keys at the positions that get delta (`_pieces_read`), on the rewrite
+        prompts followed by target[:-1] (position j reads target token j; causal, so later pieces change nothing)."""
+        m = self._pieces_read(fact_token, target_ids)
+        forced = [p.followed_by(target_ids[: m - 1]) for p in rewrite]
+        positions = [q + j for j in range(m) for q in self._edit_positions(rewrite, fact_token)]
+        keys = self._keys(model, forced * m, positions, layer).double().cpu()
+        return keys.view(m, len(rewrite), -1)
+
     def _keys(self, model: PreTrainedModel, prompts: list[EncodedPrompt], positions: list[int], layer: int) -> torch.Tensor:
         """(len(prompts), d_ff) float32: the input of layer's MLP output projection at each prompt's position."""
         return mlp_keys(model, self.tokenizer, prompts, positions, layer)
@@ -446,24 +470,30 @@ class ROME:
         layout = ModelLayout.of(model)  # `model` may be a copy: its own modules, not self.model's
         module = layout.mlp_out(layer)
         weight_name = layout.paths.mlp_out.format(layer)
-        positions = self._edit_positions(prompts.rewrite, fact_token)
-        keys = self._keys(model, prompts.rewrite, positions, layer).double().cpu()
+        keys = self._piece_keys(model, prompts.rewrite, layer, fact_token, target_ids)  # (m, n_rewrite, d_ff)
         weights = self._prompt_weights(len(prompts.rewrite)).double()
-        k_star, k_bare = weights @ keys, keys[0]
-        moment = self._with_past_keys(self._key_covariance(model, layer, k_star.shape[0]), layer, k_star.shape[0])
+        piece_keys = torch.stack([weights @ piece for piece in keys])  # (m, d_ff): k*_j
+        size = piece_keys.shape[1]
+        moment = self._with_past_keys(self._key_covariance(model, layer, size), layer, size)
         if moment is None:
-            u = k_star.clone()
+            def precondition(x: torch.Tensor) -> torch.Tensor:
+                return x.clone()
         elif hp.null_space_threshold > 0:
-            u = null_space_projector(moment, hp.null_space_threshold) @ k_star
+            projector = null_space_projector(moment, hp.null_space_threshold)
+
+            def precondition(x: torch.Tensor) -> torch.Tensor:
+                return projector @ x
         else:
-            u = self._solve(layer, moment, k_star)
-        k_denominator = k_star if hp.key_mode == "consistent" else k_bare
+            def precondition(x: torch.Tensor) -> torch.Tensor:
+                return self._solve(layer, moment, x)
+        denominator_keys = piece_keys if hp.key_mode == "consistent" else keys[:, 0]
+        k_star, k_denominator, u = combine_keys(piece_keys, denominator_keys, precondition)
         denominator = float(u @ k_denominator)
         if abs(denominator) < 1e-12:
             raise InputError(f"degenerate key at layer {layer}: u . k = {denominator:.3g}")
 
         delta, steps = self._optimize_delta(model, prompts, layer, fact_token, target_ids, u, denominator)
-        update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu())
+        update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu(), keys=piece_keys)
         weight = module.weight
         saved = weight.detach().clone()
         apply_update(module, update.matrix())
@@ -504,9 +534,14 @@ class ROME:
 
             def added() -> torch.Tensor:
                 return coefficients * delta.to(dtype)
-        else:  # lookup: delta at the edit positions only
+        else:  # lookup: delta at the edit positions only (for a multi-token target, at each piece's read position)
+            pieces = self._pieces_read(fact_token, target_ids)
+            lookup_rows = torch.cat([rows[:n_rewrite].repeat_interleave(pieces), rows[n_rewrite:]])
+            lookup_columns = torch.cat([(positions[:n_rewrite, None] + torch.arange(pieces, device=self.device)).reshape(-1),
+                                        positions[n_rewrite:]])
+
             def added() -> torch.Tensor:
-                return readout.placed(rows, positions, delta)
+                return readout.placed(lookup_rows, lookup_columns, delta.expand(len(lookup_rows), -1))
 
         prompt_weights = self._prompt_weights(n_rewrite).to(self.device)
         optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
@@ -540,6 +575,21 @@ def apply_update(module: torch.nn.Module, update: torch.Tensor) -> None:
     transposed = mlp_out_weight_is_transposed(module)
     with torch.no_grad():
         module.weight.add_((update.T if transposed else update).to(module.weight.device, module.weight.dtype))
+
+
+def combine_keys(keys: torch.Tensor, denominator_keys: torch.Tensor, precondition) -> tuple[torch.Tensor, ...]:
+    """(k_star, key, u) for an update delta u^T / (u . key) that gives delta in full at every row of `keys`.
+
+    keys, denominator_keys: (m, d) float64; precondition: x (d,) or (d, m) -> C^-1 x (or P x, or x for C = I).
+    u = C^-1 K a with a (sum 1) solving (K_den C^-1 K) a = c 1, so u . k_den_j = u . (K_den^T a) for every j;
+    k_star = K^T a, key = K_den^T a. With one key: a = 1, u = C^-1 k*."""
+    if keys.shape[0] == 1:
+        return keys[0], denominator_keys[0], precondition(keys[0])
+    preconditioned = precondition(keys.T)  # (d, m)
+    gram = denominator_keys @ preconditioned  # (m, m)
+    a = torch.linalg.lstsq(gram, torch.ones(len(keys), 1, dtype=gram.dtype), driver="gelsd").solution[:, 0]
+    a = a / a.sum()
+    return keys.T @ a, denominator_keys.T @ a, preconditioned @ a
 
 
 def null_space_projector(moment: torch.Tensor, threshold: float) -> torch.Tensor:
