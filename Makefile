@@ -8,11 +8,25 @@ TRAIN_CONFIG ?= configs/train_gpt_small.yaml
 # make demo TRAIN_CONFIG=configs/train_gpt_mlp2048.yaml MODEL_DIR=outputs/models/gpt_mlp2048
 MODEL_DIR ?= outputs/models/gpt_small
 
-.PHONY: install data train locate edit demo test bench clean
+.PHONY: install constraints data train locate edit demo test bench clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet $(TORCH_SPEC)
-	$(PYTHON) -m pip install --quiet -e ".[test]"
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[test]"
+
+# Re-pin every dependency but torch (TORCH_SPEC pins it): the newest releases pyproject.toml allows, in a new virtual
+# environment, kept only when the test suite passes with them.
+PIN_VENV ?= build/pin-venv
+constraints:
+	rm -rf $(PIN_VENV) && $(PYTHON) -m venv $(PIN_VENV)
+	$(PIN_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(PIN_VENV)/bin/python -m pip install --quiet -e ".[test]"
+	$(PIN_VENV)/bin/python -m pytest tests
+	{ echo "# Every dependency of the library and its tests but torch, at versions the suite passed with."; \
+	  echo "# Used by make install (pip install -c constraints.txt); refresh with: make constraints"; \
+	  $(PIN_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(PIN_VENV)
 
 data:
 	$(PYTHON) -m src.cli.make_kg --config $(KG_CONFIG)

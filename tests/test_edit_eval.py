@@ -176,10 +176,13 @@ def test_malformed_records_line_names_its_number(tmp_path):
 
 
 def test_the_shell_wrapper_runs_from_another_directory(tiny_trained, tiny_kg, tmp_path):
+    import os
     import subprocess
+    import sys
 
     out = tmp_path / "eval"
     result = subprocess.run([str(REPO_ROOT / "run_editing_eval.sh"), *eval_args(tiny_trained, tiny_kg, out,
-                             "--methods", "rome", "--num-edits", "1")], cwd=tmp_path, capture_output=True, text=True)
+                             "--methods", "rome", "--num-edits", "1")], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})  # the interpreter running the tests
     assert result.returncode == 0, result.stderr
     assert (out / "eval_summary.json").is_file()

@@ -1,7 +1,9 @@
 """The top-level scripts, run in-process on the tiny trained model."""
 
 import json
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -168,5 +170,6 @@ def test_editing_to_the_current_answer_does_nothing(edit_args, tiny_kg, tmp_path
 
 @pytest.mark.parametrize("script", ["run_locating.sh", "run_editing.sh"])
 def test_shell_wrappers_run_from_any_directory(script, tmp_path):
-    completed = subprocess.run([str(REPO_ROOT / script), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    completed = subprocess.run([str(REPO_ROOT / script), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                               env={**os.environ, "PYTHON": sys.executable})  # the interpreter running the tests
     assert completed.returncode == 0 and "--model-dir" in completed.stdout
