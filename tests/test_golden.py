@@ -1,0 +1,117 @@
+"""Golden outputs: what the scripts write today must come back bit for bit after any change that means to keep
+behaviour (a refactor, a speed path).
+
+Pinned on the tiny model: the guide's edit (`run_editing_single`: edit_result.json without timings), a seeded
+locating run (traces.npz and locating_summary.json), and a seeded 30-edit evaluation of rome, memit and ft (the
+records without timings); on the default model, when `outputs/models/gpt_small` holds it: the guide's edit
+E_000 R_04 -> E_999.
+
+Float rounding depends on the CPU, the thread count and torch, so the files in tests/golden/ hold on the machine that
+wrote them (their `machine` entry) and are skipped, saying so, elsewhere. A change that means to change results
+rewrites them: `KG_ROME_WRITE_GOLDEN=1 python -m pytest tests/test_golden.py`, from a checkout whose results are
+the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import run_editing_eval
+import run_editing_single
+import run_locating_batch
+from src.cli.common import run_cli
+from tests.conftest import REPO_ROOT
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+TIMING_KEYS = {"seconds", "elapsed_seconds", "tracing_seconds", "wall_seconds"}
+DEFAULT_MODEL = REPO_ROOT / "outputs" / "models" / "gpt_small"
+DEFAULT_CORPUS = REPO_ROOT / "data" / "kg" / "ba" / "corpus.train.txt"
+
+
+def machine() -> dict:
+    """What float rounding depends on: the CPU model, torch's version and its thread count."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def without_timings(value):
+    """`value` without timing entries, and absolute paths (which differ from run to run) cut to their last part."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(value).name
+    return value
+
+
+def check_golden(name: str, observed: dict) -> None:
+    """Compare `observed` with tests/golden/<name>.json (exact), or write it under KG_ROME_WRITE_GOLDEN=1."""
+    path = GOLDEN_DIR / f"{name}.json"
+    observed = json.loads(json.dumps(observed))  # the JSON form: tuples as lists, floats as they round-trip
+    if os.environ.get("KG_ROME_WRITE_GOLDEN") == "1":
+        GOLDEN_DIR.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"machine": machine(), "observed": observed}, indent=1, sort_keys=True) + "\n")
+        return
+    if not path.is_file():
+        pytest.fail(f"no golden file {path.name}: write it with KG_ROME_WRITE_GOLDEN=1")
+    golden = json.loads(path.read_text())
+    if golden["machine"] != machine():
+        pytest.skip(f"{path.name} was written on {golden['machine']}, this is {machine()}: float rounding differs")
+    assert observed == golden["observed"]
+
+
+def array_digests(path: Path) -> dict:
+    with np.load(path) as arrays:
+        return {key: {"shape": list(arrays[key].shape), "dtype": str(arrays[key].dtype),
+                      "sha256": hashlib.sha256(np.ascontiguousarray(arrays[key]).tobytes()).hexdigest()}
+                for key in sorted(arrays.files)}
+
+
+def test_the_guide_edit_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path):
+    out = tmp_path / "edit"
+    args = ["--model-dir", str(tiny_trained[0]), "--kg-corpus", str(tiny_kg.corpus_path), "--device", "cpu",
+            "-s", "E_000", "-r", "R_01", "-o", "E_005", "--output-dir", str(out)]
+    assert run_cli(run_editing_single.main, args) == 0
+    check_golden("tiny_edit", without_timings(json.loads((out / "edit_result.json").read_text())))
+
+
+def test_a_seeded_locating_run_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path):
+    out = tmp_path / "locate"
+    args = ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
+            "--num-samples", "8", "--num-noise-samples", "4", "--seed", "3", "--no-plots", "--output-dir", str(out)]
+    assert run_cli(run_locating_batch.main, args) == 0
+    summary = without_timings(json.loads((out / "locating_summary.json").read_text()))
+    check_golden("tiny_locating", {"summary": summary, "traces": array_digests(out / "traces.npz")})
+
+
+def test_a_seeded_evaluation_of_rome_memit_and_ft_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path):
+    out = tmp_path / "eval"
+    args = ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
+            "--methods", "rome,memit,ft", "--num-edits", "30", "--seed", "0", "--no-progress", "--output-dir", str(out)]
+    assert run_cli(run_editing_eval.main, args) == 0
+    records = [without_timings(json.loads(line)) for line in (out / "eval_records.jsonl").read_text().splitlines()]
+    summary = without_timings(json.loads((out / "eval_summary.json").read_text()))
+    check_golden("tiny_evaluation", {"records": records, "summary": summary})
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL / "config.json").is_file() or not DEFAULT_CORPUS.is_file(),
+                    reason="the default model is not trained here (make demo trains it)")
+def test_the_guide_edit_on_the_default_model(tmp_path):
+    out = tmp_path / "edit"
+    args = ["--model-dir", str(DEFAULT_MODEL), "--kg-corpus", str(DEFAULT_CORPUS), "--device", "cpu",
+            "-s", "E_000", "-r", "R_04", "-o", "E_999", "--output-dir", str(out)]
+    assert run_cli(run_editing_single.main, args) == 0
+    check_golden("default_edit", without_timings(json.loads((out / "edit_result.json").read_text())))
