@@ -14,9 +14,9 @@ from typing import Sequence
 
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import REPO_ROOT, repo_path
-from src.edit.eval_runner import MODES, EvalConfig, check_inputs, run_evaluation
+from src.pipelines.evaluate_methods import MODES, EvalConfig, check_inputs, run_evaluation
 from src.edit.methods import METHODS
-from src.utils.distributed import relaunch_with_torchrun, started_by_torchrun
+from src.pipelines.distributed import relaunch_with_torchrun, started_by_torchrun
 from src.utils.errors import InputError
 
 

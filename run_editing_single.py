@@ -13,7 +13,7 @@ from typing import Sequence
 
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import repo_path
-from src.edit.single_edit import SingleEditConfig, run_single_edit
+from src.pipelines.edit_fact import SingleEditConfig, run_single_edit
 
 DEFAULT_CORPUS = "data/kg/ba/corpus.train.txt"
 

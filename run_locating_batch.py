@@ -13,7 +13,7 @@ from typing import Sequence
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import repo_path
 from src.edit.causal_tracing import KINDS
-from src.edit.locating import LocatingConfig, run_locating
+from src.pipelines.locate_sample import LocatingConfig, run_locating
 
 
 def parse_args(argv: Sequence[str] | None) -> LocatingConfig:

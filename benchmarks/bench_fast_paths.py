@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit import prompt_probe, rewrite, rome  # noqa: E402
 from src.edit.eval_metrics import KGEvaluator  # noqa: E402
-from src.edit.eval_runner import default_corpus, run_method  # noqa: E402
+from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E402
 from src.edit.hooks import Trace  # noqa: E402
 from src.edit.evaluation import draw_requests  # noqa: E402
 from src.edit.kg_context import KGContext  # noqa: E402

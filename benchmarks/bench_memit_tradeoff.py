@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.eval_metrics import KGEvaluator  # noqa: E402
 from src.edit.prompt_probe import PromptProbe  # noqa: E402
-from src.edit.eval_runner import default_corpus  # noqa: E402
+from src.pipelines.evaluate_methods import default_corpus  # noqa: E402
 from src.edit.evaluation import draw_requests  # noqa: E402
 from src.edit.methods import EditEnvironment, build_editor  # noqa: E402
 from src.edit.methods.memit import MEMITHyperParams  # noqa: E402

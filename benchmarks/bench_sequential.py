@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.eval_metrics import KGEvaluator  # noqa: E402
-from src.edit.eval_runner import default_corpus, run_method  # noqa: E402
+from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E402
 from src.edit.evaluation import draw_requests  # noqa: E402
 from src.edit.kg_context import KGContext  # noqa: E402
 from src.edit.methods import EditEnvironment  # noqa: E402

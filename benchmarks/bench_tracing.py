@@ -25,7 +25,7 @@ from src.edit.prompts import encode_fact_prompt  # noqa: E402
 from src.edit.tracing_reference import plain_trace  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
-from src.edit.locating import sample_facts  # noqa: E402
+from src.pipelines.locate_sample import sample_facts  # noqa: E402
 
 
 def main() -> None:

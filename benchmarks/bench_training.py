@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.lm.config import load_train_config  # noqa: E402
-from src.lm.pipeline import train_and_save  # noqa: E402
+from src.pipelines.train_model import train_and_save  # noqa: E402
 
 RECIPES = {"default": {}, "all_tokens": {"loss_on": "all"}}
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.causal_tracing import KINDS, CausalTracer  # noqa: E402
 from src.edit.evaluation import draw_requests, mean_interval  # noqa: E402
-from src.edit.locating import sample_facts  # noqa: E402
+from src.pipelines.locate_sample import sample_facts  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
 from src.edit.tracing_reference import plain_trace  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402

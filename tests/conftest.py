@@ -12,7 +12,7 @@ from src.kg.build import build_kg
 from src.kg.generate import CorpusConfig, KGConfig
 from src.lm.config import TrainConfig
 from src.lm.model import ModelConfig, load_model
-from src.lm.pipeline import train_and_save
+from src.pipelines.train_model import train_and_save
 from src.lm.train import OptimConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from src.utils.distributed import Shard
+from src.pipelines.distributed import Shard
 from tests.conftest import REPO_ROOT
 
 

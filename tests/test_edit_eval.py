@@ -10,7 +10,7 @@ import torch
 import run_editing_eval
 from src.cli.common import run_cli
 from src.edit.eval_metrics import KGEvaluator
-from src.edit.eval_runner import read_records, run_method, summarize
+from src.pipelines.evaluate_methods import read_records, run_method, summarize
 from src.edit.evaluation import EditRequest, draw_requests
 from src.edit.kg_context import KGContext
 from src.edit.methods import EditEnvironment

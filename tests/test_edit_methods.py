@@ -127,10 +127,11 @@ def test_rome_original_defaults_to_the_original_key_mixture(tiny_model, env):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_default_hparams_file_matches_the_method_defaults(method):
+    from src.pipelines.evaluate_methods import DEFAULT_HPARAMS_FILES
     from tests.conftest import REPO_ROOT
 
     spec = METHODS[method]
-    assert spec.load_hparams(REPO_ROOT / spec.default_hparams) == spec.load_hparams(None)
+    assert spec.load_hparams(REPO_ROOT / DEFAULT_HPARAMS_FILES[method]) == spec.load_hparams(None)
 
 
 def test_sequential_memit_config_differs_from_the_default_in_the_documented_keys():
@@ -144,7 +145,8 @@ def test_sequential_memit_config_differs_from_the_default_in_the_documented_keys
 
 
 def test_sequential_rome_config_fixes_the_layer_and_keeps_each_methods_key_mixture():
-    from src.edit.methods.rome_editor import load_rome_hparams, load_rome_original_hparams
+    from src.edit.methods.rome_editor import load_rome_original_hparams
+    from src.edit.rome_hparams import load_hparams as load_rome_hparams
     from tests.conftest import REPO_ROOT
 
     path = REPO_ROOT / "configs" / "rome_sequential_gpt_small.yaml"

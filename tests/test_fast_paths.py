@@ -18,13 +18,13 @@ from src.edit.prompt_batch import PromptBatch
 from src.edit.prompt_probe import PromptProbe
 from src.edit.resumed_forward import ResumedForward
 from src.edit.rome import ROME
-from src.lm.model import ARCHITECTURES
+from src.lm.families import FAMILIES
 from tests.tiny_models import tiny_family_model, tiny_gpt2, tiny_tokenizer
 
 PAIRS = [f"{s} {r}" for s, r in itertools.product("abcdxyz", "rq")]  # 14 prompts over 7 stems
 
 
-@pytest.mark.parametrize("family", list(ARCHITECTURES))
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("bos", [False, True])
 def test_shared_stems_give_the_whole_prompts_predictions(family, bos):
     tokenizer = tiny_tokenizer(bos=bos)
@@ -96,7 +96,7 @@ def test_rome_leaves_no_weight_gradients_and_the_same_flags(tiny_model, tiny_kg,
     assert any(isinstance(m, NewGELUActivation) for m in edited.modules())  # the copy keeps the model's own modules
 
 
-@pytest.mark.parametrize("family", list(ARCHITECTURES))
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_last_block_readout_equals_the_whole_forward(family):
     """MEMIT's z step: adding a vector at the last block's output, norm + unembedding alone give the logits that a
     whole forward with the vector added by a hook gives (right-padded prompts of different lengths)."""
@@ -122,7 +122,7 @@ def test_last_block_readout_equals_the_whole_forward(family):
         assert not torch.allclose(expected, readout.initial_logits, atol=1e-3)  # the added vector matters
 
 
-@pytest.mark.parametrize("family", list(ARCHITECTURES))
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_resumed_forward_equals_the_whole_forward_with_a_hook(family, side):
     """ROME's delta step: logits (and their gradient in the added tensor) from block l on equal a whole forward whose

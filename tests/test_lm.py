@@ -63,7 +63,7 @@ def test_auto_classes_load_the_saved_model(tiny_trained, tiny_kg):
 def test_training_is_bit_reproducible(tiny_train_config, tiny_trained, tmp_path):
     import dataclasses
 
-    from src.lm.pipeline import train_and_save
+    from src.pipelines.train_model import train_and_save
 
     config = dataclasses.replace(tiny_train_config, optim=dataclasses.replace(tiny_train_config.optim, max_steps=30))
     first = train_and_save(config, tmp_path / "a", progress=False)
@@ -122,9 +122,10 @@ def test_model_config_is_checked(fields, message):
         ModelConfig(**fields)
 
 
-def test_missing_model_dir_says_how_to_train(tmp_path):
-    with pytest.raises(InputError, match="train_lm --config configs/train_gpt_small.yaml"):
+def test_a_missing_model_dir_is_a_clear_error_that_marks_the_model_missing(tmp_path):
+    with pytest.raises(InputError, match="Model not found: .*nope has no config.json$") as raised:
         load_model(tmp_path / "nope")
+    assert raised.value.missing == "model"  # the command line says how to train one (tests/test_scripts.py)
 
 
 def test_missing_kg_is_a_clear_error(tmp_path):

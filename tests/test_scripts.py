@@ -12,7 +12,7 @@ import run_editing_single
 import run_locating_batch
 import visualize_locating
 from src.cli.common import run_cli
-from src.edit.locating import load_results
+from src.pipelines.locate_sample import load_results
 from src.lm.model import load_model
 from src.utils.io import sha256_file
 from tests.conftest import REPO_ROOT
@@ -151,6 +151,18 @@ def test_editing_bad_input_exits_2_without_output(edit_args, tmp_path, capsys, e
     assert edit(edit_args + ["--output-dir", str(out)] + extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_missing_model_or_corpus_says_how_to_build_it(edit_args, tmp_path, capsys):
+    """The library names what is missing; the command line adds the command that builds it."""
+    args = ["-s", "E_000", "-r", "R_01", "-o", "E_002", "--output-dir", str(tmp_path / "e"), "--device", "cpu"]
+    assert edit(["--model-dir", str(tmp_path / "none")] + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: Model not found: {tmp_path / 'none'} has no config.json "
+                   "(train one with: python -m src.cli.train_lm --config configs/train_gpt_small.yaml)")
+    assert edit(edit_args + args + ["--kg-corpus", str(tmp_path / "c.txt")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: Corpus file not found: {tmp_path / 'c.txt'} "
+                                               "(build one with: python -m src.cli.make_kg --config configs/kg_ba.yaml)")
 
 
 def test_editing_refuses_to_overwrite_the_input_model(edit_args, tiny_trained, tmp_path, capsys):

@@ -15,14 +15,14 @@ import run_locating_batch
 from src.cli.common import run_cli
 from src.edit.causal_tracing import CausalTracer
 from src.edit.evaluation import EditRequest
-from src.edit.locating import load_results
+from src.pipelines.locate_sample import load_results
 from src.edit.methods import EditEnvironment, build_editor
 from src.edit.rome import ROME
 from src.edit.tracing_reference import plain_trace
 from src.lm.config import TokenizerConfig, TrainConfig
 from src.lm.evaluate import fact_accuracy, object_token_ids, predict_objects
 from src.lm.model import load_model
-from src.lm.pipeline import train_and_save
+from src.pipelines.train_model import train_and_save
 from src.lm.tokenizer import build_bpe_tokenizer
 from src.lm.train import encode_corpus
 from src.utils.errors import InputError

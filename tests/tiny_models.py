@@ -30,7 +30,7 @@ def tiny_gpt2(tokenizer, n_layer: int = 5, n_embd: int = 32, n_inner: int | None
 
 
 def tiny_family_model(tokenizer, family: str, intermediate_size: int = 64, seed: int = 0):
-    """A tiny random model of any family in `src.lm.model.ARCHITECTURES` (4 layers, 32 wide, 4 heads; Llama-style
+    """A tiny random model of any family in `src.lm.families.FAMILIES` (4 layers, 32 wide, 4 heads; Llama-style
     families with 2 key/value heads), weights scaled up so that outputs are peaked."""
     from src.lm.model import ModelConfig, build_model
 

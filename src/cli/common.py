@@ -8,12 +8,21 @@ from typing import Callable, Sequence
 from src.utils.errors import InputError
 
 
+# How to build what an InputError says is missing (its `missing`).
+REMEDIES = {
+    "kg": "build one with: python -m src.cli.make_kg --config configs/kg_ba.yaml",
+    "model": "train one with: python -m src.cli.train_lm --config configs/train_gpt_small.yaml",
+}
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run `main`; an InputError becomes `error: <message>` on stderr and exit status 2."""
+    """Run `main`; an InputError becomes `error: <message>` on stderr (with how to build what is missing) and exit
+    status 2."""
     try:
         return main(argv)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        remedy = REMEDIES.get(exc.missing or "")
+        print(f"error: {exc}" + (f" ({remedy})" if remedy else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

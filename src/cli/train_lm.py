@@ -9,7 +9,7 @@ from typing import Sequence
 
 from src.cli.common import run_cli
 from src.lm.config import load_train_config
-from src.lm.pipeline import existing_training, train_and_save, training_fingerprint
+from src.pipelines.train_model import existing_training, train_and_save, training_fingerprint
 
 
 def main(argv: Sequence[str] | None = None) -> int:

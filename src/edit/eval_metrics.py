@@ -21,7 +21,7 @@ from src.edit.evaluation import EditRequest
 from src.edit.kg_context import prefix_text
 from src.edit.prompt_probe import PromptProbe
 from src.edit.prompts import single_token_id
-from src.kg.graph import Fact
+from src.kg.graph import Fact, query_text
 from src.utils.errors import InputError
 
 
@@ -169,7 +169,7 @@ class KGEvaluator:
         used = set(used_context)
         held_out = [f for f in case.prefix_candidates if f.sentence() not in used][: self.num_prefixes]
         q = case.request
-        prefixed = [f"{prefix_text(f)}{q.s} {q.r}" for f in held_out]
+        prefixed = [prefix_text(f) + query_text(q.s, q.r) for f in held_out]
         return prefixed, ([f"{q.s} {case.alias}"] if case.alias else [])
 
     # ------------------------------------------------------------------ measuring

@@ -1,4 +1,5 @@
-"""Where things are inside a causal LM: a small typed table, one entry per family, chosen by `config.model_type`.
+"""Where things are inside a causal LM, resolved from the family table (`src.lm.families.FAMILIES`, chosen by
+`config.model_type`).
 
 Causal tracing and ROME reach modules only through `ModelLayout`, never by hard-coded names.
 """
@@ -10,33 +11,8 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedModel
 
+from src.lm.families import FAMILIES, ModulePaths
 from src.utils.errors import InputError
-
-
-@dataclass(frozen=True)
-class FamilyPaths:
-    """Dotted module paths; `{}` is the layer index. The token embedding and the unembedding come from the model's
-    own `get_input_embeddings()` / `get_output_embeddings()`. The orientation of the MLP output projection's weight
-    is decided by module type (`mlp_out_weight_is_transposed`), never by comparing shapes."""
-
-    blocks: str
-    final_norm: str
-    mlp: str
-    attn: str
-    mlp_out: str
-
-
-FAMILIES: dict[str, FamilyPaths] = {
-    "gpt2": FamilyPaths("transformer.h", "transformer.ln_f",
-                        "transformer.h.{}.mlp", "transformer.h.{}.attn", "transformer.h.{}.mlp.c_proj"),
-    "gpt_neox": FamilyPaths("gpt_neox.layers", "gpt_neox.final_layer_norm",
-                            "gpt_neox.layers.{}.mlp", "gpt_neox.layers.{}.attention", "gpt_neox.layers.{}.mlp.dense_4h_to_h"),
-    "gptj": FamilyPaths("transformer.h", "transformer.ln_f",
-                        "transformer.h.{}.mlp", "transformer.h.{}.attn", "transformer.h.{}.mlp.fc_out"),
-    "llama": FamilyPaths("model.layers", "model.norm",
-                         "model.layers.{}.mlp", "model.layers.{}.self_attn", "model.layers.{}.mlp.down_proj"),
-}
-FAMILIES["mistral"] = FAMILIES["qwen2"] = FAMILIES["llama"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +20,7 @@ class ModelLayout:
     """Resolved modules of one model."""
 
     model_type: str
-    paths: FamilyPaths
+    paths: ModulePaths
     model: PreTrainedModel
 
     @classmethod
@@ -52,7 +28,7 @@ class ModelLayout:
         model_type = getattr(model.config, "model_type", None)
         if model_type not in FAMILIES:
             raise InputError(f"unsupported model_type '{model_type}'; supported: {', '.join(sorted(FAMILIES))}")
-        return cls(model_type=model_type, paths=FAMILIES[model_type], model=model)
+        return cls(model_type=model_type, paths=FAMILIES[model_type].paths, model=model)
 
     def module(self, path: str) -> nn.Module:
         return self.model.get_submodule(path)

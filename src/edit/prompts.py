@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from src.kg.graph import query_text
 from src.lm.evaluate import first_token_id, object_token_ids, starts_with_bos
 from src.utils.errors import InputError
-
-PROMPT_TEMPLATE = "{s} {r}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def encode_fact_prompt(tokenizer: PreTrainedTokenizerBase, s: str, r: str, prefi
     """Encode `prefix + "{s} {r}"` and find the subject's tokens from character offsets (multi-token subjects work).
     `bos`: put BOS first (None: when the tokenizer adds one, see `starts_with_bos`); the subject range counts it."""
     check_known_words(tokenizer, subject=s, relation=r)
-    text = prefix + PROMPT_TEMPLATE.format(s=s, r=r)
+    text = prefix + query_text(s, r)
     start, end = len(prefix), len(prefix) + len(s)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])

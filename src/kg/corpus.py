@@ -54,8 +54,7 @@ def require_corpus_file(path: str | Path) -> Path:
     """`path` as a Path; InputError (the usage guide's "Corpus file not found") when it is not a file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"Corpus file not found: {path} (make_kg writes one: python -m src.cli.make_kg "
-                         "--config configs/kg_ba.yaml -> data/kg/ba/corpus.train.txt)")
+        raise InputError(f"Corpus file not found: {path}", missing="kg")
     return path
 
 

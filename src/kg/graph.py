@@ -12,6 +12,14 @@ from src.utils.errors import InputError
 from src.utils.io import atomic_write_text
 
 
+PROMPT_TEMPLATE = "{s} {r}"  # the query whose next word is the object, as the corpus writes facts
+
+
+def query_text(s: str, r: str) -> str:
+    """The query of subject `s` and relation `r` (an alias works as `r` too): `"{s} {r}"`."""
+    return PROMPT_TEMPLATE.format(s=s, r=r)
+
+
 @dataclass(frozen=True, order=True)
 class Fact:
     """One triple (subject, relation, object)."""
@@ -22,7 +30,7 @@ class Fact:
 
     def prompt(self) -> str:
         """The query the model completes with the object: `"{s} {r}"`."""
-        return f"{self.s} {self.r}"
+        return query_text(self.s, self.r)
 
     def sentence(self) -> str:
         return f"{self.s} {self.r} {self.o}"
@@ -77,7 +85,7 @@ def read_graph_jsonl(path: str | Path) -> KnowledgeGraph:
     """Read and validate a graph file; any bad line raises InputError naming the file and line number."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"KG file not found: {path} (build one with: python -m src.cli.make_kg --config configs/kg_ba.yaml)")
+        raise InputError(f"KG file not found: {path}", missing="kg")
     facts: list[Fact] = []
     seen: dict[tuple[str, str], tuple[str, int]] = {}
     with open(path, encoding="utf-8") as handle:

@@ -31,10 +31,10 @@ from src.edit.methods import METHODS, EditEnvironment, build_editor, method_spec
 from src.edit.prompt_probe import PromptProbe
 from src.edit.prompts import single_token_id
 from src.kg.corpus import require_corpus_file
-from src.kg.graph import KnowledgeGraph, read_graph_jsonl
+from src.kg.graph import KnowledgeGraph, query_text, read_graph_jsonl
 from src.lm.model import load_model, require_model_dir
 from src.utils.device import resolve_device
-from src.utils.distributed import process_shard
+from src.pipelines.distributed import process_shard
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json
 
@@ -122,7 +122,7 @@ def _snapshot_changed(model: PreTrainedModel, snapshot: dict[str, torch.Tensor],
 
 
 def _bare_probabilities(evaluator: KGEvaluator, model: PreTrainedModel, requests: Sequence[EditRequest]) -> torch.Tensor:
-    return PromptProbe(evaluator.tokenizer, [f"{q.s} {q.r}" for q in requests]).probabilities(model)
+    return PromptProbe(evaluator.tokenizer, [query_text(q.s, q.r) for q in requests]).probabilities(model)
 
 
 def _record(index: int, method: str, mode: str, request: EditRequest, metrics: dict, info, norm: float,
@@ -192,7 +192,7 @@ def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, case
     requests = [c.request for c in cases]
     edited = {(q.s, q.r) for q in requests}
     targets = torch.tensor([single_token_id(evaluator.tokenizer, q.target) for q in requests])
-    efficacy = float((PromptProbe(evaluator.tokenizer, [f"{q.s} {q.r}" for q in requests]).top1(model) == targets).float().mean())
+    efficacy = float((PromptProbe(evaluator.tokenizer, [query_text(q.s, q.r) for q in requests]).top1(model) == targets).float().mean())
     prompts, owners = [], []
     for index, (case, context) in enumerate(zip(cases, used)):
         prefixed, _ = evaluator.probe_prompts(case, context)
@@ -255,11 +255,20 @@ def default_corpus(kg_file: str | Path) -> Path:
     return Path(kg_file).resolve().parent / "corpus.train.txt"
 
 
+# The hyperparameter file each method runs with when none is given, relative to the repository.
+DEFAULT_HPARAMS_FILES = {
+    "rome": "configs/rome_gpt_small.yaml",
+    "rome-original": "configs/rome_original_gpt_small.yaml",
+    "ft": "configs/ft_gpt_small.yaml",
+    "memit": "configs/memit_gpt_small.yaml",
+}
+
+
 def method_hparams(config: EvalConfig, method: str, repo_root: Path) -> str | None:
-    """The YAML given for `method`, else its registry default file (under `repo_root`) when present, else None."""
+    """The YAML given for `method`, else its default file (under `repo_root`) when present, else None."""
     if method in config.hparams:
         return config.hparams[method]
-    default = repo_root / METHODS[method].default_hparams
+    default = repo_root / DEFAULT_HPARAMS_FILES[method]
     return str(default) if default.is_file() else None
 
 

@@ -27,7 +27,7 @@ from src.edit.trace_stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
 from src.lm.evaluate import object_predictions
 from src.lm.model import load_model
-from src.utils.distributed import process_shard
+from src.pipelines.distributed import process_shard
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json
 from src.viz.tracing import plot_average_effects, plot_best_layers, plot_traces

@@ -31,7 +31,7 @@ def training_fingerprint(config: TrainConfig) -> str:
     graph_path, corpus_path = config.kg_dir / GRAPH_FILE, config.kg_dir / CORPUS_FILE
     for path in (graph_path, corpus_path):
         if not path.is_file():
-            raise InputError(f"KG file not found: {path} (build it with: python -m src.cli.make_kg --config configs/kg_ba.yaml)")
+            raise InputError(f"KG file not found: {path}", missing="kg")
     settings = config.to_dict()
     settings.pop("kg_dir")
     settings.pop("output_dir")

@@ -17,19 +17,20 @@ from src.edit.evaluation import EditRequest
 from src.edit.methods.base import EditEnvironment, Editor, MethodOutput, MethodSpec, RequestInfo
 from src.edit.methods.ft import load_ft_hparams, make_ft
 from src.edit.methods.memit import load_memit_hparams, make_memit
-from src.edit.methods.rome_editor import load_rome_hparams, load_rome_original_hparams, make_rome, make_rome_original
+from src.edit.methods.rome_editor import load_rome_original_hparams, make_rome, make_rome_original
+from src.edit.rome_hparams import load_hparams as load_rome_hparams
 from src.utils.errors import InputError
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("rome", make_rome, load_rome_hparams, False, "configs/rome_gpt_small.yaml",
+        MethodSpec("rome", make_rome, load_rome_hparams, False,
                    "ROME, consistent keys (this library's default)"),
-        MethodSpec("rome-original", make_rome_original, load_rome_original_hparams, False, "configs/rome_original_gpt_small.yaml",
+        MethodSpec("rome-original", make_rome_original, load_rome_original_hparams, False,
                    "ROME with the original code's key mixture and lookup objective"),
-        MethodSpec("ft", make_ft, load_ft_hparams, True, "configs/ft_gpt_small.yaml",
+        MethodSpec("ft", make_ft, load_ft_hparams, True,
                    "FT+L: fine-tune one MLP output projection within an L-infinity ball"),
-        MethodSpec("memit", make_memit, load_memit_hparams, True, "configs/memit_gpt_small.yaml",
+        MethodSpec("memit", make_memit, load_memit_hparams, True,
                    "MEMIT: batched update spread over several MLP layers (all 8 by default)"),
     )
 }

@@ -73,14 +73,12 @@ class EditorFactory(Protocol):
 @dataclass(frozen=True)
 class MethodSpec:
     """A registry entry: `factory(model, tokenizer, hparams, env)` builds the editor; `load_hparams(source)` reads and
-    checks hyperparameters (dict, YAML path or None) into the method's dataclass; `default_hparams` is the YAML file
-    (relative to the repository) that scripts use when none is given."""
+    checks hyperparameters (dict, YAML path or None) into the method's dataclass."""
 
     name: str
     factory: EditorFactory = field(repr=False)
     load_hparams: Callable[[Any], Any] = field(repr=False)
     batched: bool
-    default_hparams: str
     description: str
 
 

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.evaluation import EditRequest
 from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
 from src.edit.rome import ROME
-from src.edit.rome_hparams import ROMEHyperParams
+from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
@@ -52,17 +52,13 @@ class ROMEEditor:
         return MethodOutput(infos=(info,), changed=(f"{result.weight_name}.weight",) if result.weight_name else ())
 
 
-def load_rome_hparams(source: Mapping[str, Any] | str | Path | ROMEHyperParams | None) -> ROMEHyperParams:
-    return load_dataclass(ROMEHyperParams, source)
-
-
 def load_rome_original_hparams(source: Mapping[str, Any] | str | Path | ROMEHyperParams | None) -> ROMEHyperParams:
     """The original's key mixture and lookup objective; anything else as `rome` unless `source` says otherwise."""
     return load_dataclass(ROMEHyperParams, source, base=ORIGINAL_KEYS)
 
 
 def make_rome(model, tokenizer, hparams, env: EditEnvironment) -> ROMEEditor:
-    return ROMEEditor("rome", model, tokenizer, load_rome_hparams(hparams), env)
+    return ROMEEditor("rome", model, tokenizer, load_hparams(hparams), env)
 
 
 def make_rome_original(model, tokenizer, hparams, env: EditEnvironment) -> ROMEEditor:
