@@ -15,7 +15,7 @@ from typing import Sequence
 from src.cli.common import run_cli
 from src.cli.paths import repo_path
 from src.edit.causal_tracing import KINDS, CausalTracer
-from src.edit.locating import load_results, plot_results
+from src.pipelines.locate_sample import load_results, plot_results
 from src.kg.graph import read_graph_jsonl
 from src.lm.model import load_model
 from src.utils.errors import InputError
