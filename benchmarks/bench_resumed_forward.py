@@ -3,9 +3,9 @@
 
     python benchmarks/bench_resumed_forward.py [--model-dir outputs/models/gpt_small] [--layers 0,1] [--steps 60]
 
-  whole    the whole model with a hook adding the tensor to block l's output (the work ROME did before session 7,
-           when its hook added delta to the MLP output inside block l)
-  resumed  `ResumedForward`: blocks l+1.. only, the final norm and the unembedding at the positions read (now)
+  whole    the whole model with a hook adding the tensor to block l's output (the plain way)
+  resumed  `ResumedForward`: blocks l+1.. only, the final norm and the unembedding at the positions read (what ROME
+           runs)
 
 The batch has ROME's shape for a one-token subject: the bare prompt, 10 prompts behind context prefixes and 7 KL
 prompts (18 rows, up to 6 tokens; random token ids). Prints milliseconds per step, the ratio and the largest logit

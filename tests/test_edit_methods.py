@@ -106,7 +106,7 @@ def test_memit_batch_edits_the_requests_jointly(tiny_model, tiny_kg, env):
     assert [i.layers for i in infos] == [(1, 2)] * 4
     predicted = predict_objects(model, tokenizer, [Fact(q.s, q.r, q.target) for q in requests])
     hits = sum(p == q.target for p, q in zip(predicted, requests))
-    assert hits >= 3  # 3 of 4 on this tiny model (its keys are nearly collinear); the default model: README
+    assert hits >= 3  # 3 of 4 on this tiny model (its keys are nearly collinear); the default model: docs/results.md
 
 
 def test_memit_hparams_are_checked():

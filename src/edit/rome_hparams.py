@@ -17,7 +17,7 @@ MOM2_SOURCES = ("corpus", "fact_prompts", "both")
 
 @dataclass(frozen=True)
 class ROMEHyperParams:
-    """Every field is documented in configs/rome_gpt_small.yaml and README.md ("ROME hyperparameters")."""
+    """Every field is documented in configs/rome_gpt_small.yaml and docs/method.md ("ROME hyperparameters")."""
 
     layer: int | None = None
     fact_token: str = "last"
