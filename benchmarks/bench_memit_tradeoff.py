@@ -29,7 +29,7 @@ from src.edit.methods import EditEnvironment, build_editor  # noqa: E402
 from src.edit.methods.memit import MEMITHyperParams  # noqa: E402
 from src.edit.prompts import answer_token_id  # noqa: E402
 from src.edit.rewrite import rewrite_set  # noqa: E402
-from src.edit.rome import apply_update  # noqa: E402
+from src.edit.model_layout import apply_update  # noqa: E402
 from src.utils.config import parse_overrides  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402

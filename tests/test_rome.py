@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from src.edit.model_layout import ModelLayout
-from src.edit.rome import ROME, RankOneUpdate, apply_update, combine_keys, null_space_projector, solve_psd
+from src.edit.linalg import combine_keys, null_space_projector, solve_psd
+from src.edit.model_layout import apply_update
+from src.edit.rome import ROME, RankOneUpdate
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment, stats_key
 from src.utils.errors import InputError

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -93,3 +94,10 @@ def mlp_out_weight_is_transposed(module: nn.Module) -> bool:
     if type(module).__name__ == "Conv1D":
         return True
     raise InputError(f"unsupported MLP output projection type {type(module).__name__}; expected nn.Linear or Conv1D")
+
+
+def apply_update(module: torch.nn.Module, update: torch.Tensor) -> None:
+    """W += update, for update in (d_model, d_ff) convention; the storage orientation comes from the module type."""
+    transposed = mlp_out_weight_is_transposed(module)
+    with torch.no_grad():
+        module.weight.add_((update.T if transposed else update).to(module.weight.device, module.weight.dtype))

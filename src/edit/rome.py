@@ -34,18 +34,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.causal_tracing import CausalTracer, LocateResult
-from src.edit.fast_forward import frozen_parameters, fused_activations
-from src.edit.hooks import Trace
 from src.edit.kg_context import KGContext, prefix_text
-from src.edit.model_layout import ModelLayout, mlp_out_weight_is_transposed
+from src.edit.linalg import PSDSolver, null_space_projector, solve_psd
+from src.edit.model_layout import ModelLayout, apply_update
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt
-from src.edit.resumed_forward import ResumedForward
-from src.edit.rewrite import mlp_keys, prompt_weights
+from src.edit.rank_one.delta import compute_delta
+from src.edit.rank_one.keys import compute_k_star, compute_keys
+from src.edit.rank_one.update import RankOneUpdate, compute_u
+from src.edit.rewrite import prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
 from src.kg.graph import Fact
@@ -73,30 +73,6 @@ class EditMetrics:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class RankOneUpdate:
-    """The update dW = delta u^T / (u . key) in (d_model, d_ff) convention: out'(k) = out(k) + dW k.
-
-    k_star: mean key over the rewrite prompts; key: the key of the denominator (k_star, or the bare prompt's key
-    for key_mode "original"); u = C^-1 k_star. keys: (m, d_ff) the keys that get delta in full, one per position a
-    target token is read at (m = 1: k_star itself; see `combine_keys`). All float64 on the CPU.
-    """
-
-    k_star: torch.Tensor
-    key: torch.Tensor
-    u: torch.Tensor
-    delta: torch.Tensor
-    keys: torch.Tensor | None = None
-
-    @property
-    def denominator(self) -> float:
-        return float(self.u @ self.key)
-
-    def matrix(self) -> torch.Tensor:
-        """(d_model, d_ff) float64."""
-        return torch.outer(self.delta, self.u) / self.denominator
 
 
 @dataclass(frozen=True)
@@ -400,30 +376,6 @@ class ROME:
         """Weights of the rewrite prompts in k* and in the NLL (float32; see `src.edit.rewrite.prompt_weights`)."""
         return prompt_weights(n_rewrite, self.hparams.bare_prompt_weight).float()
 
-    def _edit_positions(self, prompts: list[EncodedPrompt], fact_token: str) -> list[int]:
-        if fact_token == "last":
-            return [len(p.input_ids) - 1 for p in prompts]
-        return [p.last_subject_index for p in prompts]
-
-    @staticmethod
-    def _pieces_read(fact_token: str, target_ids: tuple[int, ...]) -> int:
-        """Positions per rewrite prompt that get delta: one per target token at the last token, else one."""
-        return len(target_ids) if fact_token == "last" else 1
-
-    def _piece_keys(self, model: PreTrainedModel, rewrite: list[EncodedPrompt], layer: int, fact_token: str,
-                    target_ids: tuple[int, ...]) -> torch.Tensor:
-        """(m, n_rewrite, d_ff) float64: the keys at the positions that get delta (`_pieces_read`), on the rewrite
-        prompts followed by target[:-1] (position j reads target token j; causal, so later pieces change nothing)."""
-        m = self._pieces_read(fact_token, target_ids)
-        forced = [p.followed_by(target_ids[: m - 1]) for p in rewrite]
-        positions = [q + j for j in range(m) for q in self._edit_positions(rewrite, fact_token)]
-        keys = self._keys(model, forced * m, positions, layer).double().cpu()
-        return keys.view(m, len(rewrite), -1)
-
-    def _keys(self, model: PreTrainedModel, prompts: list[EncodedPrompt], positions: list[int], layer: int) -> torch.Tensor:
-        """(len(prompts), d_ff) float32: the input of layer's MLP output projection at each prompt's position."""
-        return mlp_keys(model, self.tokenizer, prompts, positions, layer)
-
     def _key_covariance(self, model: PreTrainedModel, layer: int, size: int) -> torch.Tensor | None:
         """C for `layer`: on the initial weights (`statistics_from="initial"`), read and factorised once per layer and
         kept (float64); on the current weights, from the statistics cache (keyed by the weights) every time."""
@@ -470,9 +422,8 @@ class ROME:
         layout = ModelLayout.of(model)  # `model` may be a copy: its own modules, not self.model's
         module = layout.mlp_out(layer)
         weight_name = layout.paths.mlp_out.format(layer)
-        keys = self._piece_keys(model, prompts.rewrite, layer, fact_token, target_ids)  # (m, n_rewrite, d_ff)
-        weights = self._prompt_weights(len(prompts.rewrite)).double()
-        piece_keys = torch.stack([weights @ piece for piece in keys])  # (m, d_ff): k*_j
+        keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, fact_token, target_ids)  # (m, n, d_ff)
+        piece_keys = compute_k_star(keys, self._prompt_weights(len(prompts.rewrite)))  # (m, d_ff)
         size = piece_keys.shape[1]
         moment = self._with_past_keys(self._key_covariance(model, layer, size), layer, size)
         if moment is None:
@@ -487,142 +438,11 @@ class ROME:
             def precondition(x: torch.Tensor) -> torch.Tensor:
                 return self._solve(layer, moment, x)
         denominator_keys = piece_keys if hp.key_mode == "consistent" else keys[:, 0]
-        k_star, k_denominator, u = combine_keys(piece_keys, denominator_keys, precondition)
-        denominator = float(u @ k_denominator)
-        if abs(denominator) < 1e-12:
-            raise InputError(f"degenerate key at layer {layer}: u . k = {denominator:.3g}")
-
-        delta, steps = self._optimize_delta(model, prompts, layer, fact_token, target_ids, u, denominator)
+        k_star, k_denominator, u, denominator = compute_u(piece_keys, denominator_keys, precondition, layer)
+        delta, steps = compute_delta(model, self.tokenizer, self.device, hp, prompts.rewrite, prompts.kl, layer,
+                                     fact_token, target_ids, u, denominator)
         update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu(), keys=piece_keys)
         weight = module.weight
         saved = weight.detach().clone()
         apply_update(module, update.matrix())
         return weight_name, saved, update, steps
-
-    def _optimize_delta(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
-                        target_ids: tuple[int, ...], u: torch.Tensor, denominator: float) -> tuple[torch.Tensor, int]:
-        """delta (d_model,) float32 such that the edited model predicts the target (see module docstring). A target
-        of m tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1], and the
-        NLL is the mean over the m tokens, as the original's; the stop test uses the joint probability."""
-        hp = self.hparams
-        all_prompts = prompts.rewrite + prompts.kl
-        n_rewrite, m = len(prompts.rewrite), len(target_ids)
-        inputs = [list(p.input_ids) + list(target_ids[:-1]) for p in prompts.rewrite] + [list(p.input_ids) for p in prompts.kl]
-        batch = PromptBatch.for_tokenizer(inputs, self.tokenizer, self.device)
-        positions = batch.columns(self._edit_positions(all_prompts, fact_token))
-        module = ModelLayout.of(model).mlp_out(layer)
-        rows = torch.arange(len(all_prompts), device=self.device)
-        # read-out rows and columns: m per rewrite prompt (its last prompt token onwards), then one per KL prompt
-        prompt_last = batch.columns([len(p.input_ids) - 1 for p in all_prompts])[:n_rewrite]
-        read_rows = torch.cat([rows[:n_rewrite].repeat_interleave(m), rows[n_rewrite:]])
-        read_columns = torch.cat([(prompt_last[:, None] + torch.arange(m, device=self.device)).reshape(-1),
-                                  batch.last[n_rewrite:]])
-        targets = torch.tensor(target_ids, device=self.device).repeat(n_rewrite)  # (n_rewrite * m,)
-        n_read = n_rewrite * m
-
-        # read-out logits (n_rewrite * m + n_kl, vocab) from block `layer` on: the blocks below do not depend on delta
-        with fused_activations(model), Trace(module, retain_input=True) as trace:
-            readout = ResumedForward(model, layer, batch, read_rows, read_columns)
-        out_bare = trace.output[0, positions[0]].float()
-        kl_init = torch.log_softmax(readout.initial_logits[n_read:], dim=-1) if prompts.kl else None
-        max_norm = hp.clamp_norm_factor * float(out_bare.norm())
-
-        delta = torch.zeros_like(out_bare, requires_grad=True)
-        dtype = trace.output.dtype
-        if hp.v_objective == "rank_one":  # the update itself: out(k) += (k . u / u . k*) delta, at every token
-            coefficients = (trace.input.float() @ (u / denominator).float().to(self.device))[..., None].to(dtype)
-
-            def added() -> torch.Tensor:
-                return coefficients * delta.to(dtype)
-        else:  # lookup: delta at the edit positions only (for a multi-token target, at each piece's read position)
-            pieces = self._pieces_read(fact_token, target_ids)
-            lookup_rows = torch.cat([rows[:n_rewrite].repeat_interleave(pieces), rows[n_rewrite:]])
-            lookup_columns = torch.cat([(positions[:n_rewrite, None] + torch.arange(pieces, device=self.device)).reshape(-1),
-                                        positions[n_rewrite:]])
-
-            def added() -> torch.Tensor:
-                return readout.placed(lookup_rows, lookup_columns, delta.expand(len(lookup_rows), -1))
-
-        prompt_weights = self._prompt_weights(n_rewrite).to(self.device)
-        optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
-        steps = 0
-        with frozen_parameters(model), fused_activations(model):
-            for steps in range(1, hp.v_num_grad_steps + 1):
-                logits = readout(added())
-                log_probs = torch.log_softmax(logits, dim=-1)
-                target_log_probs = log_probs[torch.arange(n_read, device=self.device), targets].view(n_rewrite, m).sum(1)
-                if bool((logits[:n_read].argmax(-1) == targets).all()) and \
-                        float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
-                    steps -= 1
-                    break
-                nll = -(prompt_weights * target_log_probs).sum() / m  # per target token, as the original
-                kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
-                      if kl_init is not None else torch.zeros((), device=self.device))
-                decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
-                loss = nll + hp.kl_factor * kl + decay
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    norm = delta.norm()
-                    if norm > max_norm:
-                        delta.mul_(max_norm / norm)
-        return delta.detach(), steps
-
-
-def apply_update(module: torch.nn.Module, update: torch.Tensor) -> None:
-    """W += update, for update in (d_model, d_ff) convention; the storage orientation comes from the module type."""
-    transposed = mlp_out_weight_is_transposed(module)
-    with torch.no_grad():
-        module.weight.add_((update.T if transposed else update).to(module.weight.device, module.weight.dtype))
-
-
-def combine_keys(keys: torch.Tensor, denominator_keys: torch.Tensor, precondition) -> tuple[torch.Tensor, ...]:
-    """(k_star, key, u) for an update delta u^T / (u . key) that gives delta in full at every row of `keys`.
-
-    keys, denominator_keys: (m, d) float64; precondition: x (d,) or (d, m) -> C^-1 x (or P x, or x for C = I).
-    u = C^-1 K a with a (sum 1) solving (K_den C^-1 K) a = c 1, so u . k_den_j = u . (K_den^T a) for every j;
-    k_star = K^T a, key = K_den^T a. With one key: a = 1, u = C^-1 k*."""
-    if keys.shape[0] == 1:
-        return keys[0], denominator_keys[0], precondition(keys[0])
-    preconditioned = precondition(keys.T)  # (d, m)
-    gram = denominator_keys @ preconditioned  # (m, m)
-    a = torch.linalg.lstsq(gram, torch.ones(len(keys), 1, dtype=gram.dtype), driver="gelsd").solution[:, 0]
-    a = a / a.sum()
-    return keys.T @ a, denominator_keys.T @ a, preconditioned @ a
-
-
-def null_space_projector(moment: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(d, d) float64 projector onto the eigenvectors of the PSD `moment` whose eigenvalues are below
-    `threshold` x the largest: keys in the other directions (the preserved ones) are left unchanged by an update
-    W += delta u^T with u = P k* (AlphaEdit, Fang et al. 2025, with a hard rank-one constraint)."""
-    values, vectors = torch.linalg.eigh(moment.double().cpu())
-    kept = vectors[:, values < threshold * values[-1]]
-    if kept.shape[1] == 0:
-        raise InputError(f"null_space_threshold {threshold} leaves no direction: every eigenvalue of C is above it")
-    return kept @ kept.T
-
-
-class PSDSolver:
-    """Solves matrix x = rhs for a fixed PSD matrix in float64 on the CPU, without forming the inverse: Cholesky,
-    factored once, else least squares (for an ill-conditioned or singular matrix, e.g. C from fewer keys than
-    dimensions)."""
-
-    def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix = matrix.double().cpu()
-        factor, info = torch.linalg.cholesky_ex(self.matrix)
-        self.factor = factor if int(info) == 0 else None
-
-    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        """rhs: (n,) or (n, m) -> the same shape, float64."""
-        rhs = rhs.double().cpu()
-        columns = rhs[:, None] if rhs.dim() == 1 else rhs
-        solution = torch.cholesky_solve(columns, self.factor) if self.factor is not None else None
-        if solution is None or not torch.isfinite(solution).all():
-            solution = torch.linalg.lstsq(self.matrix, columns, driver="gelsd").solution
-        return solution[:, 0] if rhs.dim() == 1 else solution
-
-
-def solve_psd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """matrix^-1 rhs in float64 on the CPU (`PSDSolver`, for one right-hand side). rhs: (n,) or (n, m)."""
-    return PSDSolver(matrix).solve(rhs)

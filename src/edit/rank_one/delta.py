@@ -1,0 +1,95 @@
+"""v* (ROME step 3): delta, optimised so that the edited model predicts the target; v* = out(k*) + delta.
+
+The loss: the NLL of the target on the rewrite prompts (every piece of a multi-token target, teacher-forced), a KL
+term that keeps the subject's other facts, a weight decay |delta|^2 / |out(k_bare)|^2 and a norm clamp at
+clamp_norm_factor * |out(k_bare)|. v_objective "rank_one" optimises through the final update itself (the edited
+model at every position); "lookup" adds delta at the edit positions only, as the original.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.edit.fast_forward import frozen_parameters, fused_activations
+from src.edit.hooks import Trace
+from src.edit.model_layout import ModelLayout
+from src.edit.prompt_batch import PromptBatch
+from src.edit.prompts import EncodedPrompt
+from src.edit.rank_one.keys import edit_positions, pieces_read
+from src.edit.resumed_forward import ResumedForward
+from src.edit.rewrite import prompt_weights
+from src.edit.rome_hparams import ROMEHyperParams
+
+
+def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+                  hp: ROMEHyperParams, rewrite: list[EncodedPrompt], kl_prompts: list[EncodedPrompt], layer: int,
+                  fact_token: str, target_ids: tuple[int, ...], u: torch.Tensor,
+                  denominator: float) -> tuple[torch.Tensor, int]:
+    """delta (d_model,) float32 such that the edited model predicts the target (see module docstring). A target
+    of m tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1], and the
+    NLL is the mean over the m tokens, as the original's; the stop test uses the joint probability."""
+    all_prompts = rewrite + kl_prompts
+    n_rewrite, m = len(rewrite), len(target_ids)
+    inputs = [list(p.input_ids) + list(target_ids[:-1]) for p in rewrite] + [list(p.input_ids) for p in kl_prompts]
+    batch = PromptBatch.for_tokenizer(inputs, tokenizer, device)
+    positions = batch.columns(edit_positions(all_prompts, fact_token))
+    module = ModelLayout.of(model).mlp_out(layer)
+    rows = torch.arange(len(all_prompts), device=device)
+    # read-out rows and columns: m per rewrite prompt (its last prompt token onwards), then one per KL prompt
+    prompt_last = batch.columns([len(p.input_ids) - 1 for p in all_prompts])[:n_rewrite]
+    read_rows = torch.cat([rows[:n_rewrite].repeat_interleave(m), rows[n_rewrite:]])
+    read_columns = torch.cat([(prompt_last[:, None] + torch.arange(m, device=device)).reshape(-1),
+                                  batch.last[n_rewrite:]])
+    targets = torch.tensor(target_ids, device=device).repeat(n_rewrite)  # (n_rewrite * m,)
+    n_read = n_rewrite * m
+
+    # read-out logits (n_rewrite * m + n_kl, vocab) from block `layer` on: the blocks below do not depend on delta
+    with fused_activations(model), Trace(module, retain_input=True) as trace:
+        readout = ResumedForward(model, layer, batch, read_rows, read_columns)
+    out_bare = trace.output[0, positions[0]].float()
+    kl_init = torch.log_softmax(readout.initial_logits[n_read:], dim=-1) if kl_prompts else None
+    max_norm = hp.clamp_norm_factor * float(out_bare.norm())
+
+    delta = torch.zeros_like(out_bare, requires_grad=True)
+    dtype = trace.output.dtype
+    if hp.v_objective == "rank_one":  # the update itself: out(k) += (k . u / u . k*) delta, at every token
+        coefficients = (trace.input.float() @ (u / denominator).float().to(device))[..., None].to(dtype)
+
+        def added() -> torch.Tensor:
+            return coefficients * delta.to(dtype)
+    else:  # lookup: delta at the edit positions only (for a multi-token target, at each piece's read position)
+        pieces = pieces_read(fact_token, target_ids)
+        lookup_rows = torch.cat([rows[:n_rewrite].repeat_interleave(pieces), rows[n_rewrite:]])
+        lookup_columns = torch.cat([(positions[:n_rewrite, None] + torch.arange(pieces, device=device)).reshape(-1),
+                                        positions[n_rewrite:]])
+
+        def added() -> torch.Tensor:
+            return readout.placed(lookup_rows, lookup_columns, delta.expand(len(lookup_rows), -1))
+
+    weights = prompt_weights(n_rewrite, hp.bare_prompt_weight).float().to(device)  # the bare prompt's share first
+    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+    steps = 0
+    with frozen_parameters(model), fused_activations(model):
+        for steps in range(1, hp.v_num_grad_steps + 1):
+            logits = readout(added())
+            log_probs = torch.log_softmax(logits, dim=-1)
+            target_log_probs = log_probs[torch.arange(n_read, device=device), targets].view(n_rewrite, m).sum(1)
+            if bool((logits[:n_read].argmax(-1) == targets).all()) and \
+                        float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
+                    steps -= 1
+                    break
+            nll = -(weights * target_log_probs).sum() / m  # per target token, as the original
+            kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
+                      if kl_init is not None else torch.zeros((), device=device))
+            decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
+            loss = nll + hp.kl_factor * kl + decay
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                    norm = delta.norm()
+                    if norm > max_norm:
+                        delta.mul_(max_norm / norm)
+    return delta.detach(), steps
