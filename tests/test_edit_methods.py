@@ -134,16 +134,6 @@ def test_each_default_hparams_file_matches_the_method_defaults(method):
     assert spec.load_hparams(REPO_ROOT / DEFAULT_HPARAMS_FILES[method]) == spec.load_hparams(None)
 
 
-def test_sequential_memit_config_differs_from_the_default_in_the_documented_keys():
-    from src.edit.methods.memit import load_memit_hparams
-    from tests.conftest import REPO_ROOT
-
-    default = load_memit_hparams(REPO_ROOT / "configs" / "memit_gpt_small.yaml").to_dict()
-    sequential = load_memit_hparams(REPO_ROOT / "configs" / "memit_sequential_gpt_small.yaml").to_dict()
-    changed = {key: sequential[key] for key in default if sequential[key] != default[key]}
-    assert changed == {"clamp_norm_factor": 8.0, "v_stop_prob": 0.99, "mom2_update_weight": 400.0, "past_keys_weight": 1.0}
-
-
 def test_sequential_rome_config_fixes_the_layer_and_keeps_each_methods_key_mixture():
     from src.edit.methods.rome_editor import load_rome_original_hparams
     from src.edit.rome_hparams import load_hparams as load_rome_hparams
@@ -158,10 +148,16 @@ def test_sequential_rome_config_fixes_the_layer_and_keeps_each_methods_key_mixtu
     assert (original.layer, original.key_mode, original.v_objective) == (0, "original", "lookup")
 
 
-def test_wider_mlp_memit_config_differs_from_the_default_in_lambda_only():
-    from src.edit.methods.memit import load_memit_hparams
+@pytest.mark.parametrize("name, method", [("memit_gpt_mlp1024", "memit"), ("memit_sequential_gpt_small", "memit"),
+                                          ("rome_original_gpt_small", "rome")])
+def test_an_overlay_method_config_is_its_base_with_its_own_keys(name, method):
+    """`base:` overlays: loading gives the base file's hyperparameters with exactly the keys the overlay writes."""
+    import yaml
+
     from tests.conftest import REPO_ROOT
 
-    default = load_memit_hparams(REPO_ROOT / "configs" / "memit_gpt_small.yaml").to_dict()
-    wide = load_memit_hparams(REPO_ROOT / "configs" / "memit_gpt_mlp1024.yaml").to_dict()
-    assert {key: wide[key] for key in default if wide[key] != default[key]} == {"mom2_update_weight": 400.0}
+    path = REPO_ROOT / "configs" / f"{name}.yaml"
+    written = yaml.safe_load(path.read_text())
+    base = METHODS[method].load_hparams(path.parent / written.pop("base")).to_dict()
+    loaded = METHODS[method].load_hparams(path).to_dict()
+    assert {key: value for key, value in loaded.items() if base[key] != value} == written

@@ -103,12 +103,30 @@ def test_default_train_config_paths_resolve_from_the_config_file():
     assert config.model.n_layer >= 6
 
 
-def test_llama_config_differs_from_the_d512_gpt_only_in_family_and_output():
-    gpt, llama = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_mlp512", "llama_small"))
-    assert (gpt.model.model_type, llama.model.model_type) == ("gpt2", "llama")
-    assert llama.output_dir == REPO_ROOT / "outputs" / "models" / "llama_small"
-    assert replace(llama.model, model_type="gpt2") == gpt.model and llama.optim == gpt.optim
-    assert llama.model.activation == "silu" and gpt.model.activation == "gelu_new"
+def test_a_config_overlays_its_base_key_by_key(tmp_path):
+    """`base: FILE`: mappings merge key by key, null replaces, paths resolve from the file that sets them."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.yaml").write_text(
+        "kg_dir: kg\noutput_dir: out\nseed: 3\nmodel:\n  n_layer: 3\n  n_inner: 2048\n  activation_function: gelu\n"
+        "optim:\n  lr: 0.01\n")
+    (tmp_path / "overlay.yaml").write_text("base: shared/base.yaml\noutput_dir: mine\nmodel:\n  n_inner: null\n")
+    config = load_train_config(tmp_path / "overlay.yaml")
+    assert config.kg_dir == tmp_path / "shared" / "kg" and config.output_dir == tmp_path / "mine"
+    assert (config.seed, config.model.n_layer, config.model.n_inner, config.model.activation_function) == (3, 3, None, "gelu")
+    assert config.optim.lr == 0.01
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(InputError, match="a.yaml is its own base"):
+        load_train_config(tmp_path / "a.yaml")
+    (tmp_path / "typo.yaml").write_text("base: shared/base.yaml\nmodel:\n  n_layers: 2\n")
+    with pytest.raises(InputError, match="unknown config key 'n_layers'"):
+        load_train_config(tmp_path / "typo.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "configs").glob("train_*.yaml")))
+def test_every_training_config_loads(name):
+    config = load_train_config(REPO_ROOT / "configs" / f"{name}.yaml")
+    assert config.output_dir.parent == REPO_ROOT / "outputs" / "models" and config.kg_dir == REPO_ROOT / "data" / "kg" / "ba"
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -133,17 +151,9 @@ def test_missing_kg_is_a_clear_error(tmp_path):
         read_graph_jsonl(tmp_path / "graph.jsonl")
 
 
-def test_default_config_is_the_d512_gpt_with_a_2048_wide_mlp_and_the_exact_gelu():
-    default, narrow = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_small", "gpt_mlp512"))
-    assert (default.model.inner, default.model.activation) == (2048, "gelu")
+def test_the_default_config_is_a_gpt2_with_a_2048_wide_mlp_and_the_exact_gelu():
+    default = load_train_config(REPO_ROOT / "configs" / "train_gpt_small.yaml")
+    assert (default.model.model_type, default.model.inner, default.model.activation) == ("gpt2", 2048, "gelu")
+    narrow, llama = (load_train_config(REPO_ROOT / "configs" / f"train_{n}.yaml") for n in ("gpt_mlp512", "llama_small"))
     assert (narrow.model.inner, narrow.model.activation) == (512, "gelu_new")
-    assert replace(default.model, n_inner=None, activation_function=None) == narrow.model
-    assert default.optim == narrow.optim and default.kg_dir == narrow.kg_dir and default.seed == narrow.seed
-
-
-@pytest.mark.parametrize("d_ff", [1024, 2048])
-def test_wider_mlp_config_differs_from_the_d512_gpt_only_in_d_ff_and_output(d_ff):
-    gpt, wide = (load_train_config(REPO_ROOT / "configs" / f"train_{name}.yaml") for name in ("gpt_mlp512", f"gpt_mlp{d_ff}"))
-    assert wide.output_dir == REPO_ROOT / "outputs" / "models" / f"gpt_mlp{d_ff}"
-    assert (gpt.model.n_inner, wide.model.n_inner) == (None, d_ff)
-    assert replace(wide.model, n_inner=None) == gpt.model and wide.optim == gpt.optim and wide.kg_dir == gpt.kg_dir
+    assert (llama.model.model_type, llama.model.inner, llama.model.activation) == ("llama", 512, "silu")

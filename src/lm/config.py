@@ -45,8 +45,9 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a training YAML; `kg_dir` and `output_dir` are relative to the YAML file."""
-    data = read_yaml(path)
+    """Read a training YAML (or an overlay of one, `base: FILE`); `kg_dir` and `output_dir` are relative to the YAML
+    file that sets them."""
+    data = read_yaml(path, path_keys=("kg_dir", "output_dir"))
     top = {"kg_dir", "output_dir", "seed", "model", "optim", "tokenizer"}
     unknown = sorted(set(data) - top)
     if unknown:

@@ -13,8 +13,13 @@ from src.utils.errors import InputError
 T = TypeVar("T")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def read_yaml(path: str | Path, path_keys: Sequence[str] = (), _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping. `base: FILE` (relative to this file) names a file whose keys this one overlays: mappings are
+    merged key by key, anything else (null included) replaces the base's value. Top-level `path_keys` holding
+    relative paths are resolved from the file that sets them."""
+    path = Path(path).resolve()
+    if path in _chain:
+        raise InputError(f"config {path} is its own base (through {' -> '.join(p.name for p in _chain)})")
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
     try:
@@ -23,7 +28,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise InputError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InputError(f"config {path} must be a mapping of keys to values, got {type(data).__name__}")
-    return data
+    for key in path_keys:
+        if isinstance(data.get(key), str):
+            data[key] = str(resolve_relative_to(path, data[key]))
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise InputError(f"base in {path} must be a file name, got {base!r}")
+    return merge_overlay(read_yaml(resolve_relative_to(path, base), path_keys, _chain + (path,)), data)
+
+
+def merge_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overlay`'s keys on top; mappings are merged recursively."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def dataclass_from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
