@@ -20,7 +20,7 @@ This implementation gives the numbers of the original one-forward-per-restoratio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -33,142 +33,15 @@ from src.edit.fast_forward import fused_activations
 from src.edit.hooks import RecordCall, Trace, TraceDict
 from src.edit.model_layout import ModelLayout
 from src.edit.prompts import EncodedPrompt, answer_token_id, encode_fact_prompt
+from src.edit.trace_results import (EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult, default_window,
+                                    normalize_kind, window_layers)
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
-KINDS = ("hidden", "mlp", "attn")
-EDIT_POSITIONS = ("last", "subject_last")
+__all__ = ["EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "CausalTracer", "LocateResult", "TraceRequest", "TraceResult",
+           "default_window", "normalize_kind", "window_layers"]
+
 FACTS_PER_FORWARD = 8  # trace_many's default: 8 and 16 facts per forward measured alike (benchmarks/bench_tracing.py)
-
-
-def default_window(num_layers: int) -> int:
-    """The original restores 10 of GPT-2 XL's 48 layers; keep that proportion (8 layers -> 2), at least 1."""
-    return max(1, round(num_layers * 10 / 48))
-
-
-def window_layers(layer: int, window: int, num_layers: int) -> range:
-    """Layers restored together for a windowed trace at `layer`, as in the original: [l - w//2, l + ceil(w/2))."""
-    return range(max(0, layer - window // 2), min(num_layers, layer - (-window // 2)))
-
-
-def normalize_kind(kind: str | None) -> str:
-    kind = "hidden" if kind is None else kind
-    if kind not in KINDS:
-        raise InputError(f"unknown kind '{kind}'; allowed: {', '.join(KINDS)} (None means hidden)")
-    return kind
-
-
-@dataclass(frozen=True)
-class TraceResult:
-    """One causal trace.
-
-    scores: (tokens, layers) float32, mean p(answer) over noise samples with that state restored.
-    low_score: p(answer) with the subject corrupted and nothing restored; high_score: p(answer) in the clean run.
-    subject_range: (b, e), e exclusive, token indices of the subject. window: layers restored together (1 for hidden).
-    noise_std: absolute std of the noise added to the subject's token embeddings.
-    """
-
-    subject: str
-    relation: str
-    prompt: str
-    scores: np.ndarray = field(repr=False)
-    low_score: float
-    high_score: float
-    input_ids: tuple[int, ...]
-    input_tokens: tuple[str, ...]
-    subject_range: tuple[int, int]
-    answer: str
-    answer_id: int
-    kind: str
-    window: int
-    noise_std: float
-    num_samples: int
-
-    @property
-    def indirect_effect(self) -> np.ndarray:
-        """(tokens, layers): scores - low_score."""
-        return self.scores - self.low_score
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.scores.shape[1])
-
-    def token_index(self, position: str) -> int:
-        """Index of "last" (the prompt's final token) or "subject_last"."""
-        if position == "last":
-            return len(self.input_ids) - 1
-        if position == "subject_last":
-            return self.subject_range[1] - 1
-        raise InputError(f"unknown position '{position}'; allowed: {', '.join(EDIT_POSITIONS)}")
-
-    def peak(self) -> tuple[int, int, float]:
-        """(token, layer, effect) of the largest indirect effect."""
-        effect = self.indirect_effect
-        token, layer = np.unravel_index(int(np.argmax(effect)), effect.shape)
-        return int(token), int(layer), float(effect[token, layer])
-
-    def best_layer(self, position: str = "last") -> int:
-        """Layer with the largest indirect effect at `position` (ties: the lowest layer)."""
-        return int(np.argmax(self.indirect_effect[self.token_index(position)]))
-
-    @classmethod
-    def from_dict(cls, data: dict, scores: np.ndarray | None = None) -> "TraceResult":
-        """Inverse of `to_dict`; `scores` may come separately (e.g. from traces.npz)."""
-        fields = dict(data)
-        array = np.asarray(fields.pop("scores") if scores is None else scores, dtype=np.float32)
-        fields.pop("scores", None)
-        array.setflags(write=False)
-        for key in ("input_ids", "input_tokens", "subject_range"):
-            fields[key] = tuple(fields[key])
-        return cls(scores=array, **fields)
-
-    def to_dict(self, include_scores: bool = True) -> dict:
-        return {
-            **({"scores": self.scores.tolist()} if include_scores else {}),
-            "subject": self.subject, "relation": self.relation, "prompt": self.prompt,
-            "low_score": self.low_score, "high_score": self.high_score,
-            "input_ids": list(self.input_ids), "input_tokens": list(self.input_tokens),
-            "subject_range": list(self.subject_range), "answer": self.answer, "answer_id": self.answer_id,
-            "kind": self.kind, "window": self.window, "noise_std": self.noise_std, "num_samples": self.num_samples,
-        }
-
-
-@dataclass(frozen=True)
-class LocateResult:
-    """The layer to edit: argmax over layers of the MLP indirect effect at token `token_index` ("last" or
-    "subject_last"), from an MLP trace with `window` layers restored together."""
-
-    layer: int
-    position: str
-    token_index: int
-    effects: tuple[float, ...]
-    trace: TraceResult = field(repr=False)
-
-    @classmethod
-    def from_trace(cls, trace: TraceResult, position: str) -> "LocateResult":
-        """Read the best layer at `position` off an MLP trace (no new forward)."""
-        token = trace.token_index(position)
-        return cls(layer=trace.best_layer(position), position=position, token_index=token,
-                   effects=tuple(float(e) for e in trace.indirect_effect[token]), trace=trace)
-
-    def to_dict(self) -> dict:
-        return {"layer": self.layer, "position": self.position, "token_index": self.token_index,
-                "effects": list(self.effects), "kind": self.trace.kind, "window": self.trace.window}
-
-
-@dataclass(frozen=True, eq=False)
-class TraceRequest:
-    """One fact to trace: `"{prefix}{s} {r}"` -> o_target (None: the model's own prediction).
-
-    noise: exact additive noise (num_samples, subject tokens, hidden size); None draws it with `seed`.
-    """
-
-    s: str
-    r: str
-    o_target: str | None = None
-    seed: int = 0
-    noise: torch.Tensor | None = field(default=None, repr=False)
-    prefix: str = ""
 
 
 @dataclass
@@ -340,7 +213,7 @@ class CausalTracer:
     ) -> LocateResult:
         """The layer whose MLP, restored at `position`, has the largest indirect effect (ties: the lowest layer).
 
-        position "last" (default) is where our KG models assemble the answer (see DESIGN.md); "subject_last" is the
+        position "last" (default) is where our KG models assemble the answer (see docs/method.md); "subject_last" is the
         original ROME's edit position.
         """
         trace = self.trace_important_states(s, r, o_target, noise_level, num_samples, "mlp", window, noise, seed)

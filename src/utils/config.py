@@ -17,8 +17,8 @@ def read_yaml(path: str | Path, path_keys: Sequence[str] = (), _chain: tuple[Pat
     """A YAML mapping. `base: FILE` (relative to this file) names a file whose keys this one overlays: mappings are
     merged key by key, anything else (null included) replaces the base's value. Top-level `path_keys` holding
     relative paths are resolved from the file that sets them."""
-    path = Path(path).resolve()
-    if path in _chain:
+    path = Path(path)
+    if path.resolve() in _chain:
         raise InputError(f"config {path} is its own base (through {' -> '.join(p.name for p in _chain)})")
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
@@ -36,7 +36,7 @@ def read_yaml(path: str | Path, path_keys: Sequence[str] = (), _chain: tuple[Pat
         return data
     if not isinstance(base, str):
         raise InputError(f"base in {path} must be a file name, got {base!r}")
-    return merge_overlay(read_yaml(resolve_relative_to(path, base), path_keys, _chain + (path,)), data)
+    return merge_overlay(read_yaml(resolve_relative_to(path, base), path_keys, _chain + (path.resolve(),)), data)
 
 
 def merge_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
