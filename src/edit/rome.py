@@ -30,17 +30,17 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.causal_tracing import CausalTracer, LocateResult
+from src.edit.decoding import decode_ids, greedy_decode, sequence_probs
 from src.edit.kg_context import KGContext, prefix_text
 from src.edit.linalg import PSDSolver, null_space_projector, solve_psd
 from src.edit.model_layout import ModelLayout, apply_update
-from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt
 from src.edit.rank_one.delta import compute_delta
 from src.edit.rank_one.keys import compute_k_star, compute_keys
@@ -49,7 +49,7 @@ from src.edit.rewrite import prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams, load_hparams
 from src.edit.second_moment import load_or_compute_second_moment
 from src.kg.graph import Fact
-from src.lm.evaluate import greedy_ids, object_token_ids
+from src.lm.evaluate import object_token_ids
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
@@ -193,25 +193,25 @@ class ROME:
         model = self.model
         bare = encode_fact_prompt(self.tokenizer, s, r)
         target_ids = tuple(object_token_ids(self.tokenizer, o_target))  # one token, or a subword tokenizer's pieces
-        prediction = self.greedy_decode(model, [bare], [self._answer_length(s, r, original, len(target_ids))])[0]
+        prediction = greedy_decode(model, [bare], [self._answer_length(s, r, original, len(target_ids))])[0]
         original_ids = tuple(object_token_ids(self.tokenizer, original)) if original else prediction
-        original_name = original or self.decode(prediction)
-        target_prob_before, original_prob_before = self.sequence_probs(model, bare, [target_ids, original_ids])
+        original_name = original or decode_ids(self.tokenizer, prediction)
+        target_prob_before, original_prob_before = sequence_probs(model, self.tokenizer, bare, [target_ids, original_ids])
 
         def result(model_after, status, layer_used, layer_source, fact_token, note="", **extra) -> EditResult:
-            after = self.greedy_decode(model_after, [bare], [len(target_ids)])[0]
-            target_prob_after, original_prob_after = self.sequence_probs(model_after, bare, [target_ids, original_ids])
+            after = greedy_decode(model_after, [bare], [len(target_ids)])[0]
+            target_prob_after, original_prob_after = sequence_probs(model_after, self.tokenizer, bare, [target_ids, original_ids])
             return EditResult(
                 subject=s, relation=r, target=o_target, original=original_name, status=status,
                 success=after == target_ids, layer=layer_used, layer_source=layer_source,
-                fact_token=fact_token, original_prediction=self.decode(prediction), new_prediction=self.decode(after),
+                fact_token=fact_token, original_prediction=decode_ids(self.tokenizer, prediction), new_prediction=decode_ids(self.tokenizer, after),
                 target_prob_before=target_prob_before, target_prob_after=target_prob_after,
                 original_prob_before=original_prob_before, original_prob_after=original_prob_after,
                 elapsed_seconds=time.perf_counter() - started, hparams=hp.to_dict(), note=note, **extra,
             )
 
         already = (prediction if len(prediction) == len(target_ids)
-                   else self.greedy_decode(model, [bare], [len(target_ids)])[0]) == target_ids
+                   else greedy_decode(model, [bare], [len(target_ids)])[0]) == target_ids
         if already:
             note = f"the model already predicts {o_target} for '{s} {r}'; nothing was edited"
             return model, result(model, "unchanged", -1, "none", hp.fact_token, note, update_norm=0.0, delta_norm=0.0,
@@ -235,7 +235,7 @@ class ROME:
         edited = copy.deepcopy(model) if copy_model else model
         weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         for retry in self._retry_layers(located, layer_used) if layer_source == "located" else []:
-            if self.greedy_decode(edited, [bare], [len(target_ids)])[0] == target_ids:
+            if greedy_decode(edited, [bare], [len(target_ids)])[0] == target_ids:
                 break
             with torch.no_grad():  # undo the failed edit, then try the next-best located layer
                 edited.get_submodule(weight_name).weight.copy_(saved)
@@ -268,9 +268,6 @@ class ROME:
         else `fallback` (the target's; 1 for the word tokenizer in every case)."""
         known = original or (self.kg.object_of(s, r) if self.kg else None)
         return len(object_token_ids(self.tokenizer, known)) if known else fallback
-
-    def decode(self, token_ids: tuple[int, ...]) -> str:
-        return self.tokenizer.decode(list(token_ids)).strip()
 
     @functools.cached_property
     def tracer(self) -> CausalTracer:
@@ -317,29 +314,6 @@ class ROME:
             context_facts=train_prefixes,
         )
 
-    @torch.no_grad()
-    def greedy_decode(self, model: PreTrainedModel, prompts: list[EncodedPrompt], lengths: list[int]) -> list[tuple[int, ...]]:
-        """Per prompt, `lengths[i]` greedily decoded token ids (one for the word tokenizer)."""
-        return [tuple(ids) for ids in greedy_ids(model, [p.input_ids for p in prompts], lengths)]
-
-    @torch.no_grad()
-    def sequence_probs(self, model: PreTrainedModel, prompt: EncodedPrompt,
-                       candidates: Sequence[tuple[int, ...]]) -> list[float]:
-        """p(c | prompt) per candidate c, teacher-forced (the product of its tokens' probabilities); one forward per
-        distinct prompt + c[:-1], so one in all for one-token candidates."""
-        read = len(prompt.input_ids) - 1
-        distributions: dict[tuple[int, ...], torch.Tensor] = {}  # c[:-1] -> (len(c), vocab) next-token probabilities
-        out = []
-        for candidate in candidates:
-            prefix = tuple(candidate[:-1])
-            if prefix not in distributions:
-                batch = PromptBatch.for_tokenizer([list(prompt.input_ids) + list(prefix)], self.tokenizer, self.device)
-                columns = batch.columns([read])[0] + torch.arange(len(candidate), device=self.device)
-                distributions[prefix] = torch.softmax(batch.forward(model).logits[0, columns].float(), dim=-1)
-            probs = distributions[prefix][torch.arange(len(candidate)), torch.tensor(candidate)]
-            out.append(float(torch.prod(probs.double())))
-        return out
-
     def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts,
                           target_ids: tuple[int, ...]) -> dict[str, list[tuple[int, ...]]]:
         """Greedy predictions: as long as the target behind the edited prompts, as long as each fact's object
@@ -351,7 +325,7 @@ class ROME:
                    "alias": [len(target_ids)] * len(prompts.eval_alias),
                    **{name: [len(object_token_ids(self.tokenizer, f.o)) for f in group] for name, group in facts.items()}}
         flat = [p for group in groups.values() for p in group]
-        predictions = self.greedy_decode(model, flat, [n for name in groups for n in lengths[name]])
+        predictions = greedy_decode(model, flat, [n for name in groups for n in lengths[name]])
         out, start = {}, 0
         for name, group in groups.items():
             out[name] = predictions[start : start + len(group)]

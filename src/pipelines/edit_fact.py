@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from src.edit.causal_tracing import KINDS, TraceResult
+from src.edit.decoding import decode_ids, greedy_decode, sequence_probs
 from src.edit.kg_context import KGContext
 from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import check_known_words, encode_fact_prompt
@@ -113,12 +114,13 @@ def run_single_edit(config: SingleEditConfig) -> SingleEditReport:
     # the whole object (every piece for a subword tokenizer), greedy, before and after
     prompts = [encode_fact_prompt(tokenizer, fact.s, fact.r) for fact in unrelated]
     lengths = [len(object_token_ids(tokenizer, fact.o)) for fact in unrelated]
-    before_ids, after_ids = (rome.greedy_decode(m, prompts, lengths) for m in (model, edited))
+    before_ids, after_ids = (greedy_decode(m, prompts, lengths) for m in (model, edited))
     rows = []
     for fact, prompt, was, now in zip(unrelated, prompts, before_ids, after_ids):
-        (was_prob,), (now_prob,) = rome.sequence_probs(model, prompt, [was]), rome.sequence_probs(edited, prompt, [now])
-        rows.append({**fact.to_dict(), "before": rome.decode(was), "before_prob": was_prob,
-                     "after": rome.decode(now), "after_prob": now_prob, "kept": was == now})
+        (was_prob,), (now_prob,) = (sequence_probs(model, tokenizer, prompt, [was]),
+                                    sequence_probs(edited, tokenizer, prompt, [now]))
+        rows.append({**fact.to_dict(), "before": decode_ids(tokenizer, was), "before_prob": was_prob,
+                     "after": decode_ids(tokenizer, now), "after_prob": now_prob, "kept": was == now})
     traces = rome.tracer.trace_kinds(config.subject, config.relation, result.original_prediction, kinds=KINDS,
                                 window=rome.hparams.locate_window, seed=rome.hparams.seed)
     report = SingleEditReport(result, before, after, tuple(rows), traces, Path(config.output_dir))
