@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.causal_tracing import KINDS, CausalTracer, TraceRequest  # noqa: E402
 from src.edit.prompts import encode_fact_prompt  # noqa: E402
-from src.edit.tracing_reference import plain_trace  # noqa: E402
+from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.pipelines.locate_sample import sample_facts  # noqa: E402

@@ -24,7 +24,7 @@ from src.edit.causal_tracing import KINDS, CausalTracer  # noqa: E402
 from src.edit.evaluation import draw_requests, mean_interval  # noqa: E402
 from src.pipelines.locate_sample import sample_facts  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
-from src.edit.tracing_reference import plain_trace  # noqa: E402
+from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 

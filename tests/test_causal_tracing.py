@@ -4,7 +4,7 @@ import torch
 
 from src.edit import causal_tracing
 from src.edit.causal_tracing import CausalTracer, TraceRequest, TraceResult, default_window, window_layers
-from src.edit.tracing_reference import plain_trace
+from src.edit.reference.plain_tracing import plain_trace
 from src.utils.errors import InputError
 from tests.tiny_models import tiny_gpt2, tiny_tokenizer
 

@@ -18,7 +18,7 @@ from src.edit.hooks import RecordCall
 from src.pipelines.locate_sample import load_results
 from src.edit.model_layout import ModelLayout
 from src.edit.rome import ROME
-from src.edit.tracing_reference import plain_trace
+from src.edit.reference.plain_tracing import plain_trace
 from src.lm.config import TokenizerConfig, TrainConfig
 from src.lm.evaluate import starts_with_bos
 from src.lm.families import FAMILIES as ALL_FAMILIES

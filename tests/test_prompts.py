@@ -10,7 +10,7 @@ from src.edit.causal_tracing import CausalTracer
 from src.edit.prompt_batch import PromptBatch, pad_id
 from src.edit.prompts import encode_fact_prompt
 from src.edit.rome import ROME
-from src.edit.tracing_reference import plain_trace
+from src.edit.reference.plain_tracing import plain_trace
 from src.lm.evaluate import encode_prompt, starts_with_bos
 from src.lm.train import encode_corpus
 from src.utils.errors import InputError

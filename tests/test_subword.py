@@ -18,7 +18,7 @@ from src.edit.evaluation import EditRequest
 from src.pipelines.locate_sample import load_results
 from src.edit.methods import EditEnvironment, build_editor
 from src.edit.rome import ROME
-from src.edit.tracing_reference import plain_trace
+from src.edit.reference.plain_tracing import plain_trace
 from src.lm.config import TokenizerConfig, TrainConfig
 from src.lm.evaluate import fact_accuracy, object_token_ids, predict_objects
 from src.lm.model import load_model

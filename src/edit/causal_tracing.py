@@ -5,7 +5,7 @@ clean run is restored into the corrupted run and p(answer) at the last position 
 state minus the corrupted score (`low_score`) is its indirect effect.
 
 This implementation gives the numbers of the original one-forward-per-restoration algorithm
-(`src.edit.tracing_reference`, equal within float32 rounding) with far fewer forwards:
+(`src.edit.reference.plain_tracing`, equal within float32 rounding) with far fewer forwards:
 - many restorations share one forward (rows = restorations x noise samples, chunked to bound memory), and
   `trace_many` puts several facts' restorations into the same forwards;
 - tokens before the subject never see noise, so restoring them changes nothing: their score is `low_score`;
