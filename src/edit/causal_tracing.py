@@ -35,6 +35,7 @@ from src.edit.model_layout import ModelLayout
 from src.edit.prompts import EncodedPrompt, answer_token_id, encode_fact_prompt
 from src.edit.trace_results import (EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult, default_window,
                                     normalize_kind, window_layers)
+from src.utils.batching import batches_by_key
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
@@ -184,11 +185,7 @@ class CausalTracer:
         if facts_per_forward < 1:
             raise InputError(f"facts_per_forward must be >= 1, got {facts_per_forward}")
         prompts = [encode_fact_prompt(self.tokenizer, q.s, q.r, q.prefix) for q in requests]
-        by_length: dict[int, list[int]] = {}
-        for index, prompt in enumerate(prompts):
-            by_length.setdefault(len(prompt.input_ids), []).append(index)
-        batches = [indices[i : i + facts_per_forward] for indices in by_length.values()
-                   for i in range(0, len(indices), facts_per_forward)]
+        batches = batches_by_key([len(p.input_ids) for p in prompts], facts_per_forward)
         results: list[dict[str, TraceResult] | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc="tracing", unit="fact", disable=not progress) as bar, \
                 fused_activations(self.model):

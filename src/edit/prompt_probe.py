@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.block_call import cache_argument
 from src.edit.fast_forward import fused_activations, rows_per_forward
 from src.lm.evaluate import encode_prompt, starts_with_bos
+from src.utils.batching import batches_by_key
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,12 +42,9 @@ class PromptProbe:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], share_stems: bool = True) -> None:
         bos = starts_with_bos(tokenizer)
         encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
-        by_length: dict[int, list[int]] = {}
-        for index, ids in enumerate(encoded):
-            by_length.setdefault(len(ids), []).append(index)
         self.size = len(prompts)
         self.groups = [self._group(torch.tensor(indices), torch.tensor([encoded[i] for i in indices]), share_stems)
-                       for indices in by_length.values()]
+                       for indices in batches_by_key([len(ids) for ids in encoded])]
 
     @staticmethod
     def _group(rows: torch.Tensor, ids: torch.Tensor, share_stems: bool) -> _LengthGroup:

@@ -25,6 +25,7 @@ from src.edit.kg_context import KGContext
 from src.edit.model_layout import ModelLayout
 from src.kg.corpus import require_corpus_file
 from src.lm.evaluate import encode_prompt, starts_with_bos
+from src.utils.batching import batches_by_key
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_file
 
@@ -80,11 +81,8 @@ def compute_second_moment(
     device = next(model.parameters()).device
     bos = starts_with_bos(tokenizer)  # keys as the prompts will see them
     encoded = [encode_prompt(tokenizer, line, bos) for line in lines]
-    by_length: dict[int, list[list[int]]] = {}
-    for ids in encoded:
-        if ids:
-            by_length.setdefault(len(ids), []).append(ids)
-    batches = [group[i : i + batch_size] for group in by_length.values() for i in range(0, len(group), batch_size)]
+    encoded = [ids for ids in encoded if ids]
+    batches = [[encoded[i] for i in batch] for batch in batches_by_key([len(ids) for ids in encoded], batch_size)]
     total, count = None, 0
     for batch in tqdm(batches, desc=f"key statistics, layer {layer}", unit="batch", disable=not progress):
         with Trace(layout.mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:

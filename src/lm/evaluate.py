@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.kg.graph import Fact
+from src.utils.batching import batches_by_key
 
 
 @dataclass(frozen=True)
@@ -66,18 +67,14 @@ def greedy_ids(model: PreTrainedModel, encoded: Sequence[Sequence[int]], lengths
     device = next(model.parameters()).device
     encoded = [list(ids) for ids in encoded]
     out: list[list[int]] = [[] for _ in encoded]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, ids in enumerate(encoded):
-        groups.setdefault((len(ids), int(lengths[i])), []).append(i)
-    for (_, steps), indices in groups.items():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            input_ids = torch.tensor([encoded[i] for i in chunk], device=device)
-            for _ in range(steps):
-                next_ids = model(input_ids=input_ids).logits[:, -1, :].argmax(dim=-1)
-                input_ids = torch.cat([input_ids, next_ids[:, None]], dim=1)
-            for row, i in enumerate(chunk):
-                out[i] = input_ids[row, input_ids.shape[1] - steps:].tolist()
+    for chunk in batches_by_key([(len(ids), int(n)) for ids, n in zip(encoded, lengths)], batch_size):
+        steps = int(lengths[chunk[0]])
+        input_ids = torch.tensor([encoded[i] for i in chunk], device=device)
+        for _ in range(steps):
+            next_ids = model(input_ids=input_ids).logits[:, -1, :].argmax(dim=-1)
+            input_ids = torch.cat([input_ids, next_ids[:, None]], dim=1)
+        for row, i in enumerate(chunk):
+            out[i] = input_ids[row, input_ids.shape[1] - steps:].tolist()
     return out
 
 
