@@ -22,7 +22,8 @@ constraints:
 	$(PIN_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
 	$(PIN_VENV)/bin/python -m pip install --quiet -e ".[test]"
 	$(PIN_VENV)/bin/python -m pytest tests
-	{ echo "# Every dependency of the library and its tests but torch, at versions the suite passed with."; \
+	{ echo "# Every dependency of the library and its tests but torch, at versions the suite passed with on"; \
+	  echo "# Python $$($(PIN_VENV)/bin/python -c 'import platform; print(platform.python_version())')."; \
 	  echo "# Used by make install (pip install -c constraints.txt); refresh with: make constraints"; \
 	  $(PIN_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt

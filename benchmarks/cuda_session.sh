@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CUDA check in one run, for a lent GPU machine (figures: docs/results.md):
+# Every CUDA check in one run, for a lent GPU machine (each step logs under OUT):
 #   bash benchmarks/cuda_session.sh OUTPUT_DIR
 #   CUDA_SESSION_MODEL=outputs/models/llama_small CUDA_SESSION_STEPS="locate eval" CUDA_SESSION_DTYPES="float32 float16" \
 #       bash benchmarks/cuda_session.sh OUT

@@ -72,6 +72,15 @@ def test_several_keys_get_delta_in_full_from_the_least_change_rank_one_update(ke
     assert torch.equal(one_key[2], solve_psd(moment, keys[0]))  # one key: ROME's u = C^-1 k*, unchanged
 
 
+def test_keys_that_admit_no_equal_delta_update_are_one_clear_error():
+    key = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    same = torch.stack([key, key])  # one key twice: fine, u . k is equal for both
+    assert torch.allclose(combine_keys(same, same, lambda x: x.clone())[2], key)  # as for one key, with C = I
+    opposite = torch.stack([key, -key])  # u . k_1 = -u . k_2: no u gives both the same nonzero value
+    with pytest.raises(InputError, match="the 2 keys of this multi-token edit give no update with delta at each"):
+        combine_keys(opposite, opposite, lambda x: x.clone())
+
+
 def test_solve_falls_back_on_a_singular_moment():
     vector = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
     singular = torch.diag(torch.tensor([2.0, 4.0, 0.0], dtype=torch.float64))

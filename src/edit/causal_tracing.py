@@ -39,8 +39,8 @@ from src.utils.batching import batches_by_key
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
-__all__ = ["EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "CausalTracer", "LocateResult", "TraceRequest", "TraceResult",
-           "default_window", "normalize_kind", "window_layers"]
+__all__ = ["EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "CausalTracer", "LocateResult", "TraceRequest",
+           "TraceResult", "default_window", "normalize_kind", "window_layers"]
 
 FACTS_PER_FORWARD = 8  # trace_many's default: 8 and 16 facts per forward measured alike (benchmarks/bench_tracing.py)
 

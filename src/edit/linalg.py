@@ -45,15 +45,22 @@ def null_space_projector(moment: torch.Tensor, threshold: float) -> torch.Tensor
 
 
 def combine_keys(keys: torch.Tensor, denominator_keys: torch.Tensor, precondition) -> tuple[torch.Tensor, ...]:
-    """(k_star, key, u) for an update delta u^T / (u . key) that gives delta in full at every row of `keys`.
+    """(k_star, key, u) for an update delta u^T / (u . key) that gives delta in full at every row of
+    `denominator_keys` (the rows of `keys` themselves for key_mode "consistent").
 
-    keys, denominator_keys: (m, d) float64; precondition: x (d,) or (d, m) -> C^-1 x (or P x, or x for C = I).
-    u = C^-1 K a with a (sum 1) solving (K_den C^-1 K) a = c 1, so u . k_den_j = u . (K_den^T a) for every j;
-    k_star = K^T a, key = K_den^T a. With one key: a = 1, u = C^-1 k*."""
+    keys, denominator_keys: (m, d) float64, rows k_j and k_den_j; precondition: x (d,) or (d, m) -> C^-1 x (or P x,
+    or x for C = I). u = C^-1 K^T a, with a (sum 1) solving (K_den C^-1 K^T) a = c 1, so u . k_den_j = u . key for
+    every j; k_star = K^T a (a combination of the keys; entries of a may be negative), key = K_den^T a. With one key:
+    a = 1, u = C^-1 k*. Keys whose system has no such a (collinear or cancelling) are an InputError."""
     if keys.shape[0] == 1:
         return keys[0], denominator_keys[0], precondition(keys[0])
     preconditioned = precondition(keys.T)  # (d, m)
     gram = denominator_keys @ preconditioned  # (m, m)
-    a = torch.linalg.lstsq(gram, torch.ones(len(keys), 1, dtype=gram.dtype), driver="gelsd").solution[:, 0]
+    ones = torch.ones(len(keys), dtype=gram.dtype)
+    a = torch.linalg.lstsq(gram, ones[:, None], driver="gelsd").solution[:, 0]
+    if not torch.isfinite(a).all() or abs(float(a.sum())) < 1e-12 or \
+            float((gram @ a - ones).norm()) > 1e-6 * float(ones.norm()):
+        raise InputError(f"the {len(keys)} keys of this multi-token edit give no update with delta at each of them "
+                         "(collinear keys); use fact_token: subject_last")
     a = a / a.sum()
     return keys.T @ a, denominator_keys.T @ a, preconditioned @ a

@@ -16,9 +16,10 @@ For an edit s r -> o* at layer l, with W the MLP output projection (out(k) = W k
 
 A target of m > 1 tokens (subword pieces) edited at the last token is read at m positions: the prompt's last
 token and each teacher-forced piece but the last, each predicting the next piece. The update then gives delta in
-full at the m mean keys k*_1..k*_m, still rank one: u = C^-1 K a with K = [k*_1 .. k*_m] and a chosen so that
-u . k_j is the same for every j (`combine_keys`), which is the least-change (under C) update with W' k*_j = W k*_j +
-delta for all j. With m = 1 this is step 2 and 4 as above. (The original edits multi-token targets at the
+full at the m mean keys k*_1..k*_m, still rank one: u = C^-1 K^T a with K's rows k*_1 .. k*_m and a chosen so that
+u . k*_j is the same for every j (`src.edit.linalg.combine_keys`); with key_mode "consistent" and C^-1 (no null-space
+projector) it is the least-change (under C) update with W' k*_j = W k*_j + delta for all j. key_mode "original"
+gives delta in full at the bare prompt's piece keys instead. With m = 1 this is steps 2 and 4 as above. (The original edits multi-token targets at the
 subject's last token only; `fact_token: subject_last` does that here.)
 """
 

@@ -82,7 +82,7 @@ class KGConfig:
 
 def load_kg_config(path: str | Path) -> tuple[KGConfig, Path]:
     """Read a KG config; returns it and the output directory resolved relative to the config file."""
-    data = read_yaml(path)
+    data = read_yaml(path, path_keys=("output_dir",))
     corpus = dataclass_from_mapping(CorpusConfig, data.pop("corpus", {}) or {}, f"{path} (corpus)")
     if "anchor_facts" in data:
         data["anchor_facts"] = tuple(tuple(str(x) for x in fact) for fact in data["anchor_facts"] or ())

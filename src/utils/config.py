@@ -19,9 +19,10 @@ def read_yaml(path: str | Path, path_keys: Sequence[str] = (), _chain: tuple[Pat
     relative paths are resolved from the file that sets them."""
     path = Path(path)
     if path.resolve() in _chain:
-        raise InputError(f"config {path} is its own base (through {' -> '.join(p.name for p in _chain)})")
+        raise InputError(f"config {path} is its own base: {' -> '.join(str(p) for p in _chain + (path.resolve(),))}")
     if not path.is_file():
-        raise InputError(f"config file not found: {path}")
+        overlay = f" (the base of {_chain[-1]})" if _chain else ""
+        raise InputError(f"config file not found: {path}{overlay}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

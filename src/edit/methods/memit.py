@@ -12,7 +12,7 @@ For requests i = 1..n and layers R = {l_1 < ... < l_k} (default: every layer), L
         dW_l = R K^T (lambda C + K K^T + mu K_p K_p^T)^-1     (lambda = mom2_update_weight; solve in float64)
      K_p: the keys of this editor's earlier calls (sequential use), mu = past_keys_weight (0: off), so that a new
      batch leaves the earlier edits in place.
-  The edit position is the last token, as ROME's default here (our models assemble facts there: DESIGN.md).
+  The edit position is the last token, as ROME's default here (our models assemble facts there: docs/method.md).
 """
 
 from __future__ import annotations

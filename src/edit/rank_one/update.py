@@ -15,9 +15,10 @@ from src.utils.errors import InputError
 class RankOneUpdate:
     """The update dW = delta u^T / (u . key) in (d_model, d_ff) convention: out'(k) = out(k) + dW k.
 
-    k_star: mean key over the rewrite prompts; key: the key of the denominator (k_star, or the bare prompt's key
-    for key_mode "original"); u = C^-1 k_star. keys: (m, d_ff) the keys that get delta in full, one per position a
-    target token is read at (m = 1: k_star itself; see `combine_keys`). All float64 on the CPU.
+    k_star: mean key over the rewrite prompts (for several keys, their combination K^T a, see
+    `src.edit.linalg.combine_keys`); key: the key of the denominator (k_star, or the bare prompt's key for key_mode
+    "original"); u = C^-1 k_star. keys: (m, d_ff) the mean keys, one per position a target token is read at (m = 1:
+    k_star itself). All float64 on the CPU.
     """
 
     k_star: torch.Tensor
