@@ -4,7 +4,7 @@
     python benchmarks/bench_activations.py [--rows 1024] [--width 2048] [--threads 1,2]
 
   gelu_new   transformers' NewGELUActivation (GPT-2's formula, eight elementwise passes)
-  tanh       torch's fused kernel for the same formula (what `fast_forward.fused_activations` swaps in)
+  tanh       torch's fused kernel for the same formula (what `speedups.fused_activations` swaps in)
   erf        torch's exact GELU (the default model's `activation_function: gelu`)
 
 Prints milliseconds per call and each variant's time relative to erf. This is why the default model uses the exact

@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit import prompt_probe, rewrite, rome  # noqa: E402
+from src.edit import prompt_probe, rome  # noqa: E402
+from src.edit.rank_one import delta, keys  # noqa: E402
 from src.edit.eval_metrics import KGEvaluator  # noqa: E402
 from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E402
 from src.edit.hooks import Trace  # noqa: E402
@@ -67,10 +68,10 @@ class _WholeForwardReadout:
 def plain_paths():
     """Switch every speed path off (module attributes patched for the duration)."""
     no_op = lambda model: contextlib.nullcontext()  # noqa: E731
-    patches = [mock.patch.object(module, "fused_activations", no_op) for module in (prompt_probe, rome, memit, rewrite)]
-    patches += [mock.patch.object(module, "frozen_parameters", no_op) for module in (rome, memit)]
+    patches = [mock.patch.object(module, "fused_activations", no_op) for module in (prompt_probe, delta, keys, memit)]
+    patches += [mock.patch.object(module, "frozen_parameters", no_op) for module in (delta, memit)]
     patches += [mock.patch.object(prompt_probe, "rows_per_forward", lambda model, tokens: 4096),
-                mock.patch.object(rewrite, "rows_per_forward", lambda model, tokens: 1 << 30),
+                mock.patch.object(keys, "rows_per_forward", lambda model, tokens: 1 << 30),
                 mock.patch.object(memit, "LastTokenReadout", _WholeForwardReadout)]
     with contextlib.ExitStack() as stack:
         for patch in patches:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit.fast_forward import frozen_parameters, fused_activations  # noqa: E402
+from src.edit.speedups import frozen_parameters, fused_activations  # noqa: E402
 from src.edit.hooks import Trace  # noqa: E402
 from src.edit.model_layout import ModelLayout  # noqa: E402
 from src.edit.prompt_batch import PromptBatch  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 from transformers.activations import NewGELUActivation
 
 from src.edit.block_call import cache_argument
-from src.edit.fast_forward import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
+from src.edit.speedups import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
 from src.edit.hooks import Trace
 from src.edit.methods.memit import LastTokenReadout
 from src.edit.model_layout import ModelLayout

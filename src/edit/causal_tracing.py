@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.block_call import BlockCall, RecordKeysValues
-from src.edit.fast_forward import fused_activations
+from src.edit.speedups import fused_activations
 from src.edit.hooks import RecordCall, Trace, TraceDict
 from src.edit.model_layout import ModelLayout
 from src.edit.prompts import EncodedPrompt, answer_token_id, encode_fact_prompt

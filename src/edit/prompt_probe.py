@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.block_call import cache_argument
-from src.edit.fast_forward import fused_activations, rows_per_forward
+from src.edit.speedups import fused_activations, rows_per_forward
 from src.lm.evaluate import encode_prompt, starts_with_bos
 from src.utils.batching import batches_by_key
 

@@ -1,5 +1,5 @@
 """What defines one fact edit for the optimisation-based methods (FT, MEMIT): the rewrite prompts with their
-weights, the KL anchor prompts, and the MLP keys at the edit positions.
+weights and the KL anchor prompts (the MLP keys at the edit positions: `src.edit.rank_one.keys.mlp_keys`).
 
 The rewrite prompts are the bare prompt `"s r"` and the same prompt behind KG context prefixes (other facts in the
 corpus' chain format), as ROME uses them (see `src.edit.rome`).
@@ -12,13 +12,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from src.edit.fast_forward import fused_activations, rows_per_forward
-from src.edit.hooks import Trace
 from src.edit.kg_context import KGContext, prefix_text
-from src.edit.model_layout import ModelLayout
-from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt, encode_fact_prompt
 from src.kg.graph import Fact
 
@@ -58,24 +54,3 @@ def rewrite_set(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str
 
 def last_positions(prompts: Sequence[EncodedPrompt]) -> list[int]:
     return [len(p.input_ids) - 1 for p in prompts]
-
-
-@torch.no_grad()
-def mlp_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[EncodedPrompt],
-             positions: Sequence[int], layer: int) -> torch.Tensor:
-    """(len(prompts), d_ff) float32: the input of `layer`'s MLP output projection at each prompt's position
-    (each forward stops at that module; forwards sized by `rows_per_forward`)."""
-    device = next(model.parameters()).device
-    module = ModelLayout.of(model).mlp_out(layer)
-    width = max(len(p.input_ids) for p in prompts)
-    step = rows_per_forward(model, width)
-    keys = []
-    with fused_activations(model):
-        for start in range(0, len(prompts), step):
-            chunk = prompts[start : start + step]
-            batch = PromptBatch.for_tokenizer([p.input_ids for p in chunk], tokenizer, device)
-            with Trace(module, retain_input=True, retain_output=False, stop=True) as trace:
-                batch.forward(model)
-            columns = batch.columns(list(positions[start : start + step]))
-            keys.append(trace.input[torch.arange(len(chunk), device=device), columns].float())
-    return torch.cat(keys)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.fast_forward import frozen_parameters, fused_activations
+from src.edit.speedups import frozen_parameters, fused_activations
 from src.edit.hooks import Trace
 from src.edit.model_layout import ModelLayout
 from src.edit.prompt_batch import PromptBatch

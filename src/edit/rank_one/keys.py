@@ -1,5 +1,5 @@
-"""k* (ROME step 1): the keys of the edit, the input of the edited layer's MLP output projection at the edit
-position(s) of each rewrite prompt, and their weighted means.
+"""MLP keys, the input of a layer's MLP output projection (`mlp_keys`, for ROME and MEMIT), and k* (ROME step 1):
+the keys at the edit position(s) of each rewrite prompt and their weighted means.
 
 `fact_token` "last" reads the prompt's last token; for a target of m tokens also each teacher-forced piece but the
 last (where the next piece is read): m positions per prompt. "subject_last" reads the subject's last token only.
@@ -7,11 +7,16 @@ last (where the next piece is read): m positions per prompt. "subject_last" read
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.edit.hooks import Trace
+from src.edit.model_layout import ModelLayout
+from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt
-from src.edit.rewrite import mlp_keys
+from src.edit.speedups import fused_activations, rows_per_forward
 
 
 def edit_positions(prompts: list[EncodedPrompt], fact_token: str) -> list[int]:
@@ -41,3 +46,24 @@ def compute_k_star(keys: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(m, d_ff) float64: k*_j, the `weights`-weighted mean over the rewrite prompts of keys (m, n_rewrite, d_ff)."""
     weights = weights.double()
     return torch.stack([weights @ piece for piece in keys])
+
+
+@torch.no_grad()
+def mlp_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[EncodedPrompt],
+             positions: Sequence[int], layer: int) -> torch.Tensor:
+    """(len(prompts), d_ff) float32: the input of `layer`'s MLP output projection at each prompt's position
+    (each forward stops at that module; forwards sized by `rows_per_forward`)."""
+    device = next(model.parameters()).device
+    module = ModelLayout.of(model).mlp_out(layer)
+    width = max(len(p.input_ids) for p in prompts)
+    step = rows_per_forward(model, width)
+    keys = []
+    with fused_activations(model):
+        for start in range(0, len(prompts), step):
+            chunk = prompts[start : start + step]
+            batch = PromptBatch.for_tokenizer([p.input_ids for p in chunk], tokenizer, device)
+            with Trace(module, retain_input=True, retain_output=False, stop=True) as trace:
+                batch.forward(model)
+            columns = batch.columns(list(positions[start : start + step]))
+            keys.append(trace.input[torch.arange(len(chunk), device=device), columns].float())
+    return torch.cat(keys)
