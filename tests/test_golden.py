@@ -37,13 +37,17 @@ DEFAULT_CORPUS = REPO_ROOT / "data" / "kg" / "ba" / "corpus.train.txt"
 
 
 def machine() -> dict:
-    """What float rounding depends on: the CPU model, torch's version and its thread count."""
-    cpu = platform.processor() or platform.machine()
+    """What float rounding depends on: the CPU model and its vector instructions (which kernels run), torch's version
+    and its thread count."""
+    cpu, isa = platform.processor() or platform.machine(), []
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
         cpu = names[0] if names else cpu
-    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+        isa = sorted(flag for flag in flags if flag in ("avx2", "avx512f", "amx_tile", "fma"))
+    return {"cpu": cpu, "isa": isa, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def without_timings(value):
