@@ -398,7 +398,8 @@ class ROME:
         module = layout.mlp_out(layer)
         weight_name = layout.paths.mlp_out.format(layer)
         keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, fact_token, target_ids)  # (m, n, d_ff)
-        piece_keys = compute_k_star(keys, self._prompt_weights(len(prompts.rewrite)))  # (m, d_ff)
+        weights = self._prompt_weights(len(prompts.rewrite))  # (n_rewrite,) float32: k* and the NLL
+        piece_keys = compute_k_star(keys, weights)  # (m, d_ff)
         size = piece_keys.shape[1]
         moment = self._with_past_keys(self._key_covariance(model, layer, size), layer, size)
         if moment is None:
@@ -414,7 +415,7 @@ class ROME:
                 return self._solve(layer, moment, x)
         denominator_keys = piece_keys if hp.key_mode == "consistent" else keys[:, 0]
         k_star, k_denominator, u, denominator = compute_u(piece_keys, denominator_keys, precondition, layer)
-        delta, steps = compute_delta(model, self.tokenizer, self.device, hp, prompts.rewrite, prompts.kl, layer,
+        delta, steps = compute_delta(model, self.tokenizer, self.device, hp, prompts.rewrite, weights, prompts.kl, layer,
                                      fact_token, target_ids, u, denominator)
         update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu(), keys=piece_keys)
         weight = module.weight

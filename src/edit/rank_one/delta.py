@@ -19,12 +19,12 @@ from src.edit.prompt_batch import PromptBatch
 from src.edit.prompts import EncodedPrompt
 from src.edit.rank_one.keys import edit_positions, pieces_read
 from src.edit.resumed_forward import ResumedForward
-from src.edit.rewrite import prompt_weights
 from src.edit.rome_hparams import ROMEHyperParams
 
 
 def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
-                  hp: ROMEHyperParams, rewrite: list[EncodedPrompt], kl_prompts: list[EncodedPrompt], layer: int,
+                  hp: ROMEHyperParams, rewrite: list[EncodedPrompt], weights: torch.Tensor,
+                  kl_prompts: list[EncodedPrompt], layer: int,
                   fact_token: str, target_ids: tuple[int, ...], u: torch.Tensor,
                   denominator: float) -> tuple[torch.Tensor, int]:
     """delta (d_model,) float32 such that the edited model predicts the target (see module docstring). A target
@@ -68,7 +68,7 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, de
         def added() -> torch.Tensor:
             return readout.placed(lookup_rows, lookup_columns, delta.expand(len(lookup_rows), -1))
 
-    weights = prompt_weights(n_rewrite, hp.bare_prompt_weight).float().to(device)  # the bare prompt's share first
+    weights = weights.to(device)  # (n_rewrite,) the rewrite prompts' shares of the NLL, the bare prompt's first
     optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
     steps = 0
     with frozen_parameters(model), fused_activations(model):

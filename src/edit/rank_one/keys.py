@@ -37,9 +37,8 @@ def compute_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rew
     prompts followed by target[:-1] (position j reads target token j; causal, so later pieces change nothing)."""
     m = pieces_read(fact_token, target_ids)
     forced = [p.followed_by(target_ids[: m - 1]) for p in rewrite]
-    positions = [q + j for j in range(m) for q in edit_positions(rewrite, fact_token)]
-    keys = mlp_keys(model, tokenizer, forced * m, positions, layer).double().cpu()
-    return keys.view(m, len(rewrite), -1)
+    keys = mlp_keys(model, tokenizer, forced, edit_positions(rewrite, fact_token), layer, offsets=range(m))
+    return keys.double().cpu().view(m, len(rewrite), -1)
 
 
 def compute_k_star(keys: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -50,14 +49,15 @@ def compute_k_star(keys: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def mlp_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[EncodedPrompt],
-             positions: Sequence[int], layer: int) -> torch.Tensor:
-    """(len(prompts), d_ff) float32: the input of `layer`'s MLP output projection at each prompt's position
-    (each forward stops at that module; forwards sized by `rows_per_forward`)."""
+             positions: Sequence[int], layer: int, offsets: Sequence[int] = (0,)) -> torch.Tensor:
+    """(len(offsets) * len(prompts), d_ff) float32, offset-major: the input of `layer`'s MLP output projection at
+    each prompt's position + each offset, read from one forward per prompt (each forward stops at that module;
+    forwards sized by `rows_per_forward`)."""
     device = next(model.parameters()).device
     module = ModelLayout.of(model).mlp_out(layer)
     width = max(len(p.input_ids) for p in prompts)
     step = rows_per_forward(model, width)
-    keys = []
+    keys = [[] for _ in offsets]
     with fused_activations(model):
         for start in range(0, len(prompts), step):
             chunk = prompts[start : start + step]
@@ -65,5 +65,7 @@ def mlp_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             with Trace(module, retain_input=True, retain_output=False, stop=True) as trace:
                 batch.forward(model)
             columns = batch.columns(list(positions[start : start + step]))
-            keys.append(trace.input[torch.arange(len(chunk), device=device), columns].float())
-    return torch.cat(keys)
+            rows = torch.arange(len(chunk), device=device)
+            for read, offset in zip(keys, offsets):
+                read.append(trace.input[rows, columns + offset].float())
+    return torch.cat([key for read in keys for key in read])
