@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from src.edit.evaluation import draw_requests, mean_interval  # noqa: E402
+from src.edit.evaluation.requests import draw_requests, mean_interval  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
-from src.edit.rome_hparams import load_hparams  # noqa: E402
+from src.edit.rank_one.hparams import load_hparams  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 

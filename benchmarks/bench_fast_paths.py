@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit import prompt_probe, rome  # noqa: E402
 from src.edit.rank_one import delta, keys  # noqa: E402
-from src.edit.eval_metrics import KGEvaluator  # noqa: E402
+from src.edit.evaluation.metrics import KGEvaluator  # noqa: E402
 from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E402
-from src.edit.hooks import Trace  # noqa: E402
-from src.edit.evaluation import draw_requests  # noqa: E402
-from src.edit.kg_context import KGContext  # noqa: E402
+from src.edit.model.hooks import Trace  # noqa: E402
+from src.edit.evaluation.requests import draw_requests  # noqa: E402
+from src.edit.prompts.kg_context import KGContext  # noqa: E402
 from src.edit.methods import EditEnvironment, build_editor, memit  # noqa: E402
-from src.edit.prompt_probe import PromptProbe  # noqa: E402
+from src.edit.evaluation.prompt_probe import PromptProbe  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.utils.device import resolve_device  # noqa: E402

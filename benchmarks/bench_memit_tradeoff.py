@@ -21,15 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit.eval_metrics import KGEvaluator  # noqa: E402
-from src.edit.prompt_probe import PromptProbe  # noqa: E402
+from src.edit.evaluation.metrics import KGEvaluator  # noqa: E402
+from src.edit.evaluation.prompt_probe import PromptProbe  # noqa: E402
 from src.pipelines.evaluate_methods import default_corpus  # noqa: E402
-from src.edit.evaluation import draw_requests  # noqa: E402
+from src.edit.evaluation.requests import draw_requests  # noqa: E402
 from src.edit.methods import EditEnvironment, build_editor  # noqa: E402
 from src.edit.methods.memit import MEMITHyperParams  # noqa: E402
-from src.edit.prompts import answer_token_id  # noqa: E402
-from src.edit.rewrite import rewrite_set  # noqa: E402
-from src.edit.model_layout import apply_update  # noqa: E402
+from src.edit.prompts.encoding import answer_token_id  # noqa: E402
+from src.edit.prompts.rewrite import rewrite_set  # noqa: E402
+from src.edit.model.layout import apply_update  # noqa: E402
 from src.utils.config import parse_overrides  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit.speedups import frozen_parameters, fused_activations  # noqa: E402
-from src.edit.hooks import Trace  # noqa: E402
-from src.edit.model_layout import ModelLayout  # noqa: E402
-from src.edit.prompt_batch import PromptBatch  # noqa: E402
-from src.edit.resumed_forward import ResumedForward  # noqa: E402
+from src.edit.model.speedups import frozen_parameters, fused_activations  # noqa: E402
+from src.edit.model.hooks import Trace  # noqa: E402
+from src.edit.model.layout import ModelLayout  # noqa: E402
+from src.edit.prompts.batch import PromptBatch  # noqa: E402
+from src.edit.model.resumed_forward import ResumedForward  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 
 PROMPT_LENGTHS = [2] + [6, 5] * 5 + [2] * 7

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit.eval_metrics import KGEvaluator  # noqa: E402
+from src.edit.evaluation.metrics import KGEvaluator  # noqa: E402
 from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E402
-from src.edit.evaluation import draw_requests  # noqa: E402
-from src.edit.kg_context import KGContext  # noqa: E402
+from src.edit.evaluation.requests import draw_requests  # noqa: E402
+from src.edit.prompts.kg_context import KGContext  # noqa: E402
 from src.edit.methods import EditEnvironment  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402

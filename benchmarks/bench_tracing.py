@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.causal_tracing import KINDS, CausalTracer, TraceRequest  # noqa: E402
-from src.edit.prompts import encode_fact_prompt  # noqa: E402
+from src.edit.prompts.encoding import encode_fact_prompt  # noqa: E402
 from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.causal_tracing import KINDS, CausalTracer  # noqa: E402
-from src.edit.evaluation import draw_requests, mean_interval  # noqa: E402
+from src.edit.evaluation.requests import draw_requests, mean_interval  # noqa: E402
 from src.pipelines.locate_sample import sample_facts  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
 from src.edit.reference.plain_tracing import plain_trace  # noqa: E402

@@ -9,12 +9,12 @@ import torch
 
 import run_editing_eval
 from src.cli.common import run_cli
-from src.edit.eval_metrics import KGEvaluator
+from src.edit.evaluation.metrics import KGEvaluator
 from src.pipelines.evaluate_methods import read_records, run_method, summarize
-from src.edit.evaluation import EditRequest, draw_requests
-from src.edit.kg_context import KGContext
+from src.edit.evaluation.requests import EditRequest, draw_requests
+from src.edit.prompts.kg_context import KGContext
 from src.edit.methods import EditEnvironment
-from src.edit.prompt_probe import PromptProbe
+from src.edit.evaluation.prompt_probe import PromptProbe
 from src.lm.evaluate import first_token_id
 from tests.conftest import REPO_ROOT
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from src.edit.evaluation import EditRequest, draw_requests
+from src.edit.evaluation.requests import EditRequest, draw_requests
 from src.edit.methods import METHODS, EditEnvironment, apply_method, build_editor
 from src.edit.methods.memit import MEMITHyperParams
 from src.lm.evaluate import predict_objects
@@ -89,7 +89,7 @@ def test_memit_layer_update_solves_its_normal_equations(tiny_model, env):
     keys = torch.randn(5, d_ff, generator=generator, dtype=torch.float64)
     residual = torch.randn(5, editor.layout.hidden_size, generator=generator, dtype=torch.float64)
     update = editor._layer_update(1, keys, residual)
-    from src.edit.second_moment import load_or_compute_second_moment
+    from src.edit.rank_one.key_statistics import load_or_compute_second_moment
 
     moment, cached = load_or_compute_second_moment(editor._statistics_model, tokenizer, env.corpus_path, 1, 0,
                                                    cache_dir=env.stats_dir, progress=False)
@@ -136,7 +136,7 @@ def test_each_default_hparams_file_matches_the_method_defaults(method):
 
 def test_sequential_rome_config_fixes_the_layer_and_keeps_each_methods_key_mixture():
     from src.edit.methods.rome_editor import load_rome_original_hparams
-    from src.edit.rome_hparams import load_hparams as load_rome_hparams
+    from src.edit.rank_one.hparams import load_hparams as load_rome_hparams
     from tests.conftest import REPO_ROOT
 
     path = REPO_ROOT / "configs" / "rome_sequential_gpt_small.yaml"

@@ -1,6 +1,6 @@
 import math
 
-from src.edit.evaluation import draw_requests, mean_interval
+from src.edit.evaluation.requests import draw_requests, mean_interval
 from src.kg.graph import Fact, KnowledgeGraph
 
 

@@ -12,11 +12,11 @@ import torch
 import run_editing_single
 import run_locating_batch
 from src.cli.common import run_cli
-from src.edit.block_call import BlockCall, RecordKeysValues
+from src.edit.model.block_call import BlockCall, RecordKeysValues
 from src.edit.causal_tracing import CausalTracer, TraceRequest
-from src.edit.hooks import RecordCall
+from src.edit.model.hooks import RecordCall
 from src.pipelines.locate_sample import load_results
-from src.edit.model_layout import ModelLayout
+from src.edit.model.layout import ModelLayout
 from src.edit.rome import ROME
 from src.edit.reference.plain_tracing import plain_trace
 from src.lm.config import TokenizerConfig, TrainConfig

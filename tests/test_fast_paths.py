@@ -9,14 +9,14 @@ import pytest
 import torch
 from transformers.activations import NewGELUActivation
 
-from src.edit.block_call import cache_argument
-from src.edit.speedups import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
-from src.edit.hooks import Trace
+from src.edit.model.block_call import cache_argument
+from src.edit.model.speedups import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
+from src.edit.model.hooks import Trace
 from src.edit.methods.memit import LastTokenReadout
-from src.edit.model_layout import ModelLayout
-from src.edit.prompt_batch import PromptBatch
-from src.edit.prompt_probe import PromptProbe
-from src.edit.resumed_forward import ResumedForward
+from src.edit.model.layout import ModelLayout
+from src.edit.prompts.batch import PromptBatch
+from src.edit.evaluation.prompt_probe import PromptProbe
+from src.edit.model.resumed_forward import ResumedForward
 from src.edit.rome import ROME
 from src.lm.families import FAMILIES
 from tests.tiny_models import tiny_family_model, tiny_gpt2, tiny_tokenizer
@@ -42,7 +42,7 @@ def test_shared_stems_are_chunked_like_whole_prompts(monkeypatch):
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
     whole = PromptProbe(tokenizer, PAIRS, share_stems=False).probabilities(model)
-    monkeypatch.setattr("src.edit.prompt_probe.rows_per_forward", lambda model, tokens: 3)  # 3 stems, then 3 rows
+    monkeypatch.setattr("src.edit.evaluation.prompt_probe.rows_per_forward", lambda model, tokens: 3)  # 3 stems, then 3 rows
     torch.testing.assert_close(PromptProbe(tokenizer, PAIRS).probabilities(model), whole, atol=2e-6, rtol=1e-5)
 
 

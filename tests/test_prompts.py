@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from src.edit.causal_tracing import CausalTracer
-from src.edit.prompt_batch import PromptBatch, pad_id
-from src.edit.prompts import encode_fact_prompt
+from src.edit.prompts.batch import PromptBatch, pad_id
+from src.edit.prompts.encoding import encode_fact_prompt
 from src.edit.rome import ROME
 from src.edit.reference.plain_tracing import plain_trace
 from src.lm.evaluate import encode_prompt, starts_with_bos

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from src.edit.model_layout import ModelLayout
-from src.edit.linalg import combine_keys, null_space_projector, solve_psd
-from src.edit.model_layout import apply_update
+from src.edit.model.layout import ModelLayout
+from src.edit.rank_one.linalg import combine_keys, null_space_projector, solve_psd
+from src.edit.model.layout import apply_update
 from src.edit.rome import ROME, RankOneUpdate
-from src.edit.rome_hparams import ROMEHyperParams, load_hparams
-from src.edit.second_moment import load_or_compute_second_moment, stats_key
+from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
+from src.edit.rank_one.key_statistics import load_or_compute_second_moment, stats_key
 from src.utils.errors import InputError
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import tiny_gpt2, tiny_tokenizer
@@ -306,8 +306,8 @@ def test_null_space_update_leaves_the_preserved_key_directions_unchanged(tiny_co
 
 
 def test_fact_prompt_statistics_are_the_last_token_keys_of_every_fact(tiny_model, tiny_kg, tmp_path):
-    from src.edit.hooks import Trace
-    from src.edit.kg_context import KGContext
+    from src.edit.model.hooks import Trace
+    from src.edit.prompts.kg_context import KGContext
 
     model, tokenizer = tiny_model
     moment, cached = load_or_compute_second_moment(model, tokenizer, tiny_kg.corpus_path, 1, 0, cache_dir=tmp_path,

@@ -14,7 +14,7 @@ import run_editing_single
 import run_locating_batch
 from src.cli.common import run_cli
 from src.edit.causal_tracing import CausalTracer
-from src.edit.evaluation import EditRequest
+from src.edit.evaluation.requests import EditRequest
 from src.pipelines.locate_sample import load_results
 from src.edit.methods import EditEnvironment, build_editor
 from src.edit.rome import ROME

@@ -14,7 +14,7 @@ This implementation gives the numbers of the original one-forward-per-restoratio
 - restoring token t changes no token before it, so only tokens t.. are recomputed (one pass over the blocks per
   first recomputed token), attending to the keys and values the corrupted run recorded for the others; restoring
   the subject's first token's block output makes every token up to it clean, so only the tokens after it are
-  recomputed, over the clean run's keys and values (`src.edit.block_call`);
+  recomputed, over the clean run's keys and values (`src.edit.model.block_call`);
 - GPT-2's "gelu_new" activation runs as torch's fused tanh-GELU kernel while tracing (same formula).
 """
 
@@ -28,12 +28,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.block_call import BlockCall, RecordKeysValues
-from src.edit.speedups import fused_activations
-from src.edit.hooks import RecordCall, Trace, TraceDict
-from src.edit.model_layout import ModelLayout
-from src.edit.prompts import EncodedPrompt, answer_token_id, encode_fact_prompt
-from src.edit.trace_results import (EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult, default_window,
+from src.edit.model.block_call import BlockCall, RecordKeysValues
+from src.edit.model.speedups import fused_activations
+from src.edit.model.hooks import RecordCall, Trace, TraceDict
+from src.edit.model.layout import ModelLayout
+from src.edit.prompts.encoding import EncodedPrompt, answer_token_id, encode_fact_prompt
+from src.edit.tracing.results import (EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult, default_window,
                                     normalize_kind, window_layers)
 from src.utils.batching import batches_by_key
 from src.utils.device import resolve_device
@@ -73,7 +73,7 @@ class CausalTracer:
     """Causal tracing for a causal LM and its tokenizer.
 
     Args:
-        model, tokenizer: any supported family (see `src.edit.model_layout`); the model is moved to `device`.
+        model, tokenizer: any supported family (see `src.edit.model.layout`); the model is moved to `device`.
         device: "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N".
         subjects: entity names whose token embeddings define sigma, the embedding std that `noise_level` multiplies
             (the original pools the embeddings of subject tokens); default: all non-special vocabulary tokens.

@@ -17,7 +17,7 @@ For an edit s r -> o* at layer l, with W the MLP output projection (out(k) = W k
 A target of m > 1 tokens (subword pieces) edited at the last token is read at m positions: the prompt's last
 token and each teacher-forced piece but the last, each predicting the next piece. The update then gives delta in
 full at the m mean keys k*_1..k*_m, still rank one: u = C^-1 K^T a with K's rows k*_1 .. k*_m and a chosen so that
-u . k*_j is the same for every j (`src.edit.linalg.combine_keys`); with key_mode "consistent" and C^-1 (no null-space
+u . k*_j is the same for every j (`src.edit.rank_one.linalg.combine_keys`); with key_mode "consistent" and C^-1 (no null-space
 projector) it is the least-change (under C) update with W' k*_j = W k*_j + delta for all j. key_mode "original"
 gives delta in full at the bare prompt's piece keys instead. With m = 1 this is steps 2 and 4 as above. (The original edits multi-token targets at the
 subject's last token only; `fact_token: subject_last` does that here.)
@@ -38,17 +38,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.causal_tracing import CausalTracer, LocateResult
-from src.edit.decoding import decode_ids, greedy_decode, sequence_probs
-from src.edit.kg_context import KGContext, prefix_text
-from src.edit.linalg import PSDSolver, null_space_projector, solve_psd
-from src.edit.model_layout import ModelLayout, apply_update
-from src.edit.prompts import EncodedPrompt, check_known_words, encode_fact_prompt
+from src.edit.prompts.decoding import decode_ids, greedy_decode, sequence_probs
+from src.edit.prompts.kg_context import KGContext, prefix_text
+from src.edit.rank_one.linalg import PSDSolver, null_space_projector, solve_psd
+from src.edit.model.layout import ModelLayout, apply_update
+from src.edit.prompts.encoding import EncodedPrompt, check_known_words, encode_fact_prompt
 from src.edit.rank_one.delta import compute_delta
 from src.edit.rank_one.keys import compute_k_star, compute_keys
 from src.edit.rank_one.update import RankOneUpdate, compute_u
-from src.edit.rewrite import prompt_weights
-from src.edit.rome_hparams import ROMEHyperParams, load_hparams
-from src.edit.second_moment import load_or_compute_second_moment
+from src.edit.prompts.rewrite import prompt_weights
+from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
+from src.edit.rank_one.key_statistics import load_or_compute_second_moment
 from src.kg.graph import Fact
 from src.lm.evaluate import object_token_ids
 from src.utils.device import resolve_device
@@ -348,7 +348,7 @@ class ROME:
         )
 
     def _prompt_weights(self, n_rewrite: int) -> torch.Tensor:
-        """Weights of the rewrite prompts in k* and in the NLL (float32; see `src.edit.rewrite.prompt_weights`)."""
+        """Weights of the rewrite prompts in k* and in the NLL (float32; see `src.edit.prompts.rewrite.prompt_weights`)."""
         return prompt_weights(n_rewrite, self.hparams.bare_prompt_weight).float()
 
     def _key_covariance(self, model: PreTrainedModel, layer: int, size: int) -> torch.Tensor | None:

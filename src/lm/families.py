@@ -1,5 +1,5 @@
 """The supported model families, in one table: how each is built from a `ModelConfig` (`build_model`) and where
-its modules sit (`src.edit.model_layout.ModelLayout` reads `paths`). A family is chosen by `config.model_type`,
+its modules sit (`src.edit.model.layout.ModelLayout` reads `paths`). A family is chosen by `config.model_type`,
 never by a model's name.
 """
 

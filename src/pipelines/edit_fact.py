@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from src.edit.causal_tracing import KINDS, TraceResult
-from src.edit.decoding import decode_ids, greedy_decode, sequence_probs
-from src.edit.kg_context import KGContext
-from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import check_known_words, encode_fact_prompt
+from src.edit.prompts.decoding import decode_ids, greedy_decode, sequence_probs
+from src.edit.prompts.kg_context import KGContext
+from src.edit.prompts.batch import PromptBatch
+from src.edit.prompts.encoding import check_known_words, encode_fact_prompt
 from src.edit.rome import ROME, EditResult
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import Fact

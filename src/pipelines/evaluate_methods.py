@@ -24,12 +24,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.eval_metrics import CheckpointRecord, EditRecord, EvalCase, KGEvaluator
-from src.edit.evaluation import EditRequest, draw_requests, mean_interval
-from src.edit.kg_context import KGContext
+from src.edit.evaluation.metrics import CheckpointRecord, EditRecord, EvalCase, KGEvaluator
+from src.edit.evaluation.requests import EditRequest, draw_requests, mean_interval
+from src.edit.prompts.kg_context import KGContext
 from src.edit.methods import METHODS, EditEnvironment, build_editor, method_spec
-from src.edit.prompt_probe import PromptProbe
-from src.edit.prompts import single_token_id
+from src.edit.evaluation.prompt_probe import PromptProbe
+from src.edit.prompts.encoding import single_token_id
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import KnowledgeGraph, query_text, read_graph_jsonl
 from src.lm.model import load_model, require_model_dir

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from src.edit.causal_tracing import (FACTS_PER_FORWARD, KINDS, CausalTracer, TraceRequest, TraceResult,
                                      default_window, normalize_kind)
-from src.edit.prompts import check_known_words
-from src.edit.trace_stats import average_effects
+from src.edit.prompts.encoding import check_known_words
+from src.edit.tracing.stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
 from src.lm.evaluate import object_predictions
 from src.lm.model import load_model

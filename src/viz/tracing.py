@@ -15,7 +15,7 @@ from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
 from tqdm.auto import tqdm
 
 from src.edit.causal_tracing import TraceResult
-from src.edit.trace_stats import TOKEN_GROUPS, AverageEffects
+from src.edit.tracing.stats import TOKEN_GROUPS, AverageEffects
 from src.viz.figures import save_figure
 
 # green = negative indirect effect, white = none, red = positive (the usage guide's convention)

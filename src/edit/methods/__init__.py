@@ -13,12 +13,12 @@ from typing import Any, Mapping, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.evaluation import EditRequest
+from src.edit.evaluation.requests import EditRequest
 from src.edit.methods.base import EditEnvironment, Editor, MethodOutput, MethodSpec, RequestInfo
 from src.edit.methods.ft import load_ft_hparams, make_ft
 from src.edit.methods.memit import load_memit_hparams, make_memit
 from src.edit.methods.rome_editor import load_rome_original_hparams, make_rome, make_rome_original
-from src.edit.rome_hparams import load_hparams as load_rome_hparams
+from src.edit.rank_one.hparams import load_hparams as load_rome_hparams
 from src.utils.errors import InputError
 
 METHODS: dict[str, MethodSpec] = {

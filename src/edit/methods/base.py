@@ -9,11 +9,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.evaluation import EditRequest
-from src.edit.kg_context import KGContext
-from src.edit.model_layout import ModelLayout
-from src.edit.prompts import check_known_words, single_token_id
-from src.edit.rewrite import RewriteSet, rewrite_set
+from src.edit.evaluation.requests import EditRequest
+from src.edit.prompts.kg_context import KGContext
+from src.edit.model.layout import ModelLayout
+from src.edit.prompts.encoding import check_known_words, single_token_id
+from src.edit.prompts.rewrite import RewriteSet, rewrite_set
 
 
 @dataclass(frozen=True)

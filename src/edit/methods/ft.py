@@ -19,10 +19,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.causal_tracing import CausalTracer
-from src.edit.evaluation import EditRequest
+from src.edit.evaluation.requests import EditRequest
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
-from src.edit.prompt_batch import PromptBatch
-from src.edit.rewrite import RewriteSet
+from src.edit.prompts.batch import PromptBatch
+from src.edit.prompts.rewrite import RewriteSet
 from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 

@@ -27,18 +27,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.evaluation import EditRequest
-from src.edit.speedups import frozen_parameters, fused_activations
-from src.edit.hooks import Trace
+from src.edit.evaluation.requests import EditRequest
+from src.edit.model.speedups import frozen_parameters, fused_activations
+from src.edit.model.hooks import Trace
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
-from src.edit.linalg import solve_psd
-from src.edit.model_layout import ModelLayout, apply_update
-from src.edit.prompt_batch import PromptBatch
-from src.edit.resumed_forward import ResumedForward
+from src.edit.rank_one.linalg import solve_psd
+from src.edit.model.layout import ModelLayout, apply_update
+from src.edit.prompts.batch import PromptBatch
+from src.edit.model.resumed_forward import ResumedForward
 from src.edit.rank_one.keys import mlp_keys
-from src.edit.rewrite import RewriteSet, last_positions
-from src.edit.rome_hparams import MOM2_SOURCES
-from src.edit.second_moment import load_or_compute_second_moment
+from src.edit.prompts.rewrite import RewriteSet, last_positions
+from src.edit.rank_one.hparams import MOM2_SOURCES
+from src.edit.rank_one.key_statistics import load_or_compute_second_moment
 from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 

@@ -12,10 +12,10 @@ from typing import Any, Mapping, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.evaluation import EditRequest
+from src.edit.evaluation.requests import EditRequest
 from src.edit.methods.base import EditEnvironment, MethodOutput, RequestInfo
 from src.edit.rome import ROME
-from src.edit.rome_hparams import ROMEHyperParams, load_hparams
+from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
 from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 

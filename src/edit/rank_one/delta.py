@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.speedups import frozen_parameters, fused_activations
-from src.edit.hooks import Trace
-from src.edit.model_layout import ModelLayout
-from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import EncodedPrompt
+from src.edit.model.speedups import frozen_parameters, fused_activations
+from src.edit.model.hooks import Trace
+from src.edit.model.layout import ModelLayout
+from src.edit.prompts.batch import PromptBatch
+from src.edit.prompts.encoding import EncodedPrompt
 from src.edit.rank_one.keys import edit_positions, pieces_read
-from src.edit.resumed_forward import ResumedForward
-from src.edit.rome_hparams import ROMEHyperParams
+from src.edit.model.resumed_forward import ResumedForward
+from src.edit.rank_one.hparams import ROMEHyperParams
 
 
 def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,

@@ -12,11 +12,11 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.hooks import Trace
-from src.edit.model_layout import ModelLayout
-from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import EncodedPrompt
-from src.edit.speedups import fused_activations, rows_per_forward
+from src.edit.model.hooks import Trace
+from src.edit.model.layout import ModelLayout
+from src.edit.prompts.batch import PromptBatch
+from src.edit.prompts.encoding import EncodedPrompt
+from src.edit.model.speedups import fused_activations, rows_per_forward
 
 
 def edit_positions(prompts: list[EncodedPrompt], fact_token: str) -> list[int]:

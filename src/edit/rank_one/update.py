@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from src.edit.linalg import combine_keys
+from src.edit.rank_one.linalg import combine_keys
 from src.utils.errors import InputError
 
 
@@ -16,7 +16,7 @@ class RankOneUpdate:
     """The update dW = delta u^T / (u . key) in (d_model, d_ff) convention: out'(k) = out(k) + dW k.
 
     k_star: mean key over the rewrite prompts (for several keys, their combination K^T a, see
-    `src.edit.linalg.combine_keys`); key: the key of the denominator (k_star, or the bare prompt's key for key_mode
+    `src.edit.rank_one.linalg.combine_keys`); key: the key of the denominator (k_star, or the bare prompt's key for key_mode
     "original"); u = C^-1 k_star. keys: (m, d_ff) the mean keys, one per position a target token is read at (m = 1:
     k_star itself). All float64 on the CPU.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.edit.model_layout import ModelLayout
+from src.edit.model.layout import ModelLayout
 
 
 def _set_first(output, tensor):

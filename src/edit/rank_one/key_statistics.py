@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.hooks import Trace
-from src.edit.kg_context import KGContext
-from src.edit.model_layout import ModelLayout
+from src.edit.model.hooks import Trace
+from src.edit.prompts.kg_context import KGContext
+from src.edit.model.layout import ModelLayout
 from src.kg.corpus import require_corpus_file
 from src.lm.evaluate import encode_prompt, starts_with_bos
 from src.utils.batching import batches_by_key

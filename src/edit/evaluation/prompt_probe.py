@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.block_call import cache_argument
-from src.edit.speedups import fused_activations, rows_per_forward
+from src.edit.model.block_call import cache_argument
+from src.edit.model.speedups import fused_activations, rows_per_forward
 from src.lm.evaluate import encode_prompt, starts_with_bos
 from src.utils.batching import batches_by_key
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.activations import NewGELUActivation
 
-from src.edit.hooks import swap_modules
+from src.edit.model.hooks import swap_modules
 
 # Activation elements per forward (rows x tokens x widest hidden layer): 2M float32 = 8 MiB per tensor.
 ACTIVATION_BUDGET = 2 ** 21

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from src.edit.kg_context import KGContext, prefix_text
-from src.edit.prompts import EncodedPrompt, encode_fact_prompt
+from src.edit.prompts.kg_context import KGContext, prefix_text
+from src.edit.prompts.encoding import EncodedPrompt, encode_fact_prompt
 from src.kg.graph import Fact
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.evaluation import EditRequest
-from src.edit.kg_context import prefix_text
-from src.edit.prompt_probe import PromptProbe
-from src.edit.prompts import single_token_id
+from src.edit.evaluation.requests import EditRequest
+from src.edit.prompts.kg_context import prefix_text
+from src.edit.evaluation.prompt_probe import PromptProbe
+from src.edit.prompts.encoding import single_token_id
 from src.kg.graph import Fact, query_text
 from src.utils.errors import InputError
 

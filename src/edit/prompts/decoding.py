@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.prompt_batch import PromptBatch
-from src.edit.prompts import EncodedPrompt
+from src.edit.prompts.batch import PromptBatch
+from src.edit.prompts.encoding import EncodedPrompt
 from src.lm.evaluate import greedy_ids
 
 

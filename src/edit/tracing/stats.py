@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from src.edit.causal_tracing import TraceResult
+from src.edit.tracing.results import TraceResult
 
 TOKEN_GROUPS = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from src.edit.hooks import primary
+from src.edit.model.hooks import primary
 
 CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past")  # what the block calls its Cache, by family / version
 _SEQUENCE_ARGUMENTS = {"attention_mask", "position_ids", "position_embeddings", "cache_position"}

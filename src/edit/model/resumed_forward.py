@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from src.edit.block_call import BlockCall
-from src.edit.hooks import RecordCall, Trace
-from src.edit.model_layout import ModelLayout
-from src.edit.prompt_batch import PromptBatch
+from src.edit.model.block_call import BlockCall
+from src.edit.model.hooks import RecordCall, Trace
+from src.edit.model.layout import ModelLayout
+from src.edit.prompts.batch import PromptBatch
 
 
 class ResumedForward:

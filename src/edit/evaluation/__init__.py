@@ -1,0 +1,1 @@
+"""Edit requests and the metrics of edits."""

@@ -1,0 +1,1 @@
+"""Prompts: encoding, subject ranges, batches, greedy decoding, KG context prefixes, rewrite prompts."""

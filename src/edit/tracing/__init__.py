@@ -1,0 +1,1 @@
+"""Causal tracing's engine, result types and averages; the public face is `src.edit.causal_tracing`."""
