@@ -151,7 +151,7 @@ def test_resumed_forward_equals_the_whole_forward_with_a_hook(family, side):
 
 def test_rome_reads_and_factorises_the_initial_statistics_once_per_layer(tiny_model, tiny_kg, tmp_path, monkeypatch):
     """Sequential in-place edits on one layer: C is read once, factorised once, and u = C^-1 k* as a fresh solve."""
-    import src.edit.rome as rome_module
+    import src.edit.rank_one.covariance as rome_module
 
     model, tokenizer = tiny_model
     reads, factorisations, solves = [], [], []

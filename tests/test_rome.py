@@ -274,9 +274,9 @@ def test_past_keys_weight_keeps_a_new_update_off_earlier_edits_keys(tiny_corpus,
                     progress=False, statistics_from="initial")
         _, first = rome.apply_edit("a", "r", "z", copy_model=False)
         _, second = rome.apply_edit("c", "r", "y", copy_model=False)
-        assert len(rome._past_keys.get(2, [])) == (2 if weight else 0)
+        assert len(rome.covariance.past_keys.get(2, [])) == (2 if weight else 0)
         rome.forget_past_edits()
-        assert rome._past_keys == {}
+        assert rome.covariance.past_keys == {}
         k_first = first._update.k_star
         return float((second._update.matrix() @ k_first).norm() / second._update.delta.norm())
 

@@ -33,47 +33,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.causal_tracing import CausalTracer, LocateResult
-from src.edit.prompts.decoding import decode_ids, greedy_decode, sequence_probs
-from src.edit.prompts.kg_context import KGContext, prefix_text
-from src.edit.rank_one.linalg import PSDSolver, null_space_projector, solve_psd
+from src.edit.evaluation.edit_checks import EditMetrics, edit_metrics, edit_predictions
 from src.edit.model.layout import ModelLayout, apply_update
-from src.edit.prompts.encoding import EncodedPrompt, check_known_words, encode_fact_prompt
+from src.edit.prompts.decoding import decode_ids, greedy_decode, sequence_probs
+from src.edit.prompts.encoding import check_known_words, encode_fact_prompt
+from src.edit.prompts.kg_context import KGContext
+from src.edit.prompts.rewrite import ROMEPrompts, prompt_weights, rome_prompts
+from src.edit.rank_one.covariance import KeyCovariance
 from src.edit.rank_one.delta import compute_delta
+from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
 from src.edit.rank_one.keys import compute_k_star, compute_keys
 from src.edit.rank_one.update import RankOneUpdate, compute_u
-from src.edit.prompts.rewrite import prompt_weights
-from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
-from src.edit.rank_one.key_statistics import load_or_compute_second_moment
-from src.kg.graph import Fact
 from src.lm.evaluate import object_token_ids
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
-
-
-@dataclass(frozen=True)
-class EditMetrics:
-    """Fractions over the edit's evaluation prompts (None when there was nothing to measure).
-
-    generalization_prefix: target is top-1 behind context prefixes NOT used to compute the edit.
-    generalization_alias: target is top-1 with the relation's alias (`R_04_alt`), where the corpus has aliases.
-    specificity_subject: the subject's other facts keep their predictions. specificity_other: other subjects' facts do.
-    """
-
-    generalization_prefix: float | None
-    generalization_alias: float | None
-    specificity_subject: float | None
-    specificity_other: float | None
-    num_prefix_prompts: int
-    num_subject_facts: int
-    num_other_facts: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -114,17 +91,6 @@ class EditResult:
         return data
 
 
-@dataclass
-class _EditPrompts:
-    rewrite: list[EncodedPrompt]
-    kl: list[EncodedPrompt]
-    eval_prefix: list[EncodedPrompt]
-    eval_alias: list[EncodedPrompt]
-    subject_facts: list[Fact]
-    other_facts: list[Fact]
-    context_facts: list[Fact]
-
-
 class ROME:
     """Rank-One Model Editing.
 
@@ -161,13 +127,9 @@ class ROME:
         self.corpus_path = Path(kg_corpus_path) if kg_corpus_path is not None else None
         self.kg = KGContext.from_corpus(self.corpus_path) if self.corpus_path is not None else None
         self.use_mom2_adjustment = use_mom2_adjustment
-        self.stats_dir = stats_dir
-        if statistics_from not in ("current", "initial"):
-            raise InputError(f"statistics_from must be current or initial, got '{statistics_from}'")
-        self._statistics_model = copy.deepcopy(model) if statistics_from == "initial" else None
         self.progress = progress
-        self._past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> k* of in-place edits (past_keys_weight > 0)
-        self._initial_statistics: dict[int, PSDSolver] = {}  # layer -> initial C, read and factorised once
+        self.covariance = KeyCovariance(model, tokenizer, self.corpus_path, self.hparams, use_mom2_adjustment,
+                                        stats_dir, progress, statistics_from)
         if self.kg is None:
             warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
                           "term on the subject's other facts; edits will be less specific", stacklevel=2)
@@ -231,8 +193,9 @@ class ROME:
             located = located or self._locate(s, r, "auto")
             fact_token = located.position
 
-        prompts = self._prompts(s, r)
-        eval_before = self._eval_predictions(model, prompts, target_ids) if measure else None
+        prompts = rome_prompts(self.tokenizer, self.kg, s, r, hp.num_context_prefixes, hp.num_eval_prefixes,
+                               hp.num_eval_other_facts, hp.seed)
+        eval_before = edit_predictions(model, self.tokenizer, prompts, target_ids) if measure else None
         edited = copy.deepcopy(model) if copy_model else model
         weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         for retry in self._retry_layers(located, layer_used) if layer_source == "located" else []:
@@ -243,8 +206,8 @@ class ROME:
             layer_used, layer_source = retry, "located (retry)"
             weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
         if not copy_model and hp.past_keys_weight > 0:
-            self._past_keys.setdefault(layer_used, []).extend(update.keys)
-        metrics = (self._metrics(prompts, eval_before, self._eval_predictions(edited, prompts, target_ids), target_ids)
+            self.covariance.remember(layer_used, update.keys)
+        metrics = (edit_metrics(eval_before, edit_predictions(edited, self.tokenizer, prompts, target_ids), target_ids)
                    if measure else None)
         return edited, result(
             edited, "edited", layer_used, layer_source, fact_token, update_norm=float(update.matrix().norm()),
@@ -292,105 +255,15 @@ class ROME:
         order = sorted(range(len(located.effects)), key=lambda l: (-located.effects[l], l))
         return [l for l in order if l != tried][: self.hparams.layer_retries]
 
-    def _prompts(self, s: str, r: str) -> _EditPrompts:
-        hp, kg = self.hparams, self.kg
-        rng = np.random.default_rng([hp.seed, 7])
-        bare = encode_fact_prompt(self.tokenizer, s, r)
-        if kg is None:
-            return _EditPrompts([bare], [], [], [], [], [], [])
-        subject_facts = [f for f in kg.facts_of(s) if f.r != r]
-        prefix_facts = kg.sample_facts(hp.num_context_prefixes + hp.num_eval_prefixes, rng, exclude_subjects={s})
-        train_prefixes = prefix_facts[: hp.num_context_prefixes]
-        eval_prefixes = prefix_facts[hp.num_context_prefixes :]
-        alias = kg.aliases.get(r)
-        known_alias = alias is not None and self.tokenizer.unk_token_id not in self.tokenizer(alias, add_special_tokens=False)["input_ids"]
-        others = kg.sample_facts(hp.num_eval_other_facts, rng, exclude_subjects={s})
-        return _EditPrompts(
-            rewrite=[bare] + [encode_fact_prompt(self.tokenizer, s, r, prefix_text(f)) for f in train_prefixes],
-            kl=[encode_fact_prompt(self.tokenizer, f.s, f.r) for f in subject_facts],
-            eval_prefix=[encode_fact_prompt(self.tokenizer, s, r, prefix_text(f)) for f in eval_prefixes],
-            eval_alias=[encode_fact_prompt(self.tokenizer, s, alias)] if known_alias else [],
-            subject_facts=subject_facts,
-            other_facts=others,
-            context_facts=train_prefixes,
-        )
-
-    def _eval_predictions(self, model: PreTrainedModel, prompts: _EditPrompts,
-                          target_ids: tuple[int, ...]) -> dict[str, list[tuple[int, ...]]]:
-        """Greedy predictions: as long as the target behind the edited prompts, as long as each fact's object
-        behind the other facts' prompts."""
-        facts = {"subject": prompts.subject_facts, "other": prompts.other_facts}
-        groups = {"prefix": prompts.eval_prefix, "alias": prompts.eval_alias,
-                  **{name: [encode_fact_prompt(self.tokenizer, f.s, f.r) for f in group] for name, group in facts.items()}}
-        lengths = {"prefix": [len(target_ids)] * len(prompts.eval_prefix),
-                   "alias": [len(target_ids)] * len(prompts.eval_alias),
-                   **{name: [len(object_token_ids(self.tokenizer, f.o)) for f in group] for name, group in facts.items()}}
-        flat = [p for group in groups.values() for p in group]
-        predictions = greedy_decode(model, flat, [n for name in groups for n in lengths[name]])
-        out, start = {}, 0
-        for name, group in groups.items():
-            out[name] = predictions[start : start + len(group)]
-            start += len(group)
-        return out
-
-    @staticmethod
-    def _metrics(prompts: _EditPrompts, before: dict, after: dict, target_ids: tuple[int, ...]) -> EditMetrics:
-        def share(values: list[bool]) -> float | None:
-            return float(np.mean(values)) if values else None
-
-        return EditMetrics(
-            generalization_prefix=share([p == target_ids for p in after["prefix"]]),
-            generalization_alias=share([p == target_ids for p in after["alias"]]),
-            specificity_subject=share([a == b for a, b in zip(after["subject"], before["subject"])]),
-            specificity_other=share([a == b for a, b in zip(after["other"], before["other"])]),
-            num_prefix_prompts=len(after["prefix"]), num_subject_facts=len(after["subject"]),
-            num_other_facts=len(after["other"]),
-        )
-
     def _prompt_weights(self, n_rewrite: int) -> torch.Tensor:
         """Weights of the rewrite prompts in k* and in the NLL (float32; see `src.edit.prompts.rewrite.prompt_weights`)."""
         return prompt_weights(n_rewrite, self.hparams.bare_prompt_weight).float()
 
-    def _key_covariance(self, model: PreTrainedModel, layer: int, size: int) -> torch.Tensor | None:
-        """C for `layer`: on the initial weights (`statistics_from="initial"`), read and factorised once per layer and
-        kept (float64); on the current weights, from the statistics cache (keyed by the weights) every time."""
-        if not self.use_mom2_adjustment or self.corpus_path is None:
-            return None
-        if self._statistics_model is not None and layer in self._initial_statistics:
-            return self._initial_statistics[layer].matrix
-        moment, _ = load_or_compute_second_moment(
-            self._statistics_model or model, self.tokenizer, self.corpus_path, layer, self.hparams.mom2_n_samples,
-            self.hparams.mom2_dtype, self.stats_dir, self.progress, self.hparams.mom2_source)
-        if moment.shape != (size, size):
-            raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
-        if self._statistics_model is not None:
-            self._initial_statistics[layer] = PSDSolver(moment)
-            return self._initial_statistics[layer].matrix
-        return moment
-
-    def _solve(self, layer: int, moment: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
-        """C^-1 k*; C's factorisation is kept per layer while C is the initial weights' (no past keys added)."""
-        initial = self._initial_statistics.get(layer)
-        if initial is None or moment is not initial.matrix:
-            return solve_psd(moment, k_star)
-        return initial.solve(k_star)
-
-    def _with_past_keys(self, moment: torch.Tensor | None, layer: int, size: int) -> torch.Tensor | None:
-        """C + past_keys_weight * sum_i k_i k_i^T over the k* of this ROME's earlier in-place edits at `layer`, so that
-        u = C^-1 k* is nearly orthogonal to them and a new edit leaves the earlier ones in place (C = I without a
-        corpus)."""
-        past = self._past_keys.get(layer)
-        if not past or self.hparams.past_keys_weight == 0:
-            return moment
-        keys = torch.stack(past).double()
-        base = moment.double() if moment is not None else torch.eye(size, dtype=torch.float64)
-        return base + self.hparams.past_keys_weight * keys.T @ keys
-
     def forget_past_edits(self) -> None:
         """Drop the remembered keys of earlier in-place edits (e.g. after restoring the weights they changed)."""
-        self._past_keys.clear()
+        self.covariance.forget()
 
-    def _edit(self, model: PreTrainedModel, prompts: _EditPrompts, layer: int, fact_token: str,
+    def _edit(self, model: PreTrainedModel, prompts: ROMEPrompts, layer: int, fact_token: str,
               target_ids: tuple[int, ...]) -> tuple[str, torch.Tensor, RankOneUpdate, int]:
         """Compute and apply the update to `model`; returns (weight name, saved weight, update, steps)."""
         hp = self.hparams
@@ -400,19 +273,7 @@ class ROME:
         keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, fact_token, target_ids)  # (m, n, d_ff)
         weights = self._prompt_weights(len(prompts.rewrite))  # (n_rewrite,) float32: k* and the NLL
         piece_keys = compute_k_star(keys, weights)  # (m, d_ff)
-        size = piece_keys.shape[1]
-        moment = self._with_past_keys(self._key_covariance(model, layer, size), layer, size)
-        if moment is None:
-            def precondition(x: torch.Tensor) -> torch.Tensor:
-                return x.clone()
-        elif hp.null_space_threshold > 0:
-            projector = null_space_projector(moment, hp.null_space_threshold)
-
-            def precondition(x: torch.Tensor) -> torch.Tensor:
-                return projector @ x
-        else:
-            def precondition(x: torch.Tensor) -> torch.Tensor:
-                return self._solve(layer, moment, x)
+        precondition = self.covariance.preconditioner(model, layer, piece_keys.shape[1])  # x -> C^-1 x (or P x, x)
         denominator_keys = piece_keys if hp.key_mode == "consistent" else keys[:, 0]
         k_star, k_denominator, u, denominator = compute_u(piece_keys, denominator_keys, precondition, layer)
         delta, steps = compute_delta(model, self.tokenizer, self.device, hp, prompts.rewrite, weights, prompts.kl, layer,

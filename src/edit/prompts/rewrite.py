@@ -1,8 +1,8 @@
-"""What defines one fact edit for the optimisation-based methods (FT, MEMIT): the rewrite prompts with their
-weights and the KL anchor prompts (the MLP keys at the edit positions: `src.edit.rank_one.keys.mlp_keys`).
+"""What defines one fact edit: the rewrite prompts with their weights and the KL anchor prompts (the MLP keys at
+the edit positions: `src.edit.rank_one.keys.mlp_keys`); for ROME also the prompts its own metrics score.
 
 The rewrite prompts are the bare prompt `"s r"` and the same prompt behind KG context prefixes (other facts in the
-corpus' chain format), as ROME uses them (see `src.edit.rome`).
+corpus' chain format). `rewrite_set` draws them for FT and MEMIT, `rome_prompts` for ROME.
 """
 
 from __future__ import annotations
@@ -50,6 +50,47 @@ def rewrite_set(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str
     kl = tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in kg.facts_of(s) if f.r != r)
     weights = tuple(prompt_weights(len(rewrite), bare_prompt_weight).tolist())
     return RewriteSet(rewrite, weights, kl, context)
+
+
+@dataclass(frozen=True)
+class ROMEPrompts:
+    """What ROME computes an edit from (rewrite: bare prompt first, then prefixed; kl: the subject's other facts;
+    context_facts: the prefix facts) and what `ROME.apply_edit`'s metrics score (eval_prefix: the prompt behind
+    other prefixes; eval_alias: with the relation's alias; subject_facts: the subject's other facts, the facts of
+    `kl`; other_facts: other subjects' facts)."""
+
+    rewrite: tuple[EncodedPrompt, ...]
+    kl: tuple[EncodedPrompt, ...]
+    context_facts: tuple[Fact, ...]
+    eval_prefix: tuple[EncodedPrompt, ...]
+    eval_alias: tuple[EncodedPrompt, ...]
+    subject_facts: tuple[Fact, ...]
+    other_facts: tuple[Fact, ...]
+
+
+def rome_prompts(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str, r: str,
+                 num_context_prefixes: int, num_eval_prefixes: int, num_other_facts: int, seed: int) -> ROMEPrompts:
+    """One seeded draw of the prefix facts (context, then evaluation) and then of the other subjects' facts, all
+    from other subjects; without a KG there is only the bare prompt."""
+    bare = encode_fact_prompt(tokenizer, s, r)
+    if kg is None:
+        return ROMEPrompts((bare,), (), (), (), (), (), ())
+    rng = np.random.default_rng([seed, 7])
+    subject_facts = tuple(f for f in kg.facts_of(s) if f.r != r)
+    prefix_facts = kg.sample_facts(num_context_prefixes + num_eval_prefixes, rng, exclude_subjects={s})
+    context, held = tuple(prefix_facts[:num_context_prefixes]), prefix_facts[num_context_prefixes:]
+    alias = kg.aliases.get(r)
+    known_alias = alias is not None and tokenizer.unk_token_id not in tokenizer(alias, add_special_tokens=False)["input_ids"]
+    others = tuple(kg.sample_facts(num_other_facts, rng, exclude_subjects={s}))
+    return ROMEPrompts(
+        rewrite=(bare,) + tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in context),
+        kl=tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in subject_facts),
+        context_facts=context,
+        eval_prefix=tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in held),
+        eval_alias=(encode_fact_prompt(tokenizer, s, alias),) if known_alias else (),
+        subject_facts=subject_facts,
+        other_facts=others,
+    )
 
 
 def last_positions(prompts: Sequence[EncodedPrompt]) -> list[int]:
