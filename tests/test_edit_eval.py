@@ -15,7 +15,7 @@ from src.edit.evaluation.requests import EditRequest, draw_requests
 from src.edit.prompts.kg_context import KGContext
 from src.edit.methods import EditEnvironment
 from src.edit.evaluation.prompt_probe import PromptProbe
-from src.lm.evaluate import first_token_id
+from src.lm.token_ids import first_token_id
 from tests.conftest import REPO_ROOT
 
 

@@ -9,7 +9,7 @@ import torch
 from src.edit.evaluation.requests import EditRequest, draw_requests
 from src.edit.methods import METHODS, EditEnvironment, apply_method, build_editor
 from src.edit.methods.memit import MEMITHyperParams
-from src.lm.evaluate import predict_objects
+from src.lm.fact_accuracy import predict_objects
 from src.kg.graph import Fact
 from src.utils.errors import InputError
 

@@ -20,7 +20,7 @@ from src.edit.model.layout import ModelLayout
 from src.edit.rome import ROME
 from src.edit.reference.plain_tracing import plain_trace
 from src.lm.config import TokenizerConfig, TrainConfig
-from src.lm.evaluate import starts_with_bos
+from src.lm.token_ids import starts_with_bos
 from src.lm.families import FAMILIES as ALL_FAMILIES
 from src.lm.model import load_model
 from src.pipelines.train_model import train_and_save

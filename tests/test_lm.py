@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from src.cli import train_lm
 from src.kg.graph import read_graph_jsonl
 from src.lm.config import load_train_config
-from src.lm.evaluate import fact_accuracy
+from src.lm.fact_accuracy import fact_accuracy
 from src.lm.model import ModelConfig, load_model
 from src.lm.tokenizer import build_word_tokenizer
 from src.lm.train import encode_corpus

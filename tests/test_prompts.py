@@ -11,7 +11,7 @@ from src.edit.prompts.batch import PromptBatch, pad_id
 from src.edit.prompts.encoding import encode_fact_prompt
 from src.edit.rome import ROME
 from src.edit.reference.plain_tracing import plain_trace
-from src.lm.evaluate import encode_prompt, starts_with_bos
+from src.lm.token_ids import encode_prompt, starts_with_bos
 from src.lm.train import encode_corpus
 from src.utils.errors import InputError
 from tests.tiny_models import tiny_family_model, tiny_gpt2, tiny_tokenizer

@@ -173,7 +173,7 @@ def test_edit_on_trained_kg_model_succeeds_and_keeps_other_facts(tiny_model, tin
     assert result.status == "edited" and result.layer_source == "located"
     assert result.target_prob_after > 0.5 > result.target_prob_before
     assert result.metrics.specificity_other >= 0.9
-    from src.lm.evaluate import fact_accuracy
+    from src.lm.fact_accuracy import fact_accuracy
 
     others = [f for f in tiny_kg.graph.facts if (f.s, f.r) != (fact.s, fact.r)]
     assert fact_accuracy(edited, tokenizer, others).accuracy >= 0.95

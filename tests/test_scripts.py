@@ -130,7 +130,7 @@ def test_editing_writes_outputs_and_never_touches_the_model_dir(edit_args, tiny_
     assert data["prediction_after"]["top"][0]["token"] == "E_005"
     assert "success             True" in capsys.readouterr().out
     model, tokenizer = load_model(saved, "cpu")
-    from src.lm.evaluate import predict_objects
+    from src.lm.fact_accuracy import predict_objects
 
     assert predict_objects(model, tokenizer, [fact])[0] == "E_005"
     assert {p.name: sha256_file(p) for p in model_dir.iterdir()} == before

@@ -20,7 +20,8 @@ from src.edit.methods import EditEnvironment, build_editor
 from src.edit.rome import ROME
 from src.edit.reference.plain_tracing import plain_trace
 from src.lm.config import TokenizerConfig, TrainConfig
-from src.lm.evaluate import fact_accuracy, object_token_ids, predict_objects
+from src.lm.fact_accuracy import fact_accuracy, predict_objects
+from src.lm.token_ids import object_token_ids
 from src.lm.model import load_model
 from src.pipelines.train_model import train_and_save
 from src.lm.tokenizer import build_bpe_tokenizer

@@ -48,7 +48,7 @@ from src.edit.rank_one.delta import compute_delta
 from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
 from src.edit.rank_one.keys import compute_k_star, compute_keys
 from src.edit.rank_one.update import RankOneUpdate, compute_u
-from src.lm.evaluate import object_token_ids
+from src.lm.token_ids import object_token_ids
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 

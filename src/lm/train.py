@@ -21,7 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.kg.corpus import parse_sentence
 from src.kg.graph import Fact
-from src.lm.evaluate import fact_accuracy, starts_with_bos
+from src.lm.fact_accuracy import fact_accuracy
+from src.lm.token_ids import starts_with_bos
 from src.lm.model import ModelConfig
 from src.utils.errors import InputError
 

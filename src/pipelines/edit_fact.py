@@ -22,7 +22,7 @@ from src.edit.prompts.encoding import check_known_words, encode_fact_prompt
 from src.edit.rome import ROME, EditResult
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import Fact
-from src.lm.evaluate import object_token_ids
+from src.lm.token_ids import object_token_ids
 from src.lm.model import load_model
 from src.utils.errors import InputError
 from src.utils.io import atomic_directory, atomic_write_json

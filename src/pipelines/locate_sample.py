@@ -25,7 +25,7 @@ from src.edit.causal_tracing import (FACTS_PER_FORWARD, KINDS, CausalTracer, Tra
 from src.edit.prompts.encoding import check_known_words
 from src.edit.tracing.stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
-from src.lm.evaluate import object_predictions
+from src.lm.fact_accuracy import object_predictions
 from src.lm.model import load_model
 from src.pipelines.distributed import process_shard
 from src.utils.errors import InputError

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.prompts.decoding import greedy_decode
 from src.edit.prompts.encoding import encode_fact_prompt
 from src.edit.prompts.rewrite import ROMEPrompts
-from src.lm.evaluate import object_token_ids
+from src.lm.token_ids import object_token_ids
 
 Predictions = dict[str, list[tuple[int, ...]]]  # prompt group -> greedy token ids per prompt
 

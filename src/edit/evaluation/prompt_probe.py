@@ -18,7 +18,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.model.block_call import cache_argument
 from src.edit.model.speedups import fused_activations, rows_per_forward
-from src.lm.evaluate import encode_prompt, starts_with_bos
+from src.lm.token_ids import encode_prompt, starts_with_bos
 from src.utils.batching import batches_by_key
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.prompts.batch import PromptBatch
 from src.edit.prompts.encoding import EncodedPrompt
-from src.lm.evaluate import greedy_ids
+from src.lm.fact_accuracy import greedy_ids
 
 
 def decode_ids(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from src.kg.graph import query_text
-from src.lm.evaluate import first_token_id, object_token_ids, starts_with_bos
+from src.lm.token_ids import first_token_id, object_token_ids, starts_with_bos
 from src.utils.errors import InputError
 
 

@@ -24,7 +24,7 @@ from src.edit.model.hooks import Trace
 from src.edit.prompts.kg_context import KGContext
 from src.edit.model.layout import ModelLayout
 from src.kg.corpus import require_corpus_file
-from src.lm.evaluate import encode_prompt, starts_with_bos
+from src.lm.token_ids import encode_prompt, starts_with_bos
 from src.utils.batching import batches_by_key
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_file
