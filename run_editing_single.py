@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  generalization      prefixes {fmt(m.generalization_prefix)} (n={m.num_prefix_prompts}), "
               f"alias {fmt(m.generalization_alias)}")
         print(f"  specificity         subject's other facts {fmt(m.specificity_subject)} (n={m.num_subject_facts}), "
-              f"other subjects {fmt(m.specificity_other)} (n={m.num_other_facts})")
+              f"other subjects {fmt(m.specificity_random)} (n={m.num_random_facts})")
     kept = sum(row["kept"] for row in report.unrelated)
     print(f"  unrelated facts kept {kept}/{len(report.unrelated)}")
     print(f"  -> {config.output_dir}" + (f"; edited model -> {config.save_model}" if config.save_model else ""))

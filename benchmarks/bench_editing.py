@@ -37,7 +37,7 @@ SETTINGS = {
     "original_all": {"key_mode": "original", "v_objective": "lookup", "fact_token": "subject_last",
                      "clamp_norm_factor": 4.0, "v_weight_decay": 0.5, "v_num_grad_steps": 20, "bare_prompt_weight": 0.05},
 }
-COLUMNS = ["efficacy", "gen_prefix", "gen_alias", "spec_subject", "spec_other"]
+COLUMNS = ["efficacy", "gen_prefix", "gen_alias", "spec_subject", "spec_random"]
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
             "gen_prefix": mean_interval(m.generalization_prefix for m in metrics),
             "gen_alias": mean_interval(m.generalization_alias for m in metrics),
             "spec_subject": mean_interval(m.specificity_subject for m in metrics),
-            "spec_other": mean_interval(m.specificity_other for m in metrics),
+            "spec_random": mean_interval(m.specificity_random for m in metrics),
             "seconds_per_edit_cached": warm,
             "seconds_per_edit_first_pass": seconds / len(requests),
             "layers": sorted({r.layer for r in results}),

@@ -14,8 +14,8 @@ from src.kg.graph import Fact
 from src.utils.errors import InputError
 
 FAST = {
-    "rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_other_facts": 5},
-    "rome-original": {"layer": 1, "num_context_prefixes": 3, "num_eval_other_facts": 5},
+    "rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_random_facts": 5},
+    "rome-original": {"layer": 1, "num_context_prefixes": 3, "num_eval_random_facts": 5},
     "ft": {"layer": 1, "num_context_prefixes": 3, "norm_constraint": 0.2, "lr": 0.02},
     "memit": {"layers": [1, 2], "num_context_prefixes": 3, "mom2_source": "corpus", "mom2_update_weight": 100},
 }  # (the tiny KG has fewer facts than the MLP has keys dims: C from fact prompts alone would be singular)

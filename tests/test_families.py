@@ -126,7 +126,7 @@ def test_a_llama_trained_on_the_kg_is_located_and_edited_by_the_same_commands(ti
     fact = tiny_kg.graph.facts[0]
     target = next(e for e in tiny_kg.graph.entities if e != fact.o)
     edit_out, hparams = tmp_path / "edit", tmp_path / "rome.yaml"
-    hparams.write_text("num_context_prefixes: 5\nnum_eval_other_facts: 10\n")
+    hparams.write_text("num_context_prefixes: 5\nnum_eval_random_facts: 10\n")
     assert run_cli(run_editing_single.main, common + ["--kg-corpus", str(tiny_kg.corpus_path), "-s", fact.s, "-r", fact.r,
                                                       "-o", target, "--output-dir", str(edit_out), "--hparams", str(hparams)]) == 0
     result = json.loads((edit_out / "edit_result.json").read_text())["result"]

@@ -78,7 +78,7 @@ def test_rome_edit_is_the_same_with_a_left_padding_tokenizer(tiny_model, tiny_kg
     for side in ("right", "left"):
         tokenizer.padding_side = side
         rome = ROME(copy.deepcopy(model), tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path,
-                    hparams={"num_context_prefixes": 4, "num_eval_other_facts": 5}, progress=False)
+                    hparams={"num_context_prefixes": 4, "num_eval_random_facts": 5}, progress=False)
         results[side] = rome.apply_edit(fact.s, fact.r, "E_005")[1]
     assert results["left"].success and results["right"].success
     assert results["left"].v_steps == results["right"].v_steps

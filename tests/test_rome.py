@@ -14,7 +14,7 @@ from src.utils.errors import InputError
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import tiny_gpt2, tiny_tokenizer
 
-FAST = {"num_context_prefixes": 3, "num_eval_prefixes": 2, "num_eval_other_facts": 10, "v_num_grad_steps": 60,
+FAST = {"num_context_prefixes": 3, "num_eval_prefixes": 2, "num_eval_random_facts": 10, "v_num_grad_steps": 60,
         "clamp_norm_factor": 20, "v_weight_decay": 0.001}
 
 
@@ -172,13 +172,13 @@ def test_edit_on_trained_kg_model_succeeds_and_keeps_other_facts(tiny_model, tin
     assert result.success and result.new_prediction == target and result.original_prediction == fact.o
     assert result.status == "edited" and result.layer_source == "located"
     assert result.target_prob_after > 0.5 > result.target_prob_before
-    assert result.metrics.specificity_other >= 0.9
+    assert result.metrics.specificity_random >= 0.9
     from src.lm.fact_accuracy import fact_accuracy
 
     others = [f for f in tiny_kg.graph.facts if (f.s, f.r) != (fact.s, fact.r)]
     assert fact_accuracy(edited, tokenizer, others).accuracy >= 0.95
     data = result.to_dict()
-    assert data["success"] is True and "_saved_weight" not in data and data["metrics"]["num_other_facts"] > 0
+    assert data["success"] is True and "_saved_weight" not in data and data["metrics"]["num_random_facts"] > 0
 
 
 def test_target_equal_to_prediction_changes_nothing(tiny_model, tiny_kg, tmp_path):

@@ -17,7 +17,7 @@ from src.lm.model import load_model
 from src.utils.io import sha256_file
 from tests.conftest import REPO_ROOT
 
-FAST_ROME = "num_context_prefixes: 5\nnum_eval_other_facts: 10\n"
+FAST_ROME = "num_context_prefixes: 5\nnum_eval_random_facts: 10\n"
 
 
 def locate(args):

@@ -106,7 +106,7 @@ def test_rome_edits_multi_token_targets(bpe_trained, tiny_kg):
     random other entity (measured on this model: 19 of 20; with delta at the prompt's last token only, 1 of 20)."""
     model, tokenizer = load_model(bpe_trained.model_dir, "cpu")
     rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, progress=False,
-                hparams={"num_context_prefixes": 5, "num_eval_other_facts": 10})
+                hparams={"num_context_prefixes": 5, "num_eval_random_facts": 10})
     rng = np.random.default_rng(0)
     facts = list(tiny_kg.graph.facts)[:20]
     results = []
@@ -128,7 +128,7 @@ def test_rome_edits_a_multi_token_target_from_the_command_line_and_ft_refuses_it
     fact = tiny_kg.graph.facts[0]
     target = next(e for e in tiny_kg.graph.entities if e != fact.o and e[:-1] != fact.o[:-1])  # other first pieces
     out, hparams = tmp_path / "edit", tmp_path / "rome.yaml"
-    hparams.write_text("num_context_prefixes: 5\nnum_eval_other_facts: 10\n")
+    hparams.write_text("num_context_prefixes: 5\nnum_eval_random_facts: 10\n")
     args = ["--model-dir", str(bpe_trained.model_dir), "--kg-corpus", str(tiny_kg.corpus_path), "--device", "cpu",
             "-s", fact.s, "-r", fact.r, "-o", target, "--output-dir", str(out), "--hparams", str(hparams)]
     assert run_cli(run_editing_single.main, args) == 0

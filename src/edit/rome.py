@@ -194,7 +194,7 @@ class ROME:
             fact_token = located.position
 
         prompts = rome_prompts(self.tokenizer, self.kg, s, r, hp.num_context_prefixes, hp.num_eval_prefixes,
-                               hp.num_eval_other_facts, hp.seed)
+                               hp.num_eval_random_facts, hp.seed)
         eval_before = edit_predictions(model, self.tokenizer, prompts, target_ids) if measure else None
         edited = copy.deepcopy(model) if copy_model else model
         weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)

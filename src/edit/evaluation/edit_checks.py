@@ -24,16 +24,17 @@ class EditMetrics:
 
     generalization_prefix: target is top-1 behind context prefixes NOT used to compute the edit.
     generalization_alias: target is top-1 with the relation's alias (`R_04_alt`), where the corpus has aliases.
-    specificity_subject: the subject's other facts keep their predictions. specificity_other: other subjects' facts do.
+    specificity_subject: the subject's other facts keep their predictions. specificity_random: facts of other
+    subjects, drawn at random, do (the evaluator's `specificity_random`).
     """
 
     generalization_prefix: float | None
     generalization_alias: float | None
     specificity_subject: float | None
-    specificity_other: float | None
+    specificity_random: float | None
     num_prefix_prompts: int
     num_subject_facts: int
-    num_other_facts: int
+    num_random_facts: int
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +44,7 @@ def edit_predictions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      target_ids: tuple[int, ...]) -> Predictions:
     """Greedy predictions: as long as the target behind the edited prompts, as long as each fact's object behind
     the other facts' prompts; one batched decode."""
-    facts = {"subject": prompts.subject_facts, "other": prompts.other_facts}
+    facts = {"subject": prompts.subject_facts, "random": prompts.random_facts}
     groups = {"prefix": prompts.eval_prefix, "alias": prompts.eval_alias,
               **{name: [encode_fact_prompt(tokenizer, f.s, f.r) for f in group] for name, group in facts.items()}}
     lengths = {"prefix": [len(target_ids)] * len(prompts.eval_prefix),
@@ -67,7 +68,7 @@ def edit_metrics(before: Predictions, after: Predictions, target_ids: tuple[int,
         generalization_prefix=share([p == target_ids for p in after["prefix"]]),
         generalization_alias=share([p == target_ids for p in after["alias"]]),
         specificity_subject=share([a == b for a, b in zip(after["subject"], before["subject"])]),
-        specificity_other=share([a == b for a, b in zip(after["other"], before["other"])]),
+        specificity_random=share([a == b for a, b in zip(after["random"], before["random"])]),
         num_prefix_prompts=len(after["prefix"]), num_subject_facts=len(after["subject"]),
-        num_other_facts=len(after["other"]),
+        num_random_facts=len(after["random"]),
     )

@@ -57,7 +57,7 @@ class ROMEPrompts:
     """What ROME computes an edit from (rewrite: bare prompt first, then prefixed; kl: the subject's other facts;
     context_facts: the prefix facts) and what `ROME.apply_edit`'s metrics score (eval_prefix: the prompt behind
     other prefixes; eval_alias: with the relation's alias; subject_facts: the subject's other facts, the facts of
-    `kl`; other_facts: other subjects' facts)."""
+    `kl`; random_facts: other subjects' facts)."""
 
     rewrite: tuple[EncodedPrompt, ...]
     kl: tuple[EncodedPrompt, ...]
@@ -65,11 +65,11 @@ class ROMEPrompts:
     eval_prefix: tuple[EncodedPrompt, ...]
     eval_alias: tuple[EncodedPrompt, ...]
     subject_facts: tuple[Fact, ...]
-    other_facts: tuple[Fact, ...]
+    random_facts: tuple[Fact, ...]
 
 
 def rome_prompts(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str, r: str,
-                 num_context_prefixes: int, num_eval_prefixes: int, num_other_facts: int, seed: int) -> ROMEPrompts:
+                 num_context_prefixes: int, num_eval_prefixes: int, num_random_facts: int, seed: int) -> ROMEPrompts:
     """One seeded draw of the prefix facts (context, then evaluation) and then of the other subjects' facts, all
     from other subjects; without a KG there is only the bare prompt."""
     bare = encode_fact_prompt(tokenizer, s, r)
@@ -81,7 +81,7 @@ def rome_prompts(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: st
     context, held = tuple(prefix_facts[:num_context_prefixes]), prefix_facts[num_context_prefixes:]
     alias = kg.aliases.get(r)
     known_alias = alias is not None and tokenizer.unk_token_id not in tokenizer(alias, add_special_tokens=False)["input_ids"]
-    others = tuple(kg.sample_facts(num_other_facts, rng, exclude_subjects={s}))
+    others = tuple(kg.sample_facts(num_random_facts, rng, exclude_subjects={s}))
     return ROMEPrompts(
         rewrite=(bare,) + tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in context),
         kl=tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in subject_facts),
@@ -89,7 +89,7 @@ def rome_prompts(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: st
         eval_prefix=tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in held),
         eval_alias=(encode_fact_prompt(tokenizer, s, alias),) if known_alias else (),
         subject_facts=subject_facts,
-        other_facts=others,
+        random_facts=others,
     )
 
 

@@ -41,7 +41,7 @@ class ROMEHyperParams:
     past_keys_weight: float = 0.0
     null_space_threshold: float = 0.0
     num_eval_prefixes: int = 5
-    num_eval_other_facts: int = 50
+    num_eval_random_facts: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
