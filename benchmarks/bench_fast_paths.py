@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit import prompt_probe, rome  # noqa: E402
+from src.edit import rome  # noqa: E402
+from src.edit.evaluation import prompt_probe  # noqa: E402
 from src.edit.rank_one import delta, keys  # noqa: E402
 from src.edit.evaluation.metrics import KGEvaluator  # noqa: E402
 from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E402

@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from src.kg.graph import Fact, KnowledgeGraph
+from src.utils.intervals import mean_and_ci95
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def draw_requests(graph: KnowledgeGraph, n: int, seed: int, facts: Sequence[Fact
 
 @dataclass(frozen=True)
 class MeanInterval:
-    """Mean and 95% half-interval (1.96 standard errors) over n values."""
+    """Mean and 95% half-interval (`src.utils.intervals.mean_and_ci95`) over n values."""
 
     mean: float
     ci95: float
@@ -58,5 +59,5 @@ def mean_interval(values: Iterable[float | bool | None]) -> MeanInterval:
     data = np.array([float(v) for v in values if v is not None], dtype=np.float64)
     if len(data) == 0:
         return MeanInterval(float("nan"), float("nan"), 0)
-    sem = data.std(ddof=1) / np.sqrt(len(data)) if len(data) > 1 else 0.0
-    return MeanInterval(float(data.mean()), float(1.96 * sem), len(data))
+    mean, ci95 = mean_and_ci95(data)
+    return MeanInterval(float(mean), float(ci95), len(data))

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from src.edit.tracing.results import TraceResult
+from src.utils.intervals import mean_and_ci95
 
 TOKEN_GROUPS = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
 
@@ -33,7 +34,7 @@ def token_group_effects(trace: TraceResult) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class GroupEffect:
-    """mean and 95% half-interval (1.96 standard errors) per layer over `count` traces."""
+    """mean and 95% half-interval (`src.utils.intervals.mean_and_ci95`) per layer over `count` traces."""
 
     mean: np.ndarray = field(repr=False)
     ci95: np.ndarray = field(repr=False)
@@ -71,8 +72,7 @@ def average_effects(traces: Sequence[TraceResult]) -> AverageEffects:
         if not collected[name]:
             continue
         stacked = np.stack(collected[name]).astype(np.float64)
-        n = len(stacked)
-        sem = stacked.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(stacked.shape[1])
-        groups[name] = GroupEffect(mean=stacked.mean(axis=0), ci95=1.96 * sem, count=n)
+        mean, ci95 = mean_and_ci95(stacked)
+        groups[name] = GroupEffect(mean=mean, ci95=ci95, count=len(stacked))
     kind, window = kinds.pop()
     return AverageEffects(kind=kind, window=window, num_traces=len(traces), groups=groups)
