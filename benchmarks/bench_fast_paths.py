@@ -3,11 +3,11 @@
 
     python benchmarks/bench_fast_paths.py [--model-dir outputs/models/gpt_mlp2048] [--rome-edits 10] [--memit-edits 16]
 
-Plain = these paths switched off, as the code ran before them: GPT-2's gelu_new as transformers runs it (eight
-elementwise passes), weights that require grad while delta is optimised, 4096-row KG forwards with every prompt run
-whole, MEMIT's z step through the whole model, MLP keys of all rewrite prompts in one forward. (Three other savings
-are on in both columns: ROME keeps the initial C and its factorisation per layer, the evaluation skips ROME's own
-metric prompts, and ROME's delta steps resume from the edited block: bench_resumed_forward.py times that one.) Rows:
+Plain = `SpeedPaths.plain()` (`src.edit.model.speedups`), the paths the speed paths replace: GPT-2's gelu_new as
+transformers runs it (eight elementwise passes), weights that require grad while delta is optimised, every prompt of
+a batch in one forward (the KG probe with every prompt run whole), ROME's delta and MEMIT's z steps through the whole
+model. (Two other savings are on in both columns: ROME keeps the initial C and its factorisation per layer, and the
+evaluation skips ROME's own metric prompts.) Rows:
   KG probe     one top-1 pass over every KG fact (what independent evaluation runs after each edit)
   rome         independent edits (edit + restore), method time only
   memit        one batch of edits
@@ -20,64 +20,29 @@ d_ff 512 model, whose rank-one updates reach entries of 30).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit import rome  # noqa: E402
-from src.edit.evaluation import prompt_probe  # noqa: E402
-from src.edit.rank_one import delta, keys  # noqa: E402
 from src.edit.evaluation.metrics import KGEvaluator  # noqa: E402
 from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E402
-from src.edit.model.hooks import Trace  # noqa: E402
+from src.edit.model.speedups import SpeedPaths  # noqa: E402
 from src.edit.evaluation.requests import draw_requests  # noqa: E402
 from src.edit.prompts.kg_context import KGContext  # noqa: E402
-from src.edit.methods import EditEnvironment, build_editor, memit  # noqa: E402
+from src.edit.methods import EditEnvironment, build_editor  # noqa: E402
 from src.edit.evaluation.prompt_probe import PromptProbe  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.utils.device import resolve_device  # noqa: E402
 
 
-class _WholeForwardReadout:
-    """MEMIT's z step without the speed path: the whole model per call, a hook adding the vector at each row's last
-    token of block `layer`'s output."""
-
-    def __init__(self, model, layout, layer: int, batch) -> None:
-        self.model, self.batch, self.block = model, batch, layout.block(layer)
-        self._rows = torch.arange(len(batch.last), device=batch.last.device)
-        with torch.no_grad(), Trace(self.block) as trace:
-            self.initial_logits = batch.last_logits(model)
-        self.last_hidden = trace.output[self._rows, batch.last]
-
-    def __call__(self, added: torch.Tensor) -> torch.Tensor:
-        def add(output: torch.Tensor) -> torch.Tensor:
-            return output.index_put((self._rows, self.batch.last), added.to(output.dtype), accumulate=True)
-
-        with Trace(self.block, retain_output=False, edit_output=add):
-            return self.batch.last_logits(self.model)
-
-
-@contextlib.contextmanager
-def plain_paths():
-    """Switch every speed path off (module attributes patched for the duration)."""
-    no_op = lambda model: contextlib.nullcontext()  # noqa: E731
-    patches = [mock.patch.object(module, "fused_activations", no_op) for module in (prompt_probe, delta, keys, memit)]
-    patches += [mock.patch.object(module, "frozen_parameters", no_op) for module in (delta, memit)]
-    patches += [mock.patch.object(prompt_probe, "rows_per_forward", lambda model, tokens: 4096),
-                mock.patch.object(keys, "rows_per_forward", lambda model, tokens: 1 << 30),
-                mock.patch.object(memit, "LastTokenReadout", _WholeForwardReadout)]
-    with contextlib.ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
-        yield
+PLAIN = SpeedPaths.plain()
 
 
 def timed(function):
@@ -135,30 +100,29 @@ def main() -> None:
     corpus = default_corpus(args.kg_file)
     model, tokenizer = load_model(args.model_dir, device=device, dtype="float32")
     env = EditEnvironment(corpus_path=corpus, device=device)
+    plain_env = EditEnvironment(corpus_path=corpus, device=device, speed=PLAIN)
     where = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else str(device)
     print(f"{args.model_dir}: {sum(p.numel() for p in model.parameters()):,} parameters, {where}")
     print(f"{'':<12} {'plain s':>10} {'fast s':>10} {'ratio':>8}  {'per':<8} results")
 
     prompts = [f.prompt() for f in graph.facts]
-    probe_fast, probe_plain = PromptProbe(tokenizer, prompts), PromptProbe(tokenizer, prompts, share_stems=False)
+    probe_fast = PromptProbe(tokenizer, prompts)
+    probe_plain = PromptProbe(tokenizer, prompts, share_stems=False, speed=PLAIN)
     probe_fast.top1(model)  # warm-up
-    with plain_paths():
-        plain_s, plain_top1 = timed(lambda: probe_plain.top1(model))
+    plain_s, plain_top1 = timed(lambda: probe_plain.top1(model))
     fast_s, fast_top1 = timed(lambda: probe_fast.top1(model))
     row("KG probe", plain_s, fast_s, "pass", f"{len(prompts)} facts, top-1 differs on {int((plain_top1 != fast_top1).sum())}")
 
     requests = draw_requests(graph, max(args.rome_edits, args.memit_edits, args.eval_edits), 0)
     rome_requests = requests[: args.rome_edits]
     edited_weights("rome", model, tokenizer, rome_requests[:1], env, args.rome_hparams, False)  # C into the cache
-    with plain_paths():
-        plain_s, plain_w = edited_weights("rome", model, tokenizer, rome_requests, env, args.rome_hparams, False)
+    plain_s, plain_w = edited_weights("rome", model, tokenizer, rome_requests, plain_env, args.rome_hparams, False)
     fast_s, fast_w = edited_weights("rome", model, tokenizer, rome_requests, env, args.rome_hparams, False)
     row("rome", plain_s / len(rome_requests), fast_s / len(rome_requests), "edit",
         f"{len(rome_requests)} edits, updates differ by {max_difference(plain_w, fast_w):.1e} (relative)")
 
     memit_requests = requests[: args.memit_edits]
-    with plain_paths():
-        plain_s, plain_w = edited_weights("memit", model, tokenizer, memit_requests, env, args.memit_hparams, True)
+    plain_s, plain_w = edited_weights("memit", model, tokenizer, memit_requests, plain_env, args.memit_hparams, True)
     fast_s, fast_w = edited_weights("memit", model, tokenizer, memit_requests, env, args.memit_hparams, True)
     row("memit", plain_s, fast_s, "batch",
         f"{len(memit_requests)} edits, updates differ by {max_difference(plain_w, fast_w):.1e} (relative)")
@@ -167,11 +131,11 @@ def main() -> None:
     evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, 5, 20, 20, 0)
     hparams = rome.load_hparams(args.rome_hparams)
     eval_requests = requests[: args.eval_edits]
-    with plain_paths():
-        plain_evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, 5, 20, 20, 0)
-        plain_evaluator.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in evaluator.facts], share_stems=False)
-        plain_s, plain_run = timed(lambda: run_method("rome", model, tokenizer, eval_requests, "independent",
-                                                      plain_evaluator, env, hparams, progress=False))
+    plain_evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, 5, 20, 20, 0, speed=PLAIN)
+    plain_evaluator.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in evaluator.facts], share_stems=False,
+                                           speed=PLAIN)
+    plain_s, plain_run = timed(lambda: run_method("rome", model, tokenizer, eval_requests, "independent",
+                                                  plain_evaluator, plain_env, hparams, progress=False))
     fast_s, fast_run = timed(lambda: run_method("rome", model, tokenizer, eval_requests, "independent", evaluator,
                                                 env, hparams, progress=False))
     same = sum(a.retention_after == b.retention_after and a.efficacy == b.efficacy

@@ -24,8 +24,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.model.speedups import frozen_parameters, fused_activations  # noqa: E402
-from src.edit.model.hooks import Trace  # noqa: E402
-from src.edit.model.layout import ModelLayout  # noqa: E402
 from src.edit.prompts.batch import PromptBatch  # noqa: E402
 from src.edit.model.resumed_forward import ResumedForward  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
@@ -40,7 +38,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
     model, tokenizer = load_model(args.model_dir, "cpu")
-    layout = ModelLayout.of(model)
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, len(tokenizer), (n,), generator=generator).tolist() for n in PROMPT_LENGTHS]
     batch = PromptBatch.for_tokenizer(prompts, tokenizer, torch.device("cpu"))
@@ -49,13 +46,9 @@ def main() -> None:
     with frozen_parameters(model), fused_activations(model):
         for layer in (int(x) for x in args.layers.split(",")):
             resumed = ResumedForward(model, layer, batch, rows, batch.last)
+            whole = ResumedForward(model, layer, batch, rows, batch.last, resume=False)  # the plain path
             added = (torch.randn(resumed.start.shape, generator=generator) * 0.1).requires_grad_(True)
-
-            def whole() -> torch.Tensor:
-                with Trace(layout.block(layer), retain_output=False, edit_output=lambda output: output + added):
-                    return batch.forward(model).logits[rows, batch.last]
-
-            ways = {"whole": whole, "resumed": lambda: resumed(added)}
+            ways = {"whole": lambda: whole(added), "resumed": lambda: resumed(added)}
             seconds = dict.fromkeys(ways, 0.0)
             logits = {}
             for _ in range(args.steps):

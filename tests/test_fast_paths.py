@@ -10,7 +10,7 @@ import torch
 from transformers.activations import NewGELUActivation
 
 from src.edit.model.block_call import cache_argument
-from src.edit.model.speedups import frozen_parameters, fused_activations, rows_per_forward, widest_hidden
+from src.edit.model.speedups import SpeedPaths, frozen_parameters, fused_activations, rows_per_forward, widest_hidden
 from src.edit.model.hooks import Trace
 from src.edit.methods.memit import LastTokenReadout
 from src.edit.model.layout import ModelLayout
@@ -38,12 +38,13 @@ def test_shared_stems_give_the_whole_prompts_predictions(family, bos):
     torch.testing.assert_close(shared.probabilities(model), whole.probabilities(model), atol=2e-6, rtol=1e-5)
 
 
-def test_shared_stems_are_chunked_like_whole_prompts(monkeypatch):
+def test_shared_stems_are_chunked_like_whole_prompts():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
-    whole = PromptProbe(tokenizer, PAIRS, share_stems=False).probabilities(model)
-    monkeypatch.setattr("src.edit.evaluation.prompt_probe.rows_per_forward", lambda model, tokens: 3)  # 3 stems, then 3 rows
-    torch.testing.assert_close(PromptProbe(tokenizer, PAIRS).probabilities(model), whole, atol=2e-6, rtol=1e-5)
+    whole = PromptProbe(tokenizer, PAIRS, share_stems=False, speed=SpeedPaths.plain()).probabilities(model)
+    small = SpeedPaths(activation_budget=9 * widest_hidden(model))  # 2-token stems 4 per forward, then 3 prompts
+    assert small.rows(model, 2) == 4 and small.rows(model, 3) == 3
+    torch.testing.assert_close(PromptProbe(tokenizer, PAIRS, speed=small).probabilities(model), whole, atol=2e-6, rtol=1e-5)
 
 
 def test_fused_activations_match_gelu_new_and_are_put_back():
@@ -141,6 +142,8 @@ def test_resumed_forward_equals_the_whole_forward_with_a_hook(family, side):
             expected = batch.forward(model).logits[read_rows, read_columns]
         got = resumed(added)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        plain = ResumedForward(model, layer, batch, read_rows, read_columns, resume=False)
+        torch.testing.assert_close(plain(added), expected.float(), atol=1e-6, rtol=1e-6)
         weights = torch.randn(got.shape, generator=generator)
         (expected_grad,), (got_grad,) = (torch.autograd.grad((x * weights).sum(), added) for x in (expected, got))
         torch.testing.assert_close(got_grad, expected_grad, atol=1e-5, rtol=1e-4)
@@ -193,3 +196,20 @@ def test_shared_stems_in_bfloat16_predict_the_kg_as_whole_prompts_do(tiny_model,
     assert torch.equal(top1, PromptProbe(tokenizer, prompts, share_stems=False).top1(model))
     objects = torch.tensor([tokenizer.convert_tokens_to_ids(f.o) for f in tiny_kg.graph.facts])
     assert float((top1 == objects).float().mean()) > 0.9  # the trained model still knows its facts in bfloat16
+
+
+def test_rome_with_every_speed_path_off_makes_the_same_edit(tiny_model, tiny_kg, tmp_path):
+    """SpeedPaths.plain() (unfused GELU, weight gradients, unsized forwards, the whole model per delta step) against
+    the defaults: the same steps and the same update up to float32 rounding."""
+    model, tokenizer = tiny_model
+    fact = tiny_kg.graph.facts[3]
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+    results = {}
+    for name, speed in (("fast", SpeedPaths()), ("plain", SpeedPaths.plain())):
+        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                    hparams={"layer": 1}, progress=False, speed=speed)
+        results[name] = rome.apply_edit(fact.s, fact.r, target, measure=False)[1]
+    fast, plain = results["fast"], results["plain"]
+    assert fast.status == plain.status == "edited" and fast.v_steps == plain.v_steps
+    difference = (fast._update.matrix() - plain._update.matrix()).abs().max() / plain._update.matrix().abs().max()
+    assert float(difference) < 1e-4

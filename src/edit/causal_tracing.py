@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.model.layout import ModelLayout
-from src.edit.model.speedups import fused_activations
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.encoding import encode_fact_prompt
 from src.edit.tracing.replay import RestorationEngine
 from src.edit.tracing.results import (EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult, default_window,
@@ -54,6 +54,7 @@ class CausalTracer:
         max_batch_tokens: memory bound for one forward (rows x tokens).
         suffix_replay: recompute only the tokens from the restored one on (default); False recomputes every token,
             as the original does (same numbers up to float32 rounding; kept to test one against the other).
+        speed: `SpeedPaths` (its fuse_gelu: GPT-2's gelu_new as one fused kernel while tracing).
     """
 
     def __init__(
@@ -65,11 +66,13 @@ class CausalTracer:
         noise_std: float | None = None,
         max_batch_tokens: int = 1 << 16,
         suffix_replay: bool = True,
+        speed: SpeedPaths = FAST,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.layout = ModelLayout.of(model)
+        self.speed = speed
         layer_types = getattr(model.config, "layer_types", None)
         if layer_types and len(set(layer_types)) > 1:  # the replay calls every block with block 0's mask
             raise InputError("models whose layers use different attention types are not supported: "
@@ -160,7 +163,7 @@ class CausalTracer:
         batches = batches_by_key([len(p.input_ids) for p in prompts], facts_per_forward)
         results: list[dict[str, TraceResult] | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc="tracing", unit="fact", disable=not progress) as bar, \
-                fused_activations(self.model):
+                self.speed.fused(self.model):
             for batch in batches:
                 noises = [self._noise(requests[i].noise, prompts[i].subject_range, num_samples, noise_level,
                                       requests[i].seed) for i in batch]

@@ -39,6 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.causal_tracing import CausalTracer, LocateResult
 from src.edit.evaluation.edit_checks import EditMetrics, edit_metrics, edit_predictions
 from src.edit.model.layout import ModelLayout, apply_update
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.decoding import decode_ids, greedy_decode, sequence_probs
 from src.edit.prompts.encoding import check_known_words, encode_fact_prompt
 from src.edit.prompts.kg_context import KGContext
@@ -105,6 +106,7 @@ class ROME:
         statistics_from: "current" computes C on the weights being edited (cached per weights); "initial" on the
             weights as given here, kept in a private copy, for sequential in-place edits (one C per layer, not one
             per edit).
+        speed: the speed paths to take (`src.edit.model.speedups.SpeedPaths`; all on by default).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class ROME:
         stats_dir: str | Path | None = None,
         progress: bool = True,
         statistics_from: str = "current",
+        speed: SpeedPaths = FAST,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
@@ -128,6 +131,7 @@ class ROME:
         self.kg = KGContext.from_corpus(self.corpus_path) if self.corpus_path is not None else None
         self.use_mom2_adjustment = use_mom2_adjustment
         self.progress = progress
+        self.speed = speed
         self.covariance = KeyCovariance(model, tokenizer, self.corpus_path, self.hparams, use_mom2_adjustment,
                                         stats_dir, progress, statistics_from)
         if self.kg is None:
@@ -270,14 +274,14 @@ class ROME:
         layout = ModelLayout.of(model)  # `model` may be a copy: its own modules, not self.model's
         module = layout.mlp_out(layer)
         weight_name = layout.paths.mlp_out.format(layer)
-        keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, fact_token, target_ids)  # (m, n, d_ff)
+        keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, fact_token, target_ids, self.speed)  # (m, n, d_ff)
         weights = self._prompt_weights(len(prompts.rewrite))  # (n_rewrite,) float32: k* and the NLL
         piece_keys = compute_k_star(keys, weights)  # (m, d_ff)
         precondition = self.covariance.preconditioner(model, layer, piece_keys.shape[1])  # x -> C^-1 x (or P x, x)
         denominator_keys = piece_keys if hp.key_mode == "consistent" else keys[:, 0]
         k_star, k_denominator, u, denominator = compute_u(piece_keys, denominator_keys, precondition, layer)
         delta, steps = compute_delta(model, self.tokenizer, self.device, hp, prompts.rewrite, weights, prompts.kl, layer,
-                                     fact_token, target_ids, u, denominator)
+                                     fact_token, target_ids, u, denominator, self.speed)
         update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu(), keys=piece_keys)
         weight = module.weight
         saved = weight.detach().clone()

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.evaluation.requests import EditRequest
 from src.edit.prompts.kg_context import prefix_text
 from src.edit.evaluation.prompt_probe import PromptProbe
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.encoding import single_token_id
 from src.kg.graph import Fact, query_text
 from src.utils.errors import InputError
@@ -121,8 +122,8 @@ class KGEvaluator:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Fact],
                  aliases: dict[str, str] | None = None, num_prefixes: int = 5, num_neighbors: int = 20,
-                 num_random: int = 20, seed: int = 0) -> None:
-        self.tokenizer = tokenizer
+                 num_random: int = 20, seed: int = 0, speed: SpeedPaths = FAST) -> None:
+        self.tokenizer, self.speed = tokenizer, speed
         self.facts = list(facts)
         self.index = {(f.s, f.r): i for i, f in enumerate(self.facts)}
         self._by_subject: dict[str, list[int]] = {}
@@ -132,7 +133,7 @@ class KGEvaluator:
             self._by_relation.setdefault(f.r, []).append(i)
         self.aliases = dict(aliases or {})
         self.num_prefixes, self.num_neighbors, self.num_random, self.seed = num_prefixes, num_neighbors, num_random, seed
-        self.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in self.facts])
+        self.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in self.facts], speed=speed)
         object_ids = {o: single_token_id(tokenizer, o, "object") for o in sorted({f.o for f in self.facts})}
         self.answers = torch.tensor([object_ids[f.o] for f in self.facts])
         self.predictions_before = self.kg_probe.top1(model)
@@ -193,7 +194,7 @@ class KGEvaluator:
         prompt_sets = [self.probe_prompts(c, used) for c, used in zip(cases, used_contexts)]
         bare = [f"{c.request.s} {c.request.r}" for c in cases]
         flat = bare + [p for prefixed, alias in prompt_sets for p in prefixed + alias]
-        probs = PromptProbe(self.tokenizer, flat).probabilities(model)
+        probs = PromptProbe(self.tokenizer, flat, speed=self.speed).probabilities(model)
         top = probs.argmax(-1)
         measured = predictions_after is not None
         retention_before = self.retention(before, edited) if measured else None

@@ -3,8 +3,8 @@
 Prompts are tokenized once and batched by token length (no padding). Where many prompts of one length share all
 but their last token (the KG's `s r` prompts share the subject: 7,001 facts, 1,000 subjects), the shared part (the
 stem) runs once with a key/value cache and only the last tokens run per prompt: exact up to float rounding, and
-8,001 token positions instead of 14,002 for the KG. Forwards are sized to the model (`rows_per_forward`) and
-GPT-2's activation runs fused (`fused_activations`). Measured on the d_ff 2048 model (2 CPU cores): one KG pass in
+8,001 token positions instead of 14,002 for the KG. Forwards are sized to the model and GPT-2's activation runs
+fused (`speed`, see `src.edit.model.speedups`). Measured on the d_ff 2048 model (2 CPU cores): one KG pass in
 4096-row forwards took 3.8 s, with more system than user time; in 256-row forwards, 1.2 s.
 """
 
@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.model.block_call import cache_argument
-from src.edit.model.speedups import fused_activations, rows_per_forward
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.lm.token_ids import encode_prompt, starts_with_bos
 from src.utils.batching import batches_by_key
 
@@ -37,9 +37,11 @@ class _LengthGroup:
 
 class PromptProbe:
     """Next-token logits for a fixed list of prompts. share_stems: run shared stems once when a length group has at
-    most half as many distinct stems as prompts (False: every prompt whole, the reference)."""
+    most half as many distinct stems as prompts (False: every prompt whole, the reference); speed: see `SpeedPaths`."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], share_stems: bool = True) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], share_stems: bool = True,
+                 speed: SpeedPaths = FAST) -> None:
+        self.speed = speed
         bos = starts_with_bos(tokenizer)
         encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
         self.size = len(prompts)
@@ -73,13 +75,13 @@ class PromptProbe:
     def _run(self, model: PreTrainedModel, reduce: Reduce) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(rows, reduce(logits)) per forward, logits (rows, vocab) float32 after each prompt's last token."""
         out: list[tuple[torch.Tensor, torch.Tensor]] = []
-        with fused_activations(model):
+        with self.speed.fused(model):
             keyword = cache_argument(model)  # the model's own forward takes the cache like its blocks do
             for group in self.groups:
                 if group.stems is None or keyword is None:
-                    out += _run_whole(model, group, reduce)
+                    out += _run_whole(model, group, reduce, self.speed)
                 else:
-                    out += _run_shared(model, group, reduce, keyword)
+                    out += _run_shared(model, group, reduce, keyword, self.speed)
         return out
 
 
@@ -87,8 +89,9 @@ def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def _run_whole(model: PreTrainedModel, group: _LengthGroup, reduce: Reduce) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    step = rows_per_forward(model, group.ids.shape[1])
+def _run_whole(model: PreTrainedModel, group: _LengthGroup, reduce: Reduce,
+               speed: SpeedPaths) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    step = speed.rows(model, group.ids.shape[1])
     out = []
     for start in range(0, len(group.rows), step):
         chunk = group.ids[start : start + step].to(_device(model))
@@ -97,24 +100,24 @@ def _run_whole(model: PreTrainedModel, group: _LengthGroup, reduce: Reduce) -> l
     return out
 
 
-def _run_shared(model: PreTrainedModel, group: _LengthGroup, reduce: Reduce,
-                keyword: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _run_shared(model: PreTrainedModel, group: _LengthGroup, reduce: Reduce, keyword: str,
+                speed: SpeedPaths) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The stems once (keeping each layer's keys and values), then each prompt's last token over its stem's. Runs
     the prompts whole where the transformers version's cache does not expose its layers."""
     device = _device(model)
     stem_length = group.stems.shape[1]
-    step = rows_per_forward(model, stem_length)
+    step = speed.rows(model, stem_length)
     per_chunk = []
     for start in range(0, len(group.stems), step):
         output = model(input_ids=group.stems[start : start + step].to(device), use_cache=True, logits_to_keep=1)
         layers = getattr(output.get(keyword), "layers", None)
         if layers is None:
-            return _run_whole(model, group, reduce)
+            return _run_whole(model, group, reduce, speed)
         per_chunk.append([(layer.keys, layer.values) for layer in layers])
     keys_values = [(torch.cat([c[l][0] for c in per_chunk]), torch.cat([c[l][1] for c in per_chunk]))
                    for l in range(len(per_chunk[0]))]  # per layer, (U, kv heads, T - 1, head dim) each
 
-    step = rows_per_forward(model, stem_length + 1)
+    step = speed.rows(model, stem_length + 1)
     out = []
     for start in range(0, len(group.rows), step):
         stem_of = group.stem_of[start : start + step].to(device)

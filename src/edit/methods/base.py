@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation.requests import EditRequest
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.kg_context import KGContext
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.encoding import check_known_words, single_token_id
@@ -19,12 +20,14 @@ from src.edit.prompts.rewrite import RewriteSet, rewrite_set
 @dataclass(frozen=True)
 class EditEnvironment:
     """What a method may use besides the model: the KG corpus (key statistics, context prefixes, KL facts), the
-    device, the statistics cache directory (None: $KG_ROME_CACHE or ~/.cache/kg_rome) and whether to show bars."""
+    device, the statistics cache directory (None: $KG_ROME_CACHE or ~/.cache/kg_rome), whether to show bars, and
+    the speed paths to take (`src.edit.model.speedups.SpeedPaths`)."""
 
     corpus_path: Path | None
     device: torch.device
     stats_dir: Path | None = None
     progress: bool = False
+    speed: SpeedPaths = FAST
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.evaluation.requests import EditRequest
-from src.edit.model.speedups import frozen_parameters, fused_activations
 from src.edit.model.hooks import Trace
 from src.edit.methods.base import EditEnvironment, MethodOutput, PromptEditor, RequestInfo
 from src.edit.rank_one.linalg import solve_psd
@@ -147,7 +146,8 @@ class MEMITEditor(PromptEditor):
     def _request_keys(self, sets: list[RewriteSet], layer: int) -> torch.Tensor:
         """(n, d_ff) float64: per request, the weighted mean key over its rewrite prompts."""
         prompts = [p for s in sets for p in s.rewrite]
-        keys = mlp_keys(self.model, self.tokenizer, prompts, last_positions(prompts), layer).double().cpu()
+        keys = mlp_keys(self.model, self.tokenizer, prompts, last_positions(prompts), layer,
+                        speed=self.env.speed).double().cpu()
         out, start = [], 0
         for s in sets:
             weights = torch.tensor(s.weights, dtype=torch.float64)
@@ -187,8 +187,9 @@ class MEMITEditor(PromptEditor):
         batch = PromptBatch.for_tokenizer([p.input_ids for p in rewrite + kl], self.tokenizer, device)
         n_rw = len(rewrite)
 
-        with fused_activations(self.model):
-            readout = LastTokenReadout(self.model, self.layout, self.layers[-1], batch)
+        speed = self.env.speed
+        with speed.fused(self.model):
+            readout = LastTokenReadout(self.model, self.layout, self.layers[-1], batch, speed.resume_forward)
         logits_init = readout.initial_logits
         bare_rows = torch.tensor([0] + [len(s.rewrite) for s in sets[:-1]], device=device).cumsum(0)
         h_bare = readout.last_hidden[bare_rows].float()  # (n, d)
@@ -200,7 +201,7 @@ class MEMITEditor(PromptEditor):
         optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
         done = torch.zeros(n, dtype=torch.bool, device=device)
         steps = torch.zeros(n, dtype=torch.long)
-        with frozen_parameters(self.model), fused_activations(self.model):
+        with speed.frozen(self.model), speed.fused(self.model):
             for _ in range(hp.v_num_grad_steps):
                 log_probs = torch.log_softmax(readout(delta[owner]), dim=-1)
                 target_lp = log_probs[:n_rw].gather(1, targets[:, None])[:, 0]
@@ -235,11 +236,13 @@ class LastTokenReadout:
 
     A `ResumedForward` from block `layer`: the model runs once here (`initial_logits`; `last_hidden`, block `layer`'s
     output at each row's last token), and each call runs only the blocks above `layer`, the final norm and the
-    unembedding. For MEMIT's default z layer, the last block, that is the final norm and the unembedding alone."""
+    unembedding. For MEMIT's default z layer, the last block, that is the final norm and the unembedding alone.
+    resume=False runs the whole model per call (the plain path)."""
 
-    def __init__(self, model: PreTrainedModel, layout: ModelLayout, layer: int, batch: PromptBatch) -> None:
+    def __init__(self, model: PreTrainedModel, layout: ModelLayout, layer: int, batch: PromptBatch,
+                 resume: bool = True) -> None:
         rows = torch.arange(len(batch.last), device=batch.last.device)
-        self._resumed = ResumedForward(model, layer, batch, rows, batch.last)
+        self._resumed = ResumedForward(model, layer, batch, rows, batch.last, resume=resume)
         self.initial_logits = self._resumed.initial_logits  # (rows, vocab) float32
         self.last_hidden = self._resumed.start[rows, batch.last]  # (rows, d), the model's dtype
 

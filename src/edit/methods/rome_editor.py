@@ -31,7 +31,7 @@ class ROMEEditor:
                  hparams: ROMEHyperParams, env: EditEnvironment) -> None:
         self.name = name
         self.rome = ROME(model, tokenizer, device=env.device, kg_corpus_path=env.corpus_path, hparams=hparams,
-                         stats_dir=env.stats_dir, progress=env.progress, statistics_from="initial")
+                         stats_dir=env.stats_dir, progress=env.progress, statistics_from="initial", speed=env.speed)
 
     @property
     def hparams(self) -> ROMEHyperParams:

@@ -5,7 +5,8 @@ step (only the MLP's output changes, and it enters the block's output by additio
 once, keeps block l's output (B, T, d) and the arguments the model called its blocks with (mask, positions, rotary
 embeddings), and then gives the logits for any added tensor by running blocks l+1..L-1 only, then the final norm and
 the unembedding at the positions read. Exact up to float rounding (block output + added, instead of adding inside the
-block); an edit at layer 1 of 8 runs 6 blocks per step instead of 8.
+block); an edit at layer 1 of 8 runs 6 blocks per step instead of 8. `resume=False` is the plain path it replaces:
+the whole model per call, the tensor added to block l's output by a hook.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ class ResumedForward:
     of the model whose block `layer` output is start + added, differentiable in `added`."""
 
     def __init__(self, model: PreTrainedModel, layer: int, batch: PromptBatch, read_rows: torch.Tensor,
-                 read_columns: torch.Tensor) -> None:
+                 read_columns: torch.Tensor, resume: bool = True) -> None:
         self.layout = ModelLayout.of(model)
-        block = self.layout.block(layer)
+        self.model, self.batch, self.resume = model, batch, resume
+        block = self.block = self.layout.block(layer)
         with torch.no_grad(), Trace(block) as trace, RecordCall(block) as record:
             self.initial_logits = batch.forward(model).logits[read_rows, read_columns].float()
         self.start = trace.output
@@ -42,6 +44,9 @@ class ResumedForward:
         return torch.zeros_like(self.start).index_put((rows, columns), vectors.to(self.start.dtype))
 
     def __call__(self, added: torch.Tensor) -> torch.Tensor:
+        if not self.resume:
+            with Trace(self.block, retain_output=False, edit_output=lambda output: output + added.to(output.dtype)):
+                return self.batch.forward(self.model).logits[self.read_rows, self.read_columns].float()
         hidden = self.start + added.to(self.start.dtype)
         for block in self.blocks:
             hidden = self.call(block, hidden)

@@ -7,11 +7,16 @@
   would also compute, and accumulate in `.grad`, the gradient of every weight: twice the backward work, for nothing.
 - `rows_per_forward`: how many prompts of a given length to batch so that one activation tensor stays small (large
   tensors are fresh pages from the kernel each time: on CPU that cost more than the arithmetic).
+
+`SpeedPaths` says which of them (and `ResumedForward`'s resuming) a computation uses: an explicit argument of every
+function and class that has a speed path, all on by default; `SpeedPaths.plain()` is the paths they replace, which the
+benchmarks time against and the tests compare with.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -22,6 +27,7 @@ from src.edit.model.hooks import swap_modules
 
 # Activation elements per forward (rows x tokens x widest hidden layer): 2M float32 = 8 MiB per tensor.
 ACTIVATION_BUDGET = 2 ** 21
+UNSIZED_ROWS = 1 << 30  # rows per forward without sizing: every prompt of a batch in one forward
 
 
 class TanhGELU(nn.Module):
@@ -68,3 +74,38 @@ def widest_hidden(model: nn.Module) -> int:
 def rows_per_forward(model: nn.Module, num_tokens: int, budget: int = ACTIVATION_BUDGET) -> int:
     """Prompts of `num_tokens` tokens per forward such that rows x tokens x widest hidden <= budget (at least 1)."""
     return max(1, budget // (max(1, num_tokens) * widest_hidden(model)))
+
+
+@dataclass(frozen=True)
+class SpeedPaths:
+    """Which speed paths a computation takes; each computes the same numbers (up to float rounding) as its plain path.
+
+    fuse_gelu: `fused_activations`. freeze_weights: `frozen_parameters` while a vector is optimised.
+    activation_budget: `rows_per_forward`'s budget; None runs every prompt of a batch in one forward.
+    resume_forward: `ResumedForward` runs only the blocks above the edited one per step (False: the whole model, with
+    the vector added by a hook).
+    """
+
+    fuse_gelu: bool = True
+    freeze_weights: bool = True
+    activation_budget: int | None = ACTIVATION_BUDGET
+    resume_forward: bool = True
+
+    @classmethod
+    def plain(cls) -> "SpeedPaths":
+        return cls(fuse_gelu=False, freeze_weights=False, activation_budget=None, resume_forward=False)
+
+    def fused(self, model: nn.Module) -> AbstractContextManager:
+        return fused_activations(model) if self.fuse_gelu else nullcontext(0)
+
+    def frozen(self, model: nn.Module) -> AbstractContextManager:
+        return frozen_parameters(model) if self.freeze_weights else nullcontext()
+
+    def rows(self, model: nn.Module, num_tokens: int) -> int:
+        """Prompts of `num_tokens` tokens per forward."""
+        if self.activation_budget is None:
+            return UNSIZED_ROWS
+        return rows_per_forward(model, num_tokens, self.activation_budget)
+
+
+FAST = SpeedPaths()  # every speed path on: the default everywhere

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.model.speedups import frozen_parameters, fused_activations
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.model.hooks import Trace
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.batch import PromptBatch
@@ -26,7 +26,7 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, de
                   hp: ROMEHyperParams, rewrite: list[EncodedPrompt], weights: torch.Tensor,
                   kl_prompts: list[EncodedPrompt], layer: int,
                   fact_token: str, target_ids: tuple[int, ...], u: torch.Tensor,
-                  denominator: float) -> tuple[torch.Tensor, int]:
+                  denominator: float, speed: SpeedPaths = FAST) -> tuple[torch.Tensor, int]:
     """delta (d_model,) float32 such that the edited model predicts the target (see module docstring). A target
     of m tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1], and the
     NLL is the mean over the m tokens, as the original's; the stop test uses the joint probability."""
@@ -46,8 +46,8 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, de
     n_read = n_rewrite * m
 
     # read-out logits (n_rewrite * m + n_kl, vocab) from block `layer` on: the blocks below do not depend on delta
-    with fused_activations(model), Trace(module, retain_input=True) as trace:
-        readout = ResumedForward(model, layer, batch, read_rows, read_columns)
+    with speed.fused(model), Trace(module, retain_input=True) as trace:
+        readout = ResumedForward(model, layer, batch, read_rows, read_columns, resume=speed.resume_forward)
     out_bare = trace.output[0, positions[0]].float()
     kl_init = torch.log_softmax(readout.initial_logits[n_read:], dim=-1) if kl_prompts else None
     max_norm = hp.clamp_norm_factor * float(out_bare.norm())
@@ -71,7 +71,7 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, de
     weights = weights.to(device)  # (n_rewrite,) the rewrite prompts' shares of the NLL, the bare prompt's first
     optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
     steps = 0
-    with frozen_parameters(model), fused_activations(model):
+    with speed.frozen(model), speed.fused(model):
         for steps in range(1, hp.v_num_grad_steps + 1):
             logits = readout(added())
             log_probs = torch.log_softmax(logits, dim=-1)

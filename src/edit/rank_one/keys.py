@@ -16,7 +16,7 @@ from src.edit.model.hooks import Trace
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.batch import PromptBatch
 from src.edit.prompts.encoding import EncodedPrompt
-from src.edit.model.speedups import fused_activations, rows_per_forward
+from src.edit.model.speedups import FAST, SpeedPaths
 
 
 def edit_positions(prompts: list[EncodedPrompt], fact_token: str) -> list[int]:
@@ -31,13 +31,13 @@ def pieces_read(fact_token: str, target_ids: tuple[int, ...]) -> int:
     return len(target_ids) if fact_token == "last" else 1
 
 
-def compute_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rewrite: list[EncodedPrompt],
-                 layer: int, fact_token: str, target_ids: tuple[int, ...]) -> torch.Tensor:
+def compute_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rewrite: Sequence[EncodedPrompt],
+                 layer: int, fact_token: str, target_ids: tuple[int, ...], speed: SpeedPaths = FAST) -> torch.Tensor:
     """(m, n_rewrite, d_ff) float64: the keys at the positions that get delta (`pieces_read`), on the rewrite
     prompts followed by target[:-1] (position j reads target token j; causal, so later pieces change nothing)."""
     m = pieces_read(fact_token, target_ids)
     forced = [p.followed_by(target_ids[: m - 1]) for p in rewrite]
-    keys = mlp_keys(model, tokenizer, forced, edit_positions(rewrite, fact_token), layer, offsets=range(m))
+    keys = mlp_keys(model, tokenizer, forced, edit_positions(rewrite, fact_token), layer, offsets=range(m), speed=speed)
     return keys.double().cpu().view(m, len(rewrite), -1)
 
 
@@ -49,16 +49,16 @@ def compute_k_star(keys: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def mlp_keys(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[EncodedPrompt],
-             positions: Sequence[int], layer: int, offsets: Sequence[int] = (0,)) -> torch.Tensor:
+             positions: Sequence[int], layer: int, offsets: Sequence[int] = (0,), speed: SpeedPaths = FAST) -> torch.Tensor:
     """(len(offsets) * len(prompts), d_ff) float32, offset-major: the input of `layer`'s MLP output projection at
     each prompt's position + each offset, read from one forward per prompt (each forward stops at that module;
-    forwards sized by `rows_per_forward`)."""
+    forwards sized by `speed`)."""
     device = next(model.parameters()).device
     module = ModelLayout.of(model).mlp_out(layer)
     width = max(len(p.input_ids) for p in prompts)
-    step = rows_per_forward(model, width)
+    step = speed.rows(model, width)
     keys = [[] for _ in offsets]
-    with fused_activations(model):
+    with speed.fused(model):
         for start in range(0, len(prompts), step):
             chunk = prompts[start : start + step]
             batch = PromptBatch.for_tokenizer([p.input_ids for p in chunk], tokenizer, device)
