@@ -149,12 +149,12 @@ def test_statistics_cache_is_keyed_by_weights(tiny_corpus, tmp_path):
     first, cached = load_or_compute_second_moment(model, tokenizer, tiny_corpus, 1, 0, cache_dir=tmp_path, progress=False)
     again, cached_again = load_or_compute_second_moment(model, tokenizer, tiny_corpus, 1, 0, cache_dir=tmp_path, progress=False)
     assert not cached and cached_again and torch.equal(first, again)
-    key = stats_key(model, tokenizer, tiny_corpus, 1, 0, "float64")
-    assert stats_key(model, tiny_tokenizer(bos=True), tiny_corpus, 1, 0, "float64") != key  # BOS changes the keys
+    key = stats_key(model, tokenizer, tiny_corpus, 1, 0)
+    assert stats_key(model, tiny_tokenizer(bos=True), tiny_corpus, 1, 0) != key  # BOS changes the keys
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.weight[0, 0] += 1e-3
-    assert stats_key(model, tokenizer, tiny_corpus, 1, 0, "float64") != key
-    assert stats_key(model, tokenizer, tiny_corpus, 2, 0, "float64") != stats_key(model, tokenizer, tiny_corpus, 1, 0, "float64")
+    assert stats_key(model, tokenizer, tiny_corpus, 1, 0) != key
+    assert stats_key(model, tokenizer, tiny_corpus, 2, 0) != stats_key(model, tokenizer, tiny_corpus, 1, 0)
     changed, cached_changed = load_or_compute_second_moment(model, tokenizer, tiny_corpus, 1, 0, cache_dir=tmp_path, progress=False)
     assert not cached_changed and not torch.equal(changed, first)
     # C is the uncentered second moment of the keys

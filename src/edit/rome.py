@@ -193,9 +193,6 @@ class ROME:
         else:
             located = self._locate(s, r, fact_token)
             layer_used, layer_source = located.layer, "located"
-        if fact_token == "auto":
-            located = located or self._locate(s, r, "auto")
-            fact_token = located.position
 
         prompts = rome_prompts(self.tokenizer, self.kg, s, r, hp.num_context_prefixes, hp.num_eval_prefixes,
                                hp.num_eval_random_facts, hp.seed)
@@ -248,9 +245,7 @@ class ROME:
         hp = self.hparams
         trace = self.tracer.trace_important_states(s, r, None, hp.locate_noise_level, hp.locate_num_samples, "mlp",
                                                    hp.locate_window, seed=hp.seed)
-        positions = ("last", "subject_last") if fact_token == "auto" else (fact_token,)
-        candidates = [LocateResult.from_trace(trace, position) for position in positions]
-        return max(candidates, key=lambda c: max(c.effects))
+        return LocateResult.from_trace(trace, fact_token)
 
     def _retry_layers(self, located: LocateResult | None, tried: int) -> list[int]:
         """The next-best located layers (by MLP indirect effect) to try when the edit at `tried` fails."""

@@ -57,7 +57,6 @@ class MEMITHyperParams:
     bare_prompt_weight: float = 0.5
     mom2_update_weight: float = 200.0
     mom2_n_samples: int = 0
-    mom2_dtype: str = "float64"
     mom2_source: str = "fact_prompts"
     z_batch_size: int = 64
     past_keys_weight: float = 0.0
@@ -161,7 +160,7 @@ class MEMITEditor(PromptEditor):
         d_ff = keys.shape[1]
         if self._statistics_model is not None:
             moment, _ = load_or_compute_second_moment(self._statistics_model, self.tokenizer, self.env.corpus_path, layer,
-                                                      hp.mom2_n_samples, hp.mom2_dtype, self.env.stats_dir,
+                                                      hp.mom2_n_samples, self.env.stats_dir,
                                                       self.env.progress, hp.mom2_source)
             moment = moment.double()
         else:

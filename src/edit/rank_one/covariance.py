@@ -72,7 +72,7 @@ class KeyCovariance:
             return self._initial[layer].matrix
         hp = self.hparams
         moment, _ = load_or_compute_second_moment(
-            self._initial_model or model, self.tokenizer, self.corpus_path, layer, hp.mom2_n_samples, hp.mom2_dtype,
+            self._initial_model or model, self.tokenizer, self.corpus_path, layer, hp.mom2_n_samples,
             self.stats_dir, self.progress, hp.mom2_source)
         if moment.shape != (size, size):
             raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")

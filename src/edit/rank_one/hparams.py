@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from src.utils.config import load_dataclass
 from src.utils.errors import InputError
 
-FACT_TOKENS = ("last", "subject_last", "auto")
+FACT_TOKENS = ("last", "subject_last")
 KEY_MODES = ("consistent", "original")
 V_OBJECTIVES = ("rank_one", "lookup")
 MOM2_SOURCES = ("corpus", "fact_prompts", "both")
@@ -32,7 +32,6 @@ class ROMEHyperParams:
     bare_prompt_weight: float = 0.5
     key_mode: str = "consistent"
     mom2_n_samples: int = 0
-    mom2_dtype: str = "float64"
     mom2_source: str = "corpus"
     locate_noise_level: float = 3.0
     locate_num_samples: int = 10
@@ -50,7 +49,6 @@ class ROMEHyperParams:
             (self.key_mode in KEY_MODES, f"key_mode must be one of {', '.join(KEY_MODES)}, got '{self.key_mode}'"),
             (self.v_objective in V_OBJECTIVES, f"v_objective must be one of {', '.join(V_OBJECTIVES)}, got '{self.v_objective}'"),
             (self.mom2_source in MOM2_SOURCES, f"mom2_source must be one of {', '.join(MOM2_SOURCES)}, got '{self.mom2_source}'"),
-            (self.mom2_dtype in ("float32", "float64"), f"mom2_dtype must be float32 or float64, got '{self.mom2_dtype}'"),
             (self.clamp_norm_factor > 0, f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}"),
             (self.v_num_grad_steps >= 1, f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"),
             (self.num_context_prefixes >= 0, f"num_context_prefixes must be >= 0, got {self.num_context_prefixes}"),

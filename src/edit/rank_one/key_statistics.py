@@ -29,7 +29,6 @@ from src.utils.batching import batches_by_key
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_file
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SOURCES = ("corpus", "fact_prompts", "both")
 
 
@@ -56,10 +55,10 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def stats_key(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_path: Path, layer: int,
-              n_samples: int, dtype: str, source: str = "corpus") -> str:
+              n_samples: int, source: str = "corpus") -> str:
     """Cache key: the weights, the tokenizer, the corpus bytes and every setting that changes C."""
     parts = [weights_fingerprint(model), tokenizer_fingerprint(tokenizer), f"bos={starts_with_bos(tokenizer)}",
-             sha256_file(corpus_path), f"layer={layer}", f"n={n_samples}", f"dtype={dtype}"]
+             sha256_file(corpus_path), f"layer={layer}", f"n={n_samples}"]
     parts.append(f"source={source}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
@@ -70,12 +69,11 @@ def compute_second_moment(
     tokenizer: PreTrainedTokenizerBase,
     lines: list[str],
     layer: int,
-    dtype: str = "float64",
     batch_size: int = 512,
     progress: bool = True,
     last_token_only: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """(C (d_ff, d_ff) on CPU in `dtype`, number of keys). Lines are grouped by token length: no padding.
+    """(C (d_ff, d_ff) float64 on CPU, accumulated in float64, number of keys). Lines are grouped by token length: no padding.
     last_token_only: one key per line, at its last token (else every token)."""
     layout = ModelLayout.of(model)
     device = next(model.parameters()).device
@@ -88,7 +86,7 @@ def compute_second_moment(
         with Trace(layout.mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
             model(input_ids=torch.tensor(batch, device=device), use_cache=False)
         keys = trace.input[:, -1] if last_token_only else trace.input.reshape(-1, trace.input.shape[-1])
-        keys = keys.to(DTYPES[dtype])
+        keys = keys.to(torch.float64)
         product = keys.T @ keys
         total = product if total is None else total + product
         count += keys.shape[0]
@@ -103,22 +101,19 @@ def load_or_compute_second_moment(
     corpus_path: str | Path,
     layer: int,
     n_samples: int,
-    dtype: str = "float64",
     cache_dir: str | Path | None = None,
     progress: bool = True,
     source: str = "corpus",
 ) -> tuple[torch.Tensor, bool]:
     """(C, loaded_from_cache). Uses the first `n_samples` corpus lines or facts (all if n_samples <= 0)."""
-    if dtype not in DTYPES:
-        raise InputError(f"unknown mom2_dtype '{dtype}'; allowed: {', '.join(DTYPES)}")
     if source not in SOURCES:
         raise InputError(f"unknown mom2_source '{source}'; allowed: {', '.join(SOURCES)}")
     if source == "both":
-        parts = [load_or_compute_second_moment(model, tokenizer, corpus_path, layer, n_samples, dtype, cache_dir,
+        parts = [load_or_compute_second_moment(model, tokenizer, corpus_path, layer, n_samples, cache_dir,
                                                progress, part) for part in ("corpus", "fact_prompts")]
         return (parts[0][0] + parts[1][0]) / 2, parts[0][1] and parts[1][1]
     corpus_path = require_corpus_file(corpus_path)
-    key = stats_key(model, tokenizer, corpus_path, layer, n_samples, dtype, source)
+    key = stats_key(model, tokenizer, corpus_path, layer, n_samples, source)
     cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{key}.pt"
     if cache_file.is_file():
         return torch.load(cache_file, map_location="cpu", weights_only=True)["mom2"], True
@@ -128,7 +123,7 @@ def load_or_compute_second_moment(
         lines = [f.prompt() for f in KGContext.from_corpus(corpus_path).facts]
     if n_samples > 0:
         lines = lines[:n_samples]
-    moment, count = compute_second_moment(model, tokenizer, lines, layer, dtype, progress=progress,
+    moment, count = compute_second_moment(model, tokenizer, lines, layer, progress=progress,
                                           last_token_only=source == "fact_prompts")
     if count < moment.shape[0]:
         remedy = "mom2_source 'corpus' or 'both' uses more keys" if source == "fact_prompts" else "a larger corpus helps"
