@@ -14,6 +14,7 @@ from typing import Sequence
 
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import REPO_ROOT, repo_path
+from src.pipelines import defaults
 from src.pipelines.evaluate_methods import MODES, EvalConfig, check_inputs, run_evaluation
 from src.edit.methods import METHODS
 from src.pipelines.distributed import relaunch_with_torchrun, started_by_torchrun
@@ -32,8 +33,8 @@ def parse_hparams(items: Sequence[str]) -> dict[str, str]:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int]:
     p = argparse.ArgumentParser(description="Evaluate editing methods on counterfactual edits of KG facts.")
-    p.add_argument("--model-dir", default=repo_path("outputs/models/gpt_small"))
-    p.add_argument("--kg-file", default=repo_path("data/kg/ba/graph.jsonl"))
+    p.add_argument("--model-dir", default=repo_path(defaults.MODEL_DIR))
+    p.add_argument("--kg-file", default=repo_path(defaults.KG_FILE))
     p.add_argument("--kg-corpus", default=None, help="corpus for key statistics and prefixes (default: "
                    "corpus.train.txt beside --kg-file)")
     p.add_argument("--methods", default="rome", help=f"comma-separated, from: {', '.join(METHODS)} (default: rome)")

@@ -13,17 +13,16 @@ from typing import Sequence
 
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import repo_path
+from src.pipelines import defaults
 from src.pipelines.edit_fact import SingleEditConfig, run_single_edit
-
-DEFAULT_CORPUS = "data/kg/ba/corpus.train.txt"
 
 
 def parse_args(argv: Sequence[str] | None) -> SingleEditConfig:
     p = argparse.ArgumentParser(description="Edit one fact of a KG model with ROME.")
-    p.add_argument("--model-dir", default=repo_path("outputs/models/gpt_small"),
+    p.add_argument("--model-dir", default=repo_path(defaults.MODEL_DIR),
                    help="trained model directory (default: outputs/models/gpt_small)")
     p.add_argument("--kg-corpus", default=None,
-                   help=f"corpus for key statistics, context prefixes and KL facts (default: {DEFAULT_CORPUS} when it exists)")
+                   help=f"corpus for key statistics, context prefixes and KL facts (default: {defaults.KG_CORPUS} when it exists)")
     p.add_argument("--no-corpus", action="store_true", help="edit without a corpus (C = I, no prefixes, no KL)")
     p.add_argument("-s", "--subject", required=True, help="subject entity, e.g. E_000")
     p.add_argument("-r", "--relation", required=True, help="relation, e.g. R_04")
@@ -34,13 +33,13 @@ def parse_args(argv: Sequence[str] | None) -> SingleEditConfig:
                    help="results directory (default: outputs/editing_results)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     add_dtype_argument(p)
-    p.add_argument("--hparams", default=repo_path("configs/rome_gpt_small.yaml"),
+    p.add_argument("--hparams", default=repo_path(defaults.ROME_HPARAMS),
                    help="ROME hyperparameters YAML (default: configs/rome_gpt_small.yaml)")
     p.add_argument("--save-model", default=None, help="also write the edited model to this directory (never the input)")
     a = p.parse_args(argv)
     corpus = a.kg_corpus
-    if corpus is None and not a.no_corpus and Path(repo_path(DEFAULT_CORPUS)).is_file():
-        corpus = repo_path(DEFAULT_CORPUS)
+    if corpus is None and not a.no_corpus and Path(repo_path(defaults.KG_CORPUS)).is_file():
+        corpus = repo_path(defaults.KG_CORPUS)
     return SingleEditConfig(
         model_dir=a.model_dir, subject=a.subject, relation=a.relation, target=a.target,
         kg_corpus=None if a.no_corpus else corpus, original=a.original, layer=a.layer, output_dir=a.output_dir,

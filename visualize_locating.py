@@ -15,6 +15,7 @@ from typing import Sequence
 from src.cli.common import run_cli
 from src.cli.paths import repo_path
 from src.edit.causal_tracing import KINDS, CausalTracer
+from src.pipelines import defaults
 from src.pipelines.locate_sample import load_results, plot_results
 from src.kg.graph import read_graph_jsonl
 from src.lm.model import load_model
@@ -29,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-s", "--subject", help="trace one fact: subject")
     p.add_argument("-r", "--relation", help="relation")
     p.add_argument("-o", "--target", default=None, help="answer to trace (default: the model's prediction)")
-    p.add_argument("--model-dir", default=repo_path("outputs/models/gpt_small"))
-    p.add_argument("--kg-file", default=repo_path("data/kg/ba/graph.jsonl"), help="entities that set the noise scale")
+    p.add_argument("--model-dir", default=repo_path(defaults.MODEL_DIR))
+    p.add_argument("--kg-file", default=repo_path(defaults.KG_FILE), help="entities that set the noise scale")
     p.add_argument("--output", default="trace.png", help="PNG for the single trace (default: %(default)s)")
     p.add_argument("--noise-level", type=float, default=3.0)
     p.add_argument("--num-noise-samples", type=int, default=10)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
+from src.pipelines import defaults
 from src.utils.errors import InputError
 
 
 # How to build what an InputError says is missing (its `missing`).
 REMEDIES = {
-    "kg": "build one with: python -m src.cli.make_kg --config configs/kg_ba.yaml",
-    "model": "train one with: python -m src.cli.train_lm --config configs/train_gpt_small.yaml",
+    "kg": f"build one with: python -m src.cli.make_kg --config {defaults.KG_CONFIG}",
+    "model": f"train one with: python -m src.cli.train_lm --config {defaults.TRAIN_CONFIG}",
 }
 
 

@@ -10,11 +10,12 @@ from typing import Sequence
 from src.cli.common import run_cli
 from src.kg.build import build_kg
 from src.kg.generate import load_kg_config
+from src.pipelines import defaults
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate a knowledge graph and its training corpus.")
-    parser.add_argument("--config", default="configs/kg_ba.yaml", help="KG config YAML (default: %(default)s)")
+    parser.add_argument("--config", default=defaults.KG_CONFIG, help="KG config YAML (default: %(default)s)")
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir (relative to the working directory)")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     args = parser.parse_args(argv)

@@ -9,12 +9,13 @@ from typing import Sequence
 
 from src.cli.common import run_cli
 from src.lm.config import load_train_config
+from src.pipelines import defaults
 from src.pipelines.train_model import existing_training, train_and_save, training_fingerprint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a GPT-2 on a KG corpus until it knows the facts.")
-    parser.add_argument("--config", default="configs/train_gpt_small.yaml", help="training YAML (default: %(default)s)")
+    parser.add_argument("--config", default=defaults.TRAIN_CONFIG, help="training YAML (default: %(default)s)")
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
     parser.add_argument("--skip-if-trained", action="store_true",
                         help="do nothing when the output dir holds a model trained from the same config and KG")

@@ -33,6 +33,7 @@ from src.edit.prompts.encoding import single_token_id
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import KnowledgeGraph, query_text, read_graph_jsonl
 from src.lm.model import load_model, require_model_dir
+from src.pipelines import defaults
 from src.utils.device import resolve_device
 from src.pipelines.distributed import process_shard
 from src.utils.errors import InputError
@@ -257,7 +258,7 @@ def default_corpus(kg_file: str | Path) -> Path:
 
 # The hyperparameter file each method runs with when none is given, relative to the repository.
 DEFAULT_HPARAMS_FILES = {
-    "rome": "configs/rome_gpt_small.yaml",
+    "rome": defaults.ROME_HPARAMS,
     "rome-original": "configs/rome_original_gpt_small.yaml",
     "ft": "configs/ft_gpt_small.yaml",
     "memit": "configs/memit_gpt_small.yaml",

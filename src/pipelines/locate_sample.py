@@ -27,6 +27,7 @@ from src.edit.tracing.stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
 from src.lm.fact_accuracy import object_predictions
 from src.lm.model import load_model
+from src.pipelines import defaults
 from src.pipelines.distributed import process_shard
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json
@@ -38,8 +39,8 @@ TRACES_FILE = "traces.npz"
 
 @dataclass(frozen=True)
 class LocatingConfig:
-    model_dir: str = "outputs/models/gpt_small"
-    kg_file: str = "data/kg/ba/graph.jsonl"
+    model_dir: str = defaults.MODEL_DIR
+    kg_file: str = defaults.KG_FILE
     num_samples: int = 50
     output_dir: str = "outputs/locating_results"
     noise_level: float = 3.0
