@@ -50,7 +50,6 @@ class CausalTracer:
         device: "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N".
         subjects: entity names whose token embeddings define sigma, the embedding std that `noise_level` multiplies
             (the original pools the embeddings of subject tokens); default: all non-special vocabulary tokens.
-        noise_std: absolute sigma instead of computing it.
         max_batch_tokens: memory bound for one forward (rows x tokens).
         suffix_replay: recompute only the tokens from the restored one on (default); False recomputes every token,
             as the original does (same numbers up to float32 rounding; kept to test one against the other).
@@ -63,7 +62,6 @@ class CausalTracer:
         tokenizer: PreTrainedTokenizerBase,
         device: str | torch.device = "auto",
         subjects: Sequence[str] | None = None,
-        noise_std: float | None = None,
         max_batch_tokens: int = 1 << 16,
         suffix_replay: bool = True,
         speed: SpeedPaths = FAST,
@@ -78,7 +76,7 @@ class CausalTracer:
             raise InputError("models whose layers use different attention types are not supported: "
                              f"{sorted(set(layer_types))}")
         self.engine = RestorationEngine(self.model, tokenizer, self.layout, self.device, max_batch_tokens, suffix_replay)
-        self.embedding_std = float(noise_std) if noise_std is not None else self._embedding_std(subjects)
+        self.embedding_std = self._embedding_std(subjects)
 
     @property
     def num_layers(self) -> int:

@@ -165,13 +165,13 @@ class ROME:
         original_name = original or decode_ids(self.tokenizer, prediction)
         target_prob_before, original_prob_before = sequence_probs(model, self.tokenizer, bare, [target_ids, original_ids])
 
-        def result(model_after, status, layer_used, layer_source, fact_token, note="", **extra) -> EditResult:
+        def result(model_after, status, layer_used, layer_source, note="", **extra) -> EditResult:
             after = greedy_decode(model_after, [bare], [len(target_ids)])[0]
             target_prob_after, original_prob_after = sequence_probs(model_after, self.tokenizer, bare, [target_ids, original_ids])
             return EditResult(
                 subject=s, relation=r, target=o_target, original=original_name, status=status,
                 success=after == target_ids, layer=layer_used, layer_source=layer_source,
-                fact_token=fact_token, original_prediction=decode_ids(self.tokenizer, prediction), new_prediction=decode_ids(self.tokenizer, after),
+                fact_token=hp.fact_token, original_prediction=decode_ids(self.tokenizer, prediction), new_prediction=decode_ids(self.tokenizer, after),
                 target_prob_before=target_prob_before, target_prob_after=target_prob_after,
                 original_prob_before=original_prob_before, original_prob_after=original_prob_after,
                 elapsed_seconds=time.perf_counter() - started, hparams=hp.to_dict(), note=note, **extra,
@@ -181,37 +181,36 @@ class ROME:
                    else greedy_decode(model, [bare], [len(target_ids)])[0]) == target_ids
         if already:
             note = f"the model already predicts {o_target} for '{s} {r}'; nothing was edited"
-            return model, result(model, "unchanged", -1, "none", hp.fact_token, note, update_norm=0.0, delta_norm=0.0,
+            return model, result(model, "unchanged", -1, "none", note, update_norm=0.0, delta_norm=0.0,
                                  v_steps=0, metrics=None)
 
         located = None
-        fact_token = hp.fact_token
         if layer is not None:
             layer_used, layer_source = layer, "argument"
         elif hp.layer is not None:
             layer_used, layer_source = hp.layer, "hparams"
         else:
-            located = self._locate(s, r, fact_token)
+            located = self._locate(s, r)
             layer_used, layer_source = located.layer, "located"
 
         prompts = rome_prompts(self.tokenizer, self.kg, s, r, hp.num_context_prefixes, hp.num_eval_prefixes,
                                hp.num_eval_random_facts, hp.seed)
         eval_before = edit_predictions(model, self.tokenizer, prompts, target_ids) if measure else None
         edited = copy.deepcopy(model) if copy_model else model
-        weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
+        weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, target_ids)
         for retry in self._retry_layers(located, layer_used) if layer_source == "located" else []:
             if greedy_decode(edited, [bare], [len(target_ids)])[0] == target_ids:
                 break
             with torch.no_grad():  # undo the failed edit, then try the next-best located layer
                 edited.get_submodule(weight_name).weight.copy_(saved)
             layer_used, layer_source = retry, "located (retry)"
-            weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, fact_token, target_ids)
+            weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, target_ids)
         if not copy_model and hp.past_keys_weight > 0:
             self.covariance.remember(layer_used, update.keys)
         metrics = (edit_metrics(eval_before, edit_predictions(edited, self.tokenizer, prompts, target_ids), target_ids)
                    if measure else None)
         return edited, result(
-            edited, "edited", layer_used, layer_source, fact_token, update_norm=float(update.matrix().norm()),
+            edited, "edited", layer_used, layer_source, update_norm=float(update.matrix().norm()),
             delta_norm=float(update.delta.norm()), v_steps=steps, metrics=metrics,
             locate=located.to_dict() if located else None, weight_name=weight_name,
             context_facts=tuple(f.sentence() for f in prompts.context_facts),
@@ -241,11 +240,12 @@ class ROME:
         subjects = sorted({f.s for f in self.kg.facts}) if self.kg else None
         return CausalTracer(self.model, self.tokenizer, self.device, subjects=subjects)
 
-    def _locate(self, s: str, r: str, fact_token: str) -> LocateResult:
+    def _locate(self, s: str, r: str) -> LocateResult:
+        """The MLP layer with the largest indirect effect at the edit position (hparams.fact_token)."""
         hp = self.hparams
         trace = self.tracer.trace_important_states(s, r, None, hp.locate_noise_level, hp.locate_num_samples, "mlp",
                                                    hp.locate_window, seed=hp.seed)
-        return LocateResult.from_trace(trace, fact_token)
+        return LocateResult.from_trace(trace, hp.fact_token)
 
     def _retry_layers(self, located: LocateResult | None, tried: int) -> list[int]:
         """The next-best located layers (by MLP indirect effect) to try when the edit at `tried` fails."""
@@ -262,21 +262,21 @@ class ROME:
         """Drop the remembered keys of earlier in-place edits (e.g. after restoring the weights they changed)."""
         self.covariance.forget()
 
-    def _edit(self, model: PreTrainedModel, prompts: ROMEPrompts, layer: int, fact_token: str,
+    def _edit(self, model: PreTrainedModel, prompts: ROMEPrompts, layer: int,
               target_ids: tuple[int, ...]) -> tuple[str, torch.Tensor, RankOneUpdate, int]:
         """Compute and apply the update to `model`; returns (weight name, saved weight, update, steps)."""
         hp = self.hparams
         layout = ModelLayout.of(model)  # `model` may be a copy: its own modules, not self.model's
         module = layout.mlp_out(layer)
         weight_name = layout.paths.mlp_out.format(layer)
-        keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, fact_token, target_ids, self.speed)  # (m, n, d_ff)
+        keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, hp.fact_token, target_ids, self.speed)  # (m, n, d_ff)
         weights = self._prompt_weights(len(prompts.rewrite))  # (n_rewrite,) float32: k* and the NLL
         piece_keys = compute_k_star(keys, weights)  # (m, d_ff)
         precondition = self.covariance.preconditioner(model, layer, piece_keys.shape[1])  # x -> C^-1 x (or P x, x)
         denominator_keys = piece_keys if hp.key_mode == "consistent" else keys[:, 0]
         k_star, k_denominator, u, denominator = compute_u(piece_keys, denominator_keys, precondition, layer)
-        delta, steps = compute_delta(model, self.tokenizer, self.device, hp, prompts.rewrite, weights, prompts.kl, layer,
-                                     fact_token, target_ids, u, denominator, self.speed)
+        delta, steps = compute_delta(model, self.tokenizer, hp, prompts, weights, layer, target_ids, u, denominator,
+                                     self.speed)
         update = RankOneUpdate(k_star=k_star, key=k_denominator, u=u, delta=delta.double().cpu(), keys=piece_keys)
         weight = module.weight
         saved = weight.detach().clone()

@@ -16,20 +16,23 @@ from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.model.hooks import Trace
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.batch import PromptBatch
-from src.edit.prompts.encoding import EncodedPrompt
+from src.edit.prompts.rewrite import ROMEPrompts
 from src.edit.rank_one.keys import edit_positions, pieces_read
 from src.edit.model.resumed_forward import ResumedForward
 from src.edit.rank_one.hparams import ROMEHyperParams
 
 
-def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
-                  hp: ROMEHyperParams, rewrite: list[EncodedPrompt], weights: torch.Tensor,
-                  kl_prompts: list[EncodedPrompt], layer: int,
-                  fact_token: str, target_ids: tuple[int, ...], u: torch.Tensor,
-                  denominator: float, speed: SpeedPaths = FAST) -> tuple[torch.Tensor, int]:
-    """delta (d_model,) float32 such that the edited model predicts the target (see module docstring). A target
-    of m tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1], and the
-    NLL is the mean over the m tokens, as the original's; the stop test uses the joint probability."""
+def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp: ROMEHyperParams,
+                  prompts: ROMEPrompts, weights: torch.Tensor, layer: int, target_ids: tuple[int, ...],
+                  u: torch.Tensor, denominator: float, speed: SpeedPaths = FAST) -> tuple[torch.Tensor, int]:
+    """(delta (d_model,) float32 such that the edited model predicts the target, steps taken); see the module
+    docstring. prompts.rewrite carry `weights` (n_rewrite,) in the NLL, prompts.kl the KL term; u and denominator:
+    the update's direction (delta enters at `layer`'s MLP output as (k . u / denominator) delta). A target of m
+    tokens (subword pieces) is read teacher-forced: the rewrite prompts run on prompt + target[:-1], and the NLL is
+    the mean over the m tokens, as the original's; the stop test uses the joint probability."""
+    device = next(model.parameters()).device
+    fact_token = hp.fact_token
+    rewrite, kl_prompts = list(prompts.rewrite), list(prompts.kl)
     all_prompts = rewrite + kl_prompts
     n_rewrite, m = len(rewrite), len(target_ids)
     inputs = [list(p.input_ids) + list(target_ids[:-1]) for p in rewrite] + [list(p.input_ids) for p in kl_prompts]
