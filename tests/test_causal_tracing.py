@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.edit.tracing import replay
+from src.edit.model.block_call import attention_takes_any_mask
 from src.edit.causal_tracing import CausalTracer, TraceRequest, TraceResult, default_window, window_layers
 from src.edit.reference.plain_tracing import plain_trace
 from src.utils.errors import InputError
@@ -107,9 +107,9 @@ def test_tracing_leaves_the_model_as_it_was_even_when_it_fails():
 def test_flash_and_flex_attention_replay_every_token():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
-    assert replay._attention_takes_any_mask(model)
+    assert attention_takes_any_mask(model)
     model.config._attn_implementation = "flash_attention_2"  # its mask is a padding mask: no suffix replay
-    assert not replay._attention_takes_any_mask(model)
+    assert not attention_takes_any_mask(model)
 
 
 def test_seeded_noise_is_reproducible_and_scaled():

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from src.edit.model.hooks import primary
+from src.edit.model.hooks import RecordCall, primary
 
 CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past")  # what the block calls its Cache, by family / version
 _SEQUENCE_ARGUMENTS = {"attention_mask", "position_ids", "position_embeddings", "cache_position"}
@@ -40,6 +40,12 @@ class PrefixKeysValues:
             values = torch.cat([self.prefix[1].to(values.dtype), values], dim=-2)
         self.recorded = (keys, values)
         return keys, values
+
+
+def attention_takes_any_mask(model: nn.Module) -> bool:
+    """A suffix call passes an additive (or the recorded, sliced) 4-D mask: eager and sdpa attention take one; flash
+    and flex attention expect other mask types, so callers run every token instead."""
+    return getattr(model.config, "_attn_implementation", None) in ("eager", "sdpa")
 
 
 def cache_argument(module: nn.Module) -> str | None:
@@ -102,6 +108,12 @@ class BlockCall:
                 arguments[name] = value
         return cls(arguments, cache_argument(block), num_tokens)
 
+    @classmethod
+    def from_record(cls, block: nn.Module, record: RecordCall, num_tokens: int, batch: int) -> "BlockCall":
+        """From what `RecordCall` saw in a forward of `batch` rows that all hold the same context (mask, positions,
+        rotary tables): row 0 of every tensor with a batch dimension is kept, and broadcasts over any rows."""
+        return cls.bind(block, _first_row(record.args[1:], batch), _first_row(record.kwargs, batch), num_tokens)
+
     @property
     def supports_suffix(self) -> bool:
         """True if every per-token argument is one this class knows how to slice, and the block takes a cache."""
@@ -149,3 +161,16 @@ class BlockCall:
             additive = torch.zeros(queries.shape[0], T, dtype=dtype, device=prefix[0].device)
             arguments["attention_mask"] = additive.masked_fill(keys > queries, torch.finfo(dtype).min)[None, None]
         return arguments
+
+
+def _first_row(value, batch: int):
+    """Row 0 of every tensor whose first dimension is the recorded batch, inside tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):  # 1-D tensors (cache positions) have no batch dimension
+        return value[:1] if value.dim() >= 2 and value.shape[0] == batch else value
+    if isinstance(value, tuple):
+        return tuple(_first_row(v, batch) for v in value)
+    if isinstance(value, list):
+        return [_first_row(v, batch) for v in value]
+    if isinstance(value, dict):
+        return {k: _first_row(v, batch) for k, v in value.items()}
+    return value

@@ -108,19 +108,23 @@ class TraceDict(dict, AbstractContextManager):
 
 class RecordCall(AbstractContextManager):
     """Record the positional and keyword arguments of one call of `module` (e.g. a transformer block's mask,
-    position ids and rotary embeddings), so the block can be called again by hand with the same context."""
+    position ids and rotary embeddings), so the block can be called again by hand with the same context.
+    stop: end the forward before `module` runs (its input, `args[0]`, is then all the forward computed beyond it)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, stop: bool = False) -> None:
         self.args: tuple = ()
         self.kwargs: dict = {}
 
         def hook(_module, args, kwargs):
             self.args, self.kwargs = tuple(args), dict(kwargs)
+            if stop:
+                raise StopForward()
 
         self._handle = module.register_forward_pre_hook(hook, with_kwargs=True)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, tb) -> bool:
         self._handle.remove()
+        return exc_type is StopForward
 
 
 @contextmanager

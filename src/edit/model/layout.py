@@ -31,6 +31,11 @@ class ModelLayout:
             raise InputError(f"unsupported model_type '{model_type}'; supported: {', '.join(sorted(FAMILIES))}")
         return cls(model_type=model_type, paths=FAMILIES[model_type].paths, model=model)
 
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether `model` is of a family in the table (`of` would not refuse it)."""
+        return getattr(getattr(model, "config", None), "model_type", None) in FAMILIES
+
     def module(self, path: str) -> nn.Module:
         return self.model.get_submodule(path)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.model.block_call import BlockCall, RecordKeysValues
+from src.edit.model.block_call import BlockCall, RecordKeysValues, attention_takes_any_mask
 from src.edit.model.hooks import RecordCall, Trace, TraceDict
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.encoding import EncodedPrompt, answer_token_id
@@ -82,9 +82,8 @@ class RestorationEngine:
         probabilities = torch.softmax(logits, dim=-1).gather(2, answer_ids.view(F, 1, 1).expand(F, rows, 1))[..., 0]
         clean = {name: trace.output.view(F, rows, T, -1)[:, 0] for name, trace in traces.items()}
         inputs = [first.input.view(F, rows, T, d)] + [traces[f"hidden.{l}"].output.view(F, rows, T, d) for l in range(L)]
-        call = BlockCall.bind(layout.block(0), _first_row(block_call.args[1:], F * rows),
-                              _first_row(block_call.kwargs, F * rows), num_tokens=T)
-        suffix = self.suffix_replay and call.supports_suffix and _attention_takes_any_mask(self.model)
+        call = BlockCall.from_record(layout.block(0), block_call, num_tokens=T, batch=F * rows)
+        suffix = self.suffix_replay and call.supports_suffix and attention_takes_any_mask(self.model)
         recorded = keys_values.recorded if suffix else None
         return TracedRuns(
             requests=list(requests), prompts=list(prompts), answer_ids=answer_ids,
@@ -201,12 +200,6 @@ class RestorationEngine:
 
 
 
-def _attention_takes_any_mask(model: PreTrainedModel) -> bool:
-    """Suffix replay passes an additive (or the recorded, sliced) 4-D mask: eager and sdpa attention take one; flash
-    and flex attention expect other mask types, so they replay every token."""
-    return getattr(model.config, "_attn_implementation", None) in ("eager", "sdpa")
-
-
 def _first_recomputed_token(kind: str, token: int, subject_start: int, num_tokens: int) -> tuple[int, bool]:
     """(first token a restoration must recompute, whether the tokens before it are clean rather than corrupted).
 
@@ -232,17 +225,3 @@ class _Restoration:
     start: int
     first: int
     clean_prefix: bool
-
-
-def _first_row(value, batch: int):
-    """Keep row 0 of every tensor whose first dimension is the recorded batch (masks, rotary tables): all rows of a
-    trace share the same tokens, and one row broadcasts over any number of restored rows."""
-    if isinstance(value, torch.Tensor):  # 1-D tensors (cache positions) have no batch dimension
-        return value[:1] if value.dim() >= 2 and value.shape[0] == batch else value
-    if isinstance(value, tuple):
-        return tuple(_first_row(v, batch) for v in value)
-    if isinstance(value, list):
-        return [_first_row(v, batch) for v in value]
-    if isinstance(value, dict):
-        return {k: _first_row(v, batch) for k, v in value.items()}
-    return value
