@@ -137,7 +137,6 @@ def _run_shared(model: PreTrainedModel, group: _LengthGroup, reduce: Reduce,
             model(input_ids=group.ids[chunk].to(device), use_cache=False)
         hidden = (embedded.args[0] if embedded.args else embedded.kwargs["hidden_states"])[:, T - 1 :]  # (rows, 1, d)
         stems = group.stem_of[chunk].to(device)
-        for l in range(layout.num_layers):
-            hidden = call(layout.block(l), hidden, T - 1, tuple(x[stems] for x in prefixes[l]))
+        hidden = call.through(layout.blocks, hidden, T - 1, [tuple(x[stems] for x in kv) for kv in prefixes])
         out.append((group.rows[chunk], reduce(layout.unembed(layout.final_norm(hidden[:, -1])).float())))
     return out

@@ -139,6 +139,14 @@ class BlockCall:
                                "trace with CausalTracer(..., suffix_replay=False)")
         return output
 
+    def through(self, blocks: Sequence[nn.Module], hidden: torch.Tensor, first: int = 0,
+                prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """A forward resumed at `blocks[0]`: each block in turn on `hidden` (tokens first..T-1), over the keys and
+        values `prefixes[i]` of tokens 0..first-1 for block i."""
+        for i, block in enumerate(blocks):
+            hidden = self(block, hidden, first, None if prefixes is None else prefixes[i])
+        return hidden
+
     def _suffix_arguments(self, first: int, cache: PrefixKeysValues, dtype: torch.dtype) -> dict:
         T = self.num_tokens
         prefix = cache.prefix

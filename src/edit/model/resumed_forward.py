@@ -47,8 +47,6 @@ class ResumedForward:
         if not self.resume:
             with Trace(self.block, retain_output=False, edit_output=lambda output: output + added.to(output.dtype)):
                 return self.batch.forward(self.model).logits[self.read_rows, self.read_columns].float()
-        hidden = self.start + added.to(self.start.dtype)
-        for block in self.blocks:
-            hidden = self.call(block, hidden)
+        hidden = self.call.through(self.blocks, self.start + added.to(self.start.dtype))
         read = hidden[self.read_rows, self.read_columns]
         return self.layout.unembed(self.layout.final_norm(read)).float()
