@@ -125,6 +125,26 @@ def test_sequential_mode_checkpoints(tiny_evaluator, tiny_kg, tmp_path):
     assert len(list((tmp_path / "mom2").glob("*.pt"))) == 2  # C of the original weights, once per layer
 
 
+def test_the_subject_facts_a_method_held_in_place_are_counted_as_seen(tiny_evaluator, tiny_kg, tmp_path):
+    """ROME's and MEMIT's KL terms keep the subject's other facts, the very facts specificity_subject scores: every
+    one of them is counted as seen (and listed in the method's kl_facts); FT has no KL term and sees none."""
+    model, tokenizer, evaluator = tiny_evaluator
+    env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path)
+    requests = draw_requests(tiny_kg.graph, 2, seed=0)
+    hparams = {"rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_random_facts": 5},
+               "memit": {"layers": [1, 2], "num_context_prefixes": 3, "mom2_source": "corpus"},
+               "ft": {"layer": 1, "num_context_prefixes": 3}}
+    for method, expected in (("rome", 1.0), ("memit", 1.0), ("ft", 0.0)):
+        run = run_method(method, model, tokenizer, requests, "independent", evaluator, env, hparams[method],
+                         progress=False)
+        for record in run.records:
+            subject_facts = [f for f in tiny_kg.graph.facts if f.s == record.request.s and f.r != record.request.r]
+            assert subject_facts and record.specificity_subject_seen == expected, (method, record.request)
+    rome = run_method("rome", model, tokenizer, requests[:1], "independent", evaluator, env,
+                      {**hparams["rome"], "kl_factor": 0.0}, progress=False)
+    assert rome.records[0].specificity_subject_seen == 0.0  # no KL term: nothing held in place
+
+
 def eval_args(tiny_trained, tiny_kg, out, *extra):
     return ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
             "--output-dir", str(out), "--no-progress", *extra]

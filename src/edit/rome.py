@@ -83,6 +83,7 @@ class EditResult:
     locate: dict | None = None
     weight_name: str = ""
     context_facts: tuple[str, ...] = ()  # the KG facts used as context prefixes to compute the edit
+    kl_facts: tuple[str, ...] = ()  # the KG facts whose prompts the KL term held in place
     _saved_weight: torch.Tensor | None = field(default=None, repr=False, compare=False)
     _update: RankOneUpdate | None = field(default=None, repr=False, compare=False)
 
@@ -214,6 +215,7 @@ class ROME:
             delta_norm=float(update.delta.norm()), v_steps=steps, metrics=metrics,
             locate=located.to_dict() if located else None, weight_name=weight_name,
             context_facts=tuple(f.sentence() for f in prompts.context_facts),
+            kl_facts=tuple(f.sentence() for f in prompts.subject_facts) if hp.kl_factor > 0 else (),
             _saved_weight=None if copy_model else saved, _update=update,
         )
 

@@ -43,7 +43,8 @@ MODES = ("independent", "batch", "sequential")
 SUMMARY_FILE = "eval_summary.json"
 RECORDS_FILE = "eval_records.jsonl"
 SUMMARY_METRICS = ("efficacy", "margin", "generalization_prefix", "generalization_alias", "specificity_relation",
-                   "specificity_subject", "specificity_random", "retention_drop_points", "update_norm", "seconds")
+                   "specificity_subject", "specificity_subject_seen", "specificity_random", "retention_drop_points",
+                   "update_norm", "seconds")
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         seconds = (time.perf_counter() - started) / len(requests)
         norm = _update_norm(work, snapshot, output.changed)
         metrics = evaluator.measure(before, work, cases, [i.context_facts for i in output.infos],
-                                    evaluator.kg_probe.top1(work), {(q.s, q.r) for q in requests})
+                                    evaluator.kg_probe.top1(work), {(q.s, q.r) for q in requests},
+                                    used_kl=[i.kl_facts for i in output.infos])
         records = [_record(indices[i], method, mode, q, m, info, norm, seconds)
                    for i, (q, m, info) in enumerate(zip(requests, metrics, output.infos))]
         return MethodRun(method, tuple(records))
@@ -174,13 +176,14 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         if mode == "independent":
             norm = _update_norm(work, snapshot, output.changed)
             metrics = evaluator.measure(before, work, [case], [info.context_facts], evaluator.kg_probe.top1(work),
-                                        {(q.s, q.r)})[0]
+                                        {(q.s, q.r)}, used_kl=[info.kl_facts])[0]
             _restore(work, snapshot, output.changed)
             editor.forget()
         else:  # sequential: the snapshot follows the weights, so the norm is this edit's own change
             norm = _update_norm(work, snapshot, output.changed)
             _snapshot_changed(work, snapshot, output.changed)
-            metrics = evaluator.measure(before, work, [case], [info.context_facts], None, {(q.s, q.r)})[0]
+            metrics = evaluator.measure(before, work, [case], [info.context_facts], None, {(q.s, q.r)},
+                                        used_kl=[info.kl_facts])[0]
         records.append(_record(indices[i], method, mode, q, metrics, info, norm, seconds))
         if mode == "sequential" and ((i + 1) % every == 0 or i + 1 == len(requests)):
             checkpoints.append(checkpoint(evaluator, work, method, cases[: i + 1], used))
@@ -343,5 +346,7 @@ def write_run(output_dir: Path, config: EvalConfig, hparams_files: dict, hparams
     plot_method_metrics(summary, output_dir / "metrics_by_method.png", title=f"{config.num_edits} edits, {config.mode}")
     if config.mode == "sequential":
         plot_sequential(summary, output_dir / "sequential.png")
-    parameters = {**config.to_dict(), "hparams": hparams, "hparams_files": hparams_files}
+    statistics = {m: h.get("mom2_source") for m, h in hparams.items()}  # None: no key statistics (ft)
+    parameters = {**config.to_dict(), "hparams": hparams, "hparams_files": hparams_files,
+                  "statistics_source": statistics}
     atomic_write_json(output_dir / SUMMARY_FILE, {"parameters": parameters, "methods": summary})

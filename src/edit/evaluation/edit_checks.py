@@ -24,8 +24,9 @@ class EditMetrics:
 
     generalization_prefix: target is top-1 behind context prefixes NOT used to compute the edit.
     generalization_alias: target is top-1 with the relation's alias (`R_04_alt`), where the corpus has aliases.
-    specificity_subject: the subject's other facts keep their predictions. specificity_random: facts of other
-    subjects, drawn at random, do (the evaluator's `specificity_random`).
+    specificity_subject: the subject's other facts keep their predictions (with kl_factor > 0 these are the KL
+    term's own prompts, `EditResult.kl_facts`: not held out). specificity_random: facts of other subjects, drawn
+    at random, do (the evaluator's `specificity_random`).
     """
 
     generalization_prefix: float | None

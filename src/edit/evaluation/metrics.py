@@ -6,6 +6,8 @@ generalization  the target is top-1 behind KG context prefixes the method did no
 specificity     facts whose top-1 prediction stays as before the edit: same relation, other subjects (`relation`);
                 the subject's other facts (`subject`); random facts of other subjects (`random`)
 retention       whole-KG fact accuracy (edited (s, r) pairs left out) before and after
+seen            `specificity_subject_seen`: the share of the subject's facts scored that the method's KL term held in
+                place (its `kl_facts`): specificity on them is partly what the method optimised, not held out
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class EvalCase:
 class EditRecord:
     """Metrics of one edit (fractions in [0, 1]; None: nothing to measure). retention_* are KG fact accuracies with
     the edited pairs left out; update_norm: Frobenius norm of the weight change of the method call that made the edit
-    (shared by all requests of a batch); seconds: the method's time per request."""
+    (shared by all requests of a batch); seconds: the method's time per request; specificity_subject_seen: the share
+    of the subject's facts scored that the method saw (its KL prompts)."""
 
     index: int
     method: str
@@ -67,6 +70,7 @@ class EditRecord:
     seconds: float
     layers: tuple[int, ...]
     steps: int
+    specificity_subject_seen: float | None = None
     kind: str = field(default="edit", init=False)
 
     def to_dict(self) -> dict:
@@ -182,13 +186,14 @@ class KGEvaluator:
 
     def measure(self, model_before_probs: torch.Tensor, model: PreTrainedModel, cases: Sequence[EvalCase],
                 used_contexts: Sequence[Sequence[str]], predictions_after: torch.Tensor | None,
-                edited: set[tuple[str, str]],
-                predictions_before: torch.Tensor | None = None) -> list[dict]:
+                edited: set[tuple[str, str]], predictions_before: torch.Tensor | None = None,
+                used_kl: Sequence[Sequence[str]] | None = None) -> list[dict]:
         """Metric fields (see `EditRecord`) for `cases` edited together in `model`.
 
         model_before_probs: (len(cases), vocab) next-token probabilities of the bare prompts before the edit.
         predictions_after / predictions_before: whole-KG top-1 after and before (default: the unedited model's);
-        predictions_after None leaves specificity and retention unmeasured (None)."""
+        predictions_after None leaves specificity and retention unmeasured (None). used_kl: per case, the facts
+        (sentences) the method's KL term used (default none)."""
         before = self.predictions_before if predictions_before is None else predictions_before
         edited_rows = {self.index[pair] for pair in edited if pair in self.index}
         prompt_sets = [self.probe_prompts(c, used) for c, used in zip(cases, used_contexts)]
@@ -213,6 +218,9 @@ class KGEvaluator:
                 rows = [j for j in indices if j not in edited_rows]
                 return share([bool(predictions_after[j] == before[j]) for j in rows])
 
+            seen = set(used_kl[i]) if used_kl is not None else set()
+            subject_rows = [j for j in case.subject_facts if j not in edited_rows]
+
             out.append({
                 "efficacy": bool(top[i] == target),
                 "margin": float(probs[i, target] - probs[i, old]),
@@ -227,5 +235,7 @@ class KGEvaluator:
                 "specificity_random": kept(case.random_facts),
                 "retention_before": retention_before,
                 "retention_after": retention_after,
+                "specificity_subject_seen": share([self.facts[j].sentence() in seen for j in subject_rows])
+                if measured else None,
             })
         return out

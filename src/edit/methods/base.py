@@ -33,16 +33,19 @@ class EditEnvironment:
 @dataclass(frozen=True)
 class RequestInfo:
     """What a method did for one request. layers: the MLP layers it wrote; context_facts: KG facts (sentences) it used
-    as context prefixes, kept out of the generalization prompts; steps: optimisation steps (0 if none)."""
+    as context prefixes, kept out of the generalization prompts; kl_facts: KG facts whose prompts its KL term held
+    in place (the evaluation reports how many of the facts it scores are among them); steps: optimisation steps (0 if
+    none)."""
 
     layers: tuple[int, ...]
     context_facts: tuple[str, ...] = ()
+    kl_facts: tuple[str, ...] = ()
     steps: int = 0
     note: str = ""
 
     def to_dict(self) -> dict:
-        return {"layers": list(self.layers), "context_facts": list(self.context_facts), "steps": self.steps,
-                "note": self.note}
+        return {"layers": list(self.layers), "context_facts": list(self.context_facts),
+                "kl_facts": list(self.kl_facts), "steps": self.steps, "note": self.note}
 
 
 @dataclass(frozen=True)

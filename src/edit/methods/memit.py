@@ -124,7 +124,9 @@ class MEMITEditor(PromptEditor):
             if hp.past_keys_weight > 0:
                 self._past_keys.setdefault(layer, []).append(keys)
             changed.append(self.layout.paths.mlp_out.format(layer) + ".weight")
-        infos = tuple(RequestInfo(layers=self.layers, context_facts=tuple(f.sentence() for f in s.context_facts), steps=n)
+        infos = tuple(RequestInfo(layers=self.layers, context_facts=tuple(f.sentence() for f in s.context_facts),
+                                  kl_facts=tuple(f.sentence() for f in s.kl_facts) if hp.kl_factor > 0 else (),
+                                  steps=n)
                       for s, n in zip(sets, steps))
         return MethodOutput(infos=infos, changed=tuple(changed))
 

@@ -48,7 +48,8 @@ class ROMEEditor:
         _, result = self.rome.apply_edit(request.s, request.r, request.target, copy_model=False, original=request.o,
                                          measure=False)
         layers = () if result.status == "unchanged" else (result.layer,)
-        info = RequestInfo(layers=layers, context_facts=result.context_facts, steps=result.v_steps, note=result.note)
+        info = RequestInfo(layers=layers, context_facts=result.context_facts, kl_facts=result.kl_facts,
+                           steps=result.v_steps, note=result.note)
         return MethodOutput(infos=(info,), changed=(f"{result.weight_name}.weight",) if result.weight_name else ())
 
 

@@ -22,12 +22,14 @@ from src.kg.graph import Fact
 @dataclass(frozen=True)
 class RewriteSet:
     """rewrite: bare prompt first, then the prefixed ones; weights (sum 1): the bare prompt's share is
-    `bare_prompt_weight` when there are prefixes. kl: the subject's other facts. context_facts: the prefix facts."""
+    `bare_prompt_weight` when there are prefixes. kl: the prompts of kl_facts, the subject's other facts.
+    context_facts: the prefix facts."""
 
     rewrite: tuple[EncodedPrompt, ...]
     weights: tuple[float, ...]
     kl: tuple[EncodedPrompt, ...]
     context_facts: tuple[Fact, ...]
+    kl_facts: tuple[Fact, ...] = ()
 
 
 def prompt_weights(n_rewrite: int, bare_prompt_weight: float) -> torch.Tensor:
@@ -47,9 +49,10 @@ def rewrite_set(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str
     rng = np.random.default_rng([seed, 7])
     context = tuple(kg.sample_facts(num_prefixes, rng, exclude_subjects={s}))
     rewrite = (bare,) + tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in context)
-    kl = tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in kg.facts_of(s) if f.r != r)
+    kl_facts = tuple(f for f in kg.facts_of(s) if f.r != r)
+    kl = tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in kl_facts)
     weights = tuple(prompt_weights(len(rewrite), bare_prompt_weight).tolist())
-    return RewriteSet(rewrite, weights, kl, context)
+    return RewriteSet(rewrite, weights, kl, context, kl_facts)
 
 
 @dataclass(frozen=True)
