@@ -32,10 +32,13 @@ class RewriteSet:
     kl_facts: tuple[Fact, ...] = ()
 
 
-def prompt_weights(n_rewrite: int, bare_prompt_weight: float) -> torch.Tensor:
-    """(n_rewrite,) float64: bare prompt `bare_prompt_weight`, the prefixed prompts share the rest."""
+def prompt_weights(n_rewrite: int, bare_prompt_weight: float | None) -> torch.Tensor:
+    """(n_rewrite,) float64: bare prompt `bare_prompt_weight`, the prefixed prompts share the rest; None: all alike
+    (1 / n_rewrite each, the original's mean over its context templates)."""
     if n_rewrite == 1:
         return torch.ones(1, dtype=torch.float64)
+    if bare_prompt_weight is None:
+        return torch.full((n_rewrite,), 1 / n_rewrite, dtype=torch.float64)
     rest = (1 - bare_prompt_weight) / (n_rewrite - 1)
     return torch.tensor([bare_prompt_weight] + [rest] * (n_rewrite - 1), dtype=torch.float64)
 

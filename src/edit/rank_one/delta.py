@@ -79,15 +79,14 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
             logits = readout(added())
             log_probs = torch.log_softmax(logits, dim=-1)
             target_log_probs = log_probs[torch.arange(n_read, device=device), targets].view(n_rewrite, m).sum(1)
-            if bool((logits[:n_read].argmax(-1) == targets).all()) and \
-                        float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
-                    steps -= 1
-                    break
-            nll = -(weights * target_log_probs).sum() / m  # per target token, as the original
-            kl = (F.kl_div(log_probs[n_read:], kl_init, log_target=True, reduction="batchmean")
-                      if kl_init is not None else torch.zeros((), device=device))
-            decay = hp.v_weight_decay * delta.norm() ** 2 / out_bare.norm() ** 2
-            loss = nll + hp.kl_factor * kl + decay
+            if hp.v_stop == "target_prob" and bool((logits[:n_read].argmax(-1) == targets).all()) and \
+                    float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
+                steps -= 1
+                break
+            loss = delta_objective(hp, target_log_probs, weights, m, log_probs[n_read:], kl_init, delta, out_bare)
+            if hp.v_stop == "loss" and (float(loss.detach()) < hp.v_stop_loss or steps == hp.v_num_grad_steps):
+                steps -= 1  # the original: the loss is computed, no step is taken
+                break
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -96,3 +95,28 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
                     if norm > max_norm:
                         delta.mul_(max_norm / norm)
     return delta.detach(), steps
+
+
+def delta_objective(hp: ROMEHyperParams, target_log_probs: torch.Tensor, weights: torch.Tensor, m: int,
+                    kl_log_probs: torch.Tensor, kl_init: torch.Tensor | None, delta: torch.Tensor,
+                    out_bare: torch.Tensor) -> torch.Tensor:
+    """The loss delta minimises (a scalar): NLL + kl_factor * KL + weight decay.
+
+    target_log_probs (n_rewrite,): log p(target | rewrite prompt), summed over the m target tokens; weights
+    (n_rewrite,) sum to 1; kl_log_probs, kl_init (n_kl, vocab): next-token log-probabilities of the KL prompts now and
+    before the edit; out_bare (d,): the MLP output at the bare prompt's edit position.
+    - NLL = -sum_i w_i log p_i / m: per target token (with uniform weights, the original's mean).
+    - KL, batch mean: kl_direction "forward" KL(before || now); "reverse" KL(now || before), the original code's
+      `kl_div(kl_distr_init, kl_log_probs, log_target=True)`.
+    - weight decay: v_weight_decay_form "squared" v_weight_decay |delta|^2 / |out_bare|^2; "norm"
+      v_weight_decay |delta| / |out_bare|^2, the original code's.
+    """
+    nll = -(weights * target_log_probs).sum() / m
+    if kl_init is None:
+        kl = torch.zeros((), device=delta.device)
+    elif hp.kl_direction == "forward":
+        kl = F.kl_div(kl_log_probs, kl_init, log_target=True, reduction="batchmean")
+    else:
+        kl = F.kl_div(kl_init, kl_log_probs, log_target=True, reduction="batchmean")
+    size = delta.norm() ** 2 if hp.v_weight_decay_form == "squared" else delta.norm()
+    return nll + hp.kl_factor * kl + hp.v_weight_decay * size / out_bare.norm() ** 2

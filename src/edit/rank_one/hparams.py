@@ -13,6 +13,9 @@ FACT_TOKENS = ("last", "subject_last")
 KEY_MODES = ("consistent", "original")
 V_OBJECTIVES = ("rank_one", "lookup")
 MOM2_SOURCES = ("corpus", "fact_prompts", "both")
+WEIGHT_DECAY_FORMS = ("squared", "norm")
+KL_DIRECTIONS = ("forward", "reverse")
+V_STOPS = ("target_prob", "loss")
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,12 @@ class ROMEHyperParams:
     v_weight_decay: float = 0.001
     v_stop_prob: float = 0.95
     v_objective: str = "rank_one"
+    v_weight_decay_form: str = "squared"
+    kl_direction: str = "forward"
+    v_stop: str = "target_prob"
+    v_stop_loss: float = 0.05
     num_context_prefixes: int = 10
-    bare_prompt_weight: float = 0.5
+    bare_prompt_weight: float | None = 0.5
     key_mode: str = "consistent"
     mom2_n_samples: int = 0
     mom2_source: str = "corpus"
@@ -48,11 +55,16 @@ class ROMEHyperParams:
             (self.fact_token in FACT_TOKENS, f"fact_token must be one of {', '.join(FACT_TOKENS)}, got '{self.fact_token}'"),
             (self.key_mode in KEY_MODES, f"key_mode must be one of {', '.join(KEY_MODES)}, got '{self.key_mode}'"),
             (self.v_objective in V_OBJECTIVES, f"v_objective must be one of {', '.join(V_OBJECTIVES)}, got '{self.v_objective}'"),
+            (self.v_weight_decay_form in WEIGHT_DECAY_FORMS,
+             f"v_weight_decay_form must be one of {', '.join(WEIGHT_DECAY_FORMS)}, got '{self.v_weight_decay_form}'"),
+            (self.kl_direction in KL_DIRECTIONS, f"kl_direction must be one of {', '.join(KL_DIRECTIONS)}, got '{self.kl_direction}'"),
+            (self.v_stop in V_STOPS, f"v_stop must be one of {', '.join(V_STOPS)}, got '{self.v_stop}'"),
             (self.mom2_source in MOM2_SOURCES, f"mom2_source must be one of {', '.join(MOM2_SOURCES)}, got '{self.mom2_source}'"),
             (self.clamp_norm_factor > 0, f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}"),
             (self.v_num_grad_steps >= 1, f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"),
             (self.num_context_prefixes >= 0, f"num_context_prefixes must be >= 0, got {self.num_context_prefixes}"),
-            (0 < self.bare_prompt_weight <= 1, f"bare_prompt_weight must be in (0, 1], got {self.bare_prompt_weight}"),
+            (self.bare_prompt_weight is None or 0 < self.bare_prompt_weight <= 1,
+             f"bare_prompt_weight must be in (0, 1] or null (uniform), got {self.bare_prompt_weight}"),
             (self.layer is None or self.layer >= 0, f"layer must be >= 0 or null, got {self.layer}"),
             (self.past_keys_weight >= 0, f"past_keys_weight must be >= 0, got {self.past_keys_weight}"),
             (self.layer_retries >= 0, f"layer_retries must be >= 0, got {self.layer_retries}"),

@@ -1,0 +1,60 @@
+"""ROME's v* objective against hand-written formulas: ours (squared weight decay, KL(before || now)) and the original
+code's (kmeng01/rome compute_v: |delta| / |v|^2 and kl_div(init, now), i.e. KL(now || before))."""
+
+import pytest
+import torch
+
+from src.edit.rank_one.delta import delta_objective
+from src.edit.rank_one.hparams import ROMEHyperParams
+from src.edit.rome import ROME
+
+
+def hand_written(kl_factor, weight_decay, squared, forward, tlp, w, m, now, before, delta, out):
+    nll = -sum(float(w[i]) * float(tlp[i]) for i in range(len(tlp))) / m
+    p_now, p_before = now.double().exp(), before.double().exp()
+    if forward:  # KL(before || now) = sum_v p_before (log p_before - log p_now), mean over prompts
+        kl = float((p_before * (before.double() - now.double())).sum(-1).mean())
+    else:
+        kl = float((p_now * (now.double() - before.double())).sum(-1).mean())
+    d, o = float(delta.double().norm()), float(out.double().norm())
+    decay = weight_decay * (d ** 2 if squared else d) / o ** 2
+    return nll + kl_factor * kl + decay
+
+
+@pytest.mark.parametrize("form,direction", [("squared", "forward"), ("norm", "reverse"), ("squared", "reverse"),
+                                            ("norm", "forward")])
+def test_objective_terms_equal_the_hand_written_formulas(form, direction):
+    generator = torch.Generator().manual_seed(0)
+    hp = ROMEHyperParams(kl_factor=0.3, v_weight_decay=0.7, v_weight_decay_form=form, kl_direction=direction)
+    tlp = -torch.rand(4, generator=generator) * 3  # (n_rewrite,) summed over m pieces
+    w = torch.tensor([0.4, 0.2, 0.2, 0.2])
+    now = torch.log_softmax(torch.randn(3, 11, generator=generator), dim=-1)
+    before = torch.log_softmax(torch.randn(3, 11, generator=generator), dim=-1)
+    delta, out = torch.randn(8, generator=generator), torch.randn(8, generator=generator)
+    got = float(delta_objective(hp, tlp, w, 2, now, before, delta, out))
+    expected = hand_written(0.3, 0.7, form == "squared", direction == "forward", tlp, w, 2, now, before, delta, out)
+    assert got == pytest.approx(expected, rel=1e-5)
+    other = "reverse" if direction == "forward" else "forward"
+    flipped = float(delta_objective(ROMEHyperParams(kl_factor=0.3, v_weight_decay=0.7, v_weight_decay_form=form,
+                                                    kl_direction=other), tlp, w, 2, now, before, delta, out))
+    assert flipped != pytest.approx(got, rel=1e-3)  # the direction matters for these distributions
+
+
+def test_the_original_stop_rule_takes_at_most_one_step_fewer_than_the_budget(tiny_model, tiny_kg, tmp_path):
+    """v_stop "loss": the original computes the loss at each of its v_num_grad_steps iterations and steps after all
+    but the last (or until the loss is below v_stop_loss)."""
+    model, tokenizer = tiny_model
+    fact = tiny_kg.graph.facts[2]
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+    steps = {}
+    for stop in ("target_prob", "loss"):
+        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                    progress=False, hparams={"layer": 1, "v_num_grad_steps": 3, "v_stop": stop, "v_stop_loss": 0.0})
+        steps[stop] = rome.apply_edit(fact.s, fact.r, target, measure=False)[1].v_steps
+    assert steps["loss"] == 2 and steps["target_prob"] <= 3
+
+
+def test_uniform_prompt_weights():
+    from src.edit.prompts.rewrite import prompt_weights
+    assert torch.equal(prompt_weights(4, None), torch.full((4,), 0.25, dtype=torch.float64))
+    assert prompt_weights(3, 0.5).tolist() == [0.5, 0.25, 0.25]
