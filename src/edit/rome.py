@@ -43,7 +43,7 @@ from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.decoding import decode_ids, greedy_decode, sequence_probs
 from src.edit.prompts.encoding import check_known_words, encode_fact_prompt
 from src.edit.prompts.kg_context import KGContext
-from src.edit.prompts.rewrite import ROMEPrompts, prompt_weights, rome_prompts
+from src.edit.prompts.rewrite import RewriteSet, rewrite_set
 from src.edit.rank_one.covariance import KeyCovariance
 from src.edit.rank_one.delta import compute_delta
 from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
@@ -194,8 +194,8 @@ class ROME:
             located = self._locate(s, r)
             layer_used, layer_source = located.layer, "located"
 
-        prompts = rome_prompts(self.tokenizer, self.kg, s, r, hp.num_context_prefixes, hp.num_eval_prefixes,
-                               hp.num_eval_random_facts, hp.seed)
+        prompts = rewrite_set(self.tokenizer, self.kg, s, r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed,
+                              hp.num_eval_prefixes, hp.num_eval_random_facts)
         eval_before = edit_predictions(model, self.tokenizer, prompts, target_ids) if measure else None
         edited = copy.deepcopy(model) if copy_model else model
         weight_name, saved, update, steps = self._edit(edited, prompts, layer_used, target_ids)
@@ -215,7 +215,7 @@ class ROME:
             delta_norm=float(update.delta.norm()), v_steps=steps, metrics=metrics,
             locate=located.to_dict() if located else None, weight_name=weight_name,
             context_facts=tuple(f.sentence() for f in prompts.context_facts),
-            kl_facts=tuple(f.sentence() for f in prompts.subject_facts) if hp.kl_factor > 0 else (),
+            kl_facts=tuple(f.sentence() for f in prompts.kl_facts) if hp.kl_factor > 0 else (),
             _saved_weight=None if copy_model else saved, _update=update,
         )
 
@@ -256,15 +256,11 @@ class ROME:
         order = sorted(range(len(located.effects)), key=lambda l: (-located.effects[l], l))
         return [l for l in order if l != tried][: self.hparams.layer_retries]
 
-    def _prompt_weights(self, n_rewrite: int) -> torch.Tensor:
-        """Weights of the rewrite prompts in k* and in the NLL (float32; see `src.edit.prompts.rewrite.prompt_weights`)."""
-        return prompt_weights(n_rewrite, self.hparams.bare_prompt_weight).float()
-
     def forget_past_edits(self) -> None:
         """Drop the remembered keys of earlier in-place edits (e.g. after restoring the weights they changed)."""
         self.covariance.forget()
 
-    def _edit(self, model: PreTrainedModel, prompts: ROMEPrompts, layer: int,
+    def _edit(self, model: PreTrainedModel, prompts: RewriteSet, layer: int,
               target_ids: tuple[int, ...]) -> tuple[str, torch.Tensor, RankOneUpdate, int]:
         """Compute and apply the update to `model`; returns (weight name, saved weight, update, steps)."""
         hp = self.hparams
@@ -272,7 +268,7 @@ class ROME:
         module = layout.mlp_out(layer)
         weight_name = layout.paths.mlp_out.format(layer)
         keys = compute_keys(model, self.tokenizer, prompts.rewrite, layer, hp.fact_token, target_ids, self.speed)  # (m, n, d_ff)
-        weights = self._prompt_weights(len(prompts.rewrite))  # (n_rewrite,) float32: k* and the NLL
+        weights = torch.tensor(prompts.weights, dtype=torch.float64).float()  # (n_rewrite,): k* and the NLL
         piece_keys = compute_k_star(keys, weights)  # (m, d_ff)
         precondition = self.covariance.preconditioner(model, layer, piece_keys.shape[1])  # x -> C^-1 x (or P x, x)
         denominator_keys = piece_keys if hp.key_mode == "consistent" else keys[:, 0]

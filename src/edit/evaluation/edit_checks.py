@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.prompts.decoding import greedy_decode
 from src.edit.prompts.encoding import encode_fact_prompt
-from src.edit.prompts.rewrite import ROMEPrompts
+from src.edit.prompts.rewrite import RewriteSet
 from src.lm.token_ids import object_token_ids
 
 Predictions = dict[str, list[tuple[int, ...]]]  # prompt group -> greedy token ids per prompt
@@ -41,11 +41,11 @@ class EditMetrics:
         return asdict(self)
 
 
-def edit_predictions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: ROMEPrompts,
+def edit_predictions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: RewriteSet,
                      target_ids: tuple[int, ...]) -> Predictions:
     """Greedy predictions: as long as the target behind the edited prompts, as long as each fact's object behind
     the other facts' prompts; one batched decode."""
-    facts = {"subject": prompts.subject_facts, "random": prompts.random_facts}
+    facts = {"subject": prompts.kl_facts, "random": prompts.random_facts}  # kl_facts: the subject's other facts
     groups = {"prefix": prompts.eval_prefix, "alias": prompts.eval_alias,
               **{name: [encode_fact_prompt(tokenizer, f.s, f.r) for f in group] for name, group in facts.items()}}
     lengths = {"prefix": [len(target_ids)] * len(prompts.eval_prefix),

@@ -1,8 +1,9 @@
 """What defines one fact edit: the rewrite prompts with their weights and the KL anchor prompts (the MLP keys at
-the edit positions: `src.edit.rank_one.keys.mlp_keys`); for ROME also the prompts its own metrics score.
+the edit positions: `src.edit.rank_one.keys.mlp_keys`), and for ROME also the prompts its own metrics score.
 
 The rewrite prompts are the bare prompt `"s r"` and the same prompt behind KG context prefixes (other facts in the
-corpus' chain format). `rewrite_set` draws them for FT and MEMIT, `rome_prompts` for ROME.
+corpus' chain format). `rewrite_set` draws them for every method: FT and MEMIT take the rewrite and KL prompts,
+ROME also the prompts `apply_edit` scores.
 """
 
 from __future__ import annotations
@@ -21,15 +22,23 @@ from src.kg.graph import Fact
 
 @dataclass(frozen=True)
 class RewriteSet:
-    """rewrite: bare prompt first, then the prefixed ones; weights (sum 1): the bare prompt's share is
-    `bare_prompt_weight` when there are prefixes. kl: the prompts of kl_facts, the subject's other facts.
-    context_facts: the prefix facts."""
+    """The prompts of one edit.
+
+    What the method computes the edit from: rewrite (bare prompt first, then prefixed) with weights (sum 1: the bare
+    prompt's share is `bare_prompt_weight` when there are prefixes); kl, the prompts of kl_facts, the subject's other
+    facts; context_facts, the prefix facts. What `ROME.apply_edit`'s metrics score (empty unless asked for):
+    eval_prefix, the prompt behind other prefixes; eval_alias, with the relation's alias; random_facts, facts of
+    other subjects (and kl_facts, for the subject's other facts).
+    """
 
     rewrite: tuple[EncodedPrompt, ...]
     weights: tuple[float, ...]
     kl: tuple[EncodedPrompt, ...]
     context_facts: tuple[Fact, ...]
     kl_facts: tuple[Fact, ...] = ()
+    eval_prefix: tuple[EncodedPrompt, ...] = ()
+    eval_alias: tuple[EncodedPrompt, ...] = ()
+    random_facts: tuple[Fact, ...] = ()
 
 
 def prompt_weights(n_rewrite: int, bare_prompt_weight: float | None) -> torch.Tensor:
@@ -44,58 +53,31 @@ def prompt_weights(n_rewrite: int, bare_prompt_weight: float | None) -> torch.Te
 
 
 def rewrite_set(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str, r: str, num_prefixes: int,
-                bare_prompt_weight: float, seed: int) -> RewriteSet:
-    """Prefix facts are drawn (seeded) from other subjects' facts; without a KG there is only the bare prompt."""
+                bare_prompt_weight: float | None, seed: int, num_eval_prefixes: int = 0,
+                num_random_facts: int = 0) -> RewriteSet:
+    """One seeded draw (per seed, not per request) of num_prefixes + num_eval_prefixes prefix facts (the first ones
+    are the context, the rest the evaluation's), then of num_random_facts facts, all of other subjects, and the
+    alias prompt where the corpus has a known alias; without a KG there is only the bare prompt."""
     bare = encode_fact_prompt(tokenizer, s, r)
     if kg is None:
         return RewriteSet((bare,), (1.0,), (), ())
     rng = np.random.default_rng([seed, 7])
-    context = tuple(kg.sample_facts(num_prefixes, rng, exclude_subjects={s}))
-    rewrite = (bare,) + tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in context)
+    prefix_facts = kg.sample_facts(num_prefixes + num_eval_prefixes, rng, exclude_subjects={s})
+    context, held = tuple(prefix_facts[:num_prefixes]), prefix_facts[num_prefixes:]
+    randoms = tuple(kg.sample_facts(num_random_facts, rng, exclude_subjects={s})) if num_random_facts else ()
     kl_facts = tuple(f for f in kg.facts_of(s) if f.r != r)
-    kl = tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in kl_facts)
-    weights = tuple(prompt_weights(len(rewrite), bare_prompt_weight).tolist())
-    return RewriteSet(rewrite, weights, kl, context, kl_facts)
-
-
-@dataclass(frozen=True)
-class ROMEPrompts:
-    """What ROME computes an edit from (rewrite: bare prompt first, then prefixed; kl: the subject's other facts;
-    context_facts: the prefix facts) and what `ROME.apply_edit`'s metrics score (eval_prefix: the prompt behind
-    other prefixes; eval_alias: with the relation's alias; subject_facts: the subject's other facts, the facts of
-    `kl`; random_facts: other subjects' facts)."""
-
-    rewrite: tuple[EncodedPrompt, ...]
-    kl: tuple[EncodedPrompt, ...]
-    context_facts: tuple[Fact, ...]
-    eval_prefix: tuple[EncodedPrompt, ...]
-    eval_alias: tuple[EncodedPrompt, ...]
-    subject_facts: tuple[Fact, ...]
-    random_facts: tuple[Fact, ...]
-
-
-def rome_prompts(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str, r: str,
-                 num_context_prefixes: int, num_eval_prefixes: int, num_random_facts: int, seed: int) -> ROMEPrompts:
-    """One seeded draw of the prefix facts (context, then evaluation) and then of the other subjects' facts, all
-    from other subjects; without a KG there is only the bare prompt."""
-    bare = encode_fact_prompt(tokenizer, s, r)
-    if kg is None:
-        return ROMEPrompts((bare,), (), (), (), (), (), ())
-    rng = np.random.default_rng([seed, 7])
-    subject_facts = tuple(f for f in kg.facts_of(s) if f.r != r)
-    prefix_facts = kg.sample_facts(num_context_prefixes + num_eval_prefixes, rng, exclude_subjects={s})
-    context, held = tuple(prefix_facts[:num_context_prefixes]), prefix_facts[num_context_prefixes:]
+    rewrite = (bare,) + tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in context)
     alias = kg.aliases.get(r)
     known_alias = alias is not None and tokenizer.unk_token_id not in tokenizer(alias, add_special_tokens=False)["input_ids"]
-    others = tuple(kg.sample_facts(num_random_facts, rng, exclude_subjects={s}))
-    return ROMEPrompts(
-        rewrite=(bare,) + tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in context),
-        kl=tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in subject_facts),
+    return RewriteSet(
+        rewrite=rewrite,
+        weights=tuple(prompt_weights(len(rewrite), bare_prompt_weight).tolist()),
+        kl=tuple(encode_fact_prompt(tokenizer, f.s, f.r) for f in kl_facts),
         context_facts=context,
+        kl_facts=kl_facts,
         eval_prefix=tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in held),
         eval_alias=(encode_fact_prompt(tokenizer, s, alias),) if known_alias else (),
-        subject_facts=subject_facts,
-        random_facts=others,
+        random_facts=randoms,
     )
 
 

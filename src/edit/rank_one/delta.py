@@ -16,14 +16,14 @@ from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.model.hooks import Trace
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.batch import PromptBatch
-from src.edit.prompts.rewrite import ROMEPrompts
+from src.edit.prompts.rewrite import RewriteSet
 from src.edit.rank_one.keys import edit_positions, pieces_read
 from src.edit.model.resumed_forward import ResumedForward
 from src.edit.rank_one.hparams import ROMEHyperParams
 
 
 def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp: ROMEHyperParams,
-                  prompts: ROMEPrompts, weights: torch.Tensor, layer: int, target_ids: tuple[int, ...],
+                  prompts: RewriteSet, weights: torch.Tensor, layer: int, target_ids: tuple[int, ...],
                   u: torch.Tensor, denominator: float, speed: SpeedPaths = FAST) -> tuple[torch.Tensor, int]:
     """(delta (d_model,) float32 such that the edited model predicts the target, steps taken); see the module
     docstring. prompts.rewrite carry `weights` (n_rewrite,) in the NLL, prompts.kl the KL term; u and denominator:
