@@ -107,7 +107,7 @@ def main() -> None:
 
     prompts = [f.prompt() for f in graph.facts]
     probe_fast = PromptProbe(tokenizer, prompts)
-    probe_plain = PromptProbe(tokenizer, prompts, share_stems=False, speed=PLAIN)
+    probe_plain = PromptProbe(tokenizer, prompts, speed=PLAIN)
     probe_fast.top1(model)  # warm-up
     plain_s, plain_top1 = timed(lambda: probe_plain.top1(model))
     fast_s, fast_top1 = timed(lambda: probe_fast.top1(model))
@@ -132,8 +132,6 @@ def main() -> None:
     hparams = rome.load_hparams(args.rome_hparams)
     eval_requests = requests[: args.eval_edits]
     plain_evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, 5, 20, 20, 0, speed=PLAIN)
-    plain_evaluator.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in evaluator.facts], share_stems=False,
-                                           speed=PLAIN)
     plain_s, plain_run = timed(lambda: run_method("rome", model, tokenizer, eval_requests, "independent",
                                                   plain_evaluator, plain_env, hparams, progress=False))
     fast_s, fast_run = timed(lambda: run_method("rome", model, tokenizer, eval_requests, "independent", evaluator,

@@ -42,8 +42,8 @@ def test_shared_stems_are_chunked_like_whole_prompts():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
     whole = PromptProbe(tokenizer, PAIRS, share_stems=False, speed=SpeedPaths.plain()).probabilities(model)
-    small = SpeedPaths(activation_budget=9 * widest_hidden(model))  # 2-token stems 4 per forward, then 3 prompts
-    assert small.rows(model, 2) == 4 and small.rows(model, 3) == 3
+    small = SpeedPaths(activation_budget=9 * widest_hidden(model))  # 4 two-token prompts per forward: the 7 stems'
+    assert small.rows(model, 2) == 4  # first prompts in two forwards, the 7 others in two more
     torch.testing.assert_close(PromptProbe(tokenizer, PAIRS, speed=small).probabilities(model), whole, atol=2e-6, rtol=1e-5)
 
 

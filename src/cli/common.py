@@ -34,4 +34,4 @@ def add_dtype_argument(parser) -> None:
     """`--dtype float32|float16|bfloat16` (see `src.lm.model.resolve_dtype`)."""
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="weights' dtype (default float32; float16 needs CUDA; statistics and solves stay "
-                             "float32/float64)")
+                             "float64)")

@@ -240,7 +240,7 @@ class ROME:
         """The tracer that locates edits (built once: its noise scale comes from the entity embeddings, which ROME
         never changes)."""
         subjects = sorted({f.s for f in self.kg.facts}) if self.kg else None
-        return CausalTracer(self.model, self.tokenizer, self.device, subjects=subjects)
+        return CausalTracer(self.model, self.tokenizer, self.device, subjects=subjects, speed=self.speed)
 
     def _locate(self, s: str, r: str) -> LocateResult:
         """The MLP layer with the largest indirect effect at the edit position (hparams.fact_token)."""

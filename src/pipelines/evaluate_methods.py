@@ -124,7 +124,8 @@ def _snapshot_changed(model: PreTrainedModel, snapshot: dict[str, torch.Tensor],
 
 
 def _bare_probabilities(evaluator: KGEvaluator, model: PreTrainedModel, requests: Sequence[EditRequest]) -> torch.Tensor:
-    return PromptProbe(evaluator.tokenizer, [query_text(q.s, q.r) for q in requests]).probabilities(model)
+    return PromptProbe(evaluator.tokenizer, [query_text(q.s, q.r) for q in requests],
+                       speed=evaluator.speed).probabilities(model)
 
 
 def _record(index: int, method: str, mode: str, request: EditRequest, metrics: dict, info, norm: float,
@@ -196,7 +197,8 @@ def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, case
     requests = [c.request for c in cases]
     edited = {(q.s, q.r) for q in requests}
     targets = torch.tensor([single_token_id(evaluator.tokenizer, q.target) for q in requests])
-    efficacy = float((PromptProbe(evaluator.tokenizer, [query_text(q.s, q.r) for q in requests]).top1(model) == targets).float().mean())
+    bare = PromptProbe(evaluator.tokenizer, [query_text(q.s, q.r) for q in requests], speed=evaluator.speed)
+    efficacy = float((bare.top1(model) == targets).float().mean())
     prompts, owners = [], []
     for index, (case, context) in enumerate(zip(cases, used)):
         prefixed, _ = evaluator.probe_prompts(case, context)
@@ -204,7 +206,7 @@ def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, case
         owners += [index] * len(prefixed)
     generalization = None
     if prompts:
-        hits = PromptProbe(evaluator.tokenizer, prompts).top1(model) == targets[torch.tensor(owners)]
+        hits = PromptProbe(evaluator.tokenizer, prompts, speed=evaluator.speed).top1(model) == targets[torch.tensor(owners)]
         generalization = float(hits.float().mean())
     return CheckpointRecord(method, len(requests), evaluator.retention(evaluator.kg_probe.top1(model), edited),
                             efficacy, generalization)

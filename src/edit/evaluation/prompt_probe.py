@@ -40,11 +40,13 @@ class _LengthGroup:
 
 class PromptProbe:
     """Next-token logits for a fixed list of prompts. share_stems: run shared stems once when a length group has at
-    most half as many distinct stems as prompts (False: every prompt whole, the reference); speed: see `SpeedPaths`."""
+    most half as many distinct stems as prompts (False: every prompt whole, the reference; None: `speed.share_stems`);
+    speed: see `SpeedPaths`."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], share_stems: bool = True,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], share_stems: bool | None = None,
                  speed: SpeedPaths = FAST) -> None:
         self.speed = speed
+        share_stems = speed.share_stems if share_stems is None else share_stems
         bos = starts_with_bos(tokenizer)
         encoded = [encode_prompt(tokenizer, p, bos) for p in prompts]
         self.size = len(prompts)

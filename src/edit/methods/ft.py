@@ -69,7 +69,7 @@ class FTEditor(PromptEditor):
     @functools.cached_property
     def tracer(self) -> CausalTracer:
         subjects = sorted({f.s for f in self.kg.facts}) if self.kg else None
-        return CausalTracer(self.model, self.tokenizer, self.env.device, subjects=subjects)
+        return CausalTracer(self.model, self.tokenizer, self.env.device, subjects=subjects, speed=self.env.speed)
 
     def layer_for(self, requests: Sequence[EditRequest]) -> int:
         if self.hparams.layer is not None:

@@ -112,7 +112,9 @@ class BlockCall:
     def from_record(cls, block: nn.Module, record: RecordCall, num_tokens: int, batch: int) -> "BlockCall":
         """From what `RecordCall` saw in a forward of `batch` rows that all hold the same context (mask, positions,
         rotary tables): row 0 of every tensor with a batch dimension is kept, and broadcasts over any rows."""
-        return cls.bind(block, _first_row(record.args[1:], batch), _first_row(record.kwargs, batch), num_tokens)
+        args, kwargs = (record.args[1:], record.kwargs) if record.args else \
+            ((), {k: v for k, v in record.kwargs.items() if k != "hidden_states"})
+        return cls.bind(block, _first_row(args, batch), _first_row(kwargs, batch), num_tokens)
 
     @property
     def supports_suffix(self) -> bool:

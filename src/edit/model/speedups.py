@@ -84,16 +84,20 @@ class SpeedPaths:
     activation_budget: `rows_per_forward`'s budget; None runs every prompt of a batch in one forward.
     resume_forward: `ResumedForward` runs only the blocks above the edited one per step (False: the whole model, with
     the vector added by a hook).
+    share_stems: `PromptProbe` runs prompts that share all but their last token over the shared part once (False:
+    every prompt whole).
     """
 
     fuse_gelu: bool = True
     freeze_weights: bool = True
     activation_budget: int | None = ACTIVATION_BUDGET
     resume_forward: bool = True
+    share_stems: bool = True
 
     @classmethod
     def plain(cls) -> "SpeedPaths":
-        return cls(fuse_gelu=False, freeze_weights=False, activation_budget=None, resume_forward=False)
+        return cls(fuse_gelu=False, freeze_weights=False, activation_budget=None, resume_forward=False,
+                   share_stems=False)
 
     def fused(self, model: nn.Module) -> AbstractContextManager:
         return fused_activations(model) if self.fuse_gelu else nullcontext(0)
