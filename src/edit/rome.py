@@ -130,8 +130,6 @@ class ROME:
         self.layout = ModelLayout.of(model)
         self.corpus_path = Path(kg_corpus_path) if kg_corpus_path is not None else None
         self.kg = KGContext.from_corpus(self.corpus_path) if self.corpus_path is not None else None
-        self.use_mom2_adjustment = use_mom2_adjustment
-        self.progress = progress
         self.speed = speed
         self.covariance = KeyCovariance(model, tokenizer, self.corpus_path, self.hparams, use_mom2_adjustment,
                                         stats_dir, progress, statistics_from)

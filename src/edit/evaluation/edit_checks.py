@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.edit.evaluation.metrics import share
 from src.edit.prompts.decoding import greedy_decode
 from src.edit.prompts.encoding import encode_fact_prompt
 from src.edit.prompts.rewrite import RewriteSet
@@ -62,9 +62,6 @@ def edit_predictions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def edit_metrics(before: Predictions, after: Predictions, target_ids: tuple[int, ...]) -> EditMetrics:
     """From `edit_predictions` of the model before and after the edit."""
-    def share(values: list[bool]) -> float | None:
-        return float(np.mean(values)) if values else None
-
     return EditMetrics(
         generalization_prefix=share([p == target_ids for p in after["prefix"]]),
         generalization_alias=share([p == target_ids for p in after["alias"]]),

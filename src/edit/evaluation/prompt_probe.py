@@ -80,9 +80,10 @@ class PromptProbe:
     def _run(self, model: PreTrainedModel, reduce: Reduce) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(rows, reduce(logits)) per forward, logits (rows, vocab) float32 after each prompt's last token."""
         out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        by_hand = ModelLayout.supports(model)  # calling blocks by hand needs the family table
         with self.speed.fused(model):
             for group in self.groups:
-                if group.stems is None or not ModelLayout.supports(model):  # blocks by hand need the family table
+                if group.stems is None or not by_hand:
                     out += _run_whole(model, group, reduce, self.speed)
                 else:
                     out += _run_shared(model, group, reduce, self.speed)
@@ -132,7 +133,6 @@ def _run_shared(model: PreTrainedModel, group: _LengthGroup, reduce: Reduce,
     prefixes = [tuple(torch.cat([r[l][i] for r in recorded])[..., : T - 1, :] for i in (0, 1))
                 for l in range(layout.num_layers)]  # per layer (U, kv heads, T - 1, head dim) each, stem order
 
-    step = speed.rows(model, T)
     for start in range(0, len(rest), step):
         chunk = rest[start : start + step]
         with RecordCall(layout.block(0), stop=True) as embedded:  # the embeddings only
