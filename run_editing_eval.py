@@ -49,6 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int]:
                    help="hyperparameters YAML for one method (repeatable; default: configs/<method>_gpt_small.yaml)")
     p.add_argument("--num-neighbors", type=int, default=20, help="same-relation facts per edit for specificity")
     p.add_argument("--num-random", type=int, default=20, help="random facts per edit for specificity")
+    p.add_argument("--allowed-fraction", type=float, default=0.5,
+                   help="share of the KG's facts the methods may use (seeded by --seed); the rest are scored")
     p.add_argument("--procs", type=int, default=1, help="independent mode: split the edits across this many "
                    "processes on this machine, one CPU thread each (torchrun; default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
@@ -59,13 +61,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int]:
     return EvalConfig(model_dir=a.model_dir, kg_file=a.kg_file, kg_corpus=a.kg_corpus, methods=methods,
                       num_edits=a.num_edits, mode=a.mode, seed=a.seed, output_dir=a.output_dir, device=a.device, dtype=a.dtype,
                       hparams=parse_hparams(a.hparams), every=a.every, num_neighbors=a.num_neighbors,
-                      num_random=a.num_random, progress=not a.no_progress), a.procs
+                      num_random=a.num_random, allowed_fraction=a.allowed_fraction, progress=not a.no_progress), a.procs
 
 
 def fmt(metric: dict, scale: float = 1.0) -> str:
+    """mean [low, high]; "n/a" where nothing was measured."""
     if metric["n"] == 0:
         return "n/a"
-    return f"{metric['mean'] * scale:.3f}±{metric['ci95'] * scale:.3f}"
+    return f"{metric['mean'] * scale:.3f} [{metric['low'] * scale:.2f},{metric['high'] * scale:.2f}]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,17 +79,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_evaluation(config, REPO_ROOT)
     if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return 0
-    columns = [("efficacy", "efficacy"), ("generalization_prefix", "gen.prefix"), ("generalization_alias", "gen.alias"),
-               ("specificity_relation", "spec.rel"), ("specificity_subject", "spec.subj"),
-               ("specificity_random", "spec.rand"), ("retention_drop_points", "ret.drop(pt)"), ("seconds", "s/edit")]
-    print(f"\n{config.num_edits} edits, mode {config.mode}, seed {config.seed}")
-    print(f"{'method':<15}" + "".join(f"{label:>16}" for _, label in columns))
+    columns = [("efficacy", "efficacy"), ("paraphrase", "paraphrase"), ("context_robustness", "context"),
+               ("specificity_neighbourhood", "neighbourhood"), ("specificity_relation", "same rel."),
+               ("specificity_subject", "subject"), ("specificity_random", "random"),
+               ("retention_drop_points", "ret.drop(pt)"), ("seconds", "s/edit")]
+    split = config.split
+    print(f"\n{config.num_edits} edits, mode {config.mode}, seed {config.seed}; specificity and retention on facts held "
+          f"out from the methods ({1 - split.allowed_fraction:.0%} of the KG); mean [95% interval]")
+    print(f"{'method':<15}" + "".join(f"{label:>21}" for _, label in columns))
     for method, data in report.summary.items():
-        print(f"{method:<15}" + "".join(f"{fmt(data['metrics'][name]):>16}" for name, _ in columns))
+        print(f"{method:<15}" + "".join(f"{fmt(data['metrics'][name]):>21}" for name, _ in columns))
         for point in data["checkpoints"]:
             past = "n/a" if point["past_efficacy"] is None else f"{point['past_efficacy']:.3f}"
             print(f"{'':<15}after {point['num_edits']:>4} edits: retention {point['retention']:.3f}, "
                   f"past-edit efficacy {past}")
+    methods = list(report.summary)
+    for i, method in enumerate(methods):
+        for other in methods[i + 1 :]:
+            diffs = report.summary[method]["compared"].get(other, {})
+            shown = [f"{name} {fmt(d)}{'*' if not d['low'] <= 0 <= d['high'] else ''}" for name, d in diffs.items()
+                     if d["n"] and name in ("efficacy", "context_robustness", "specificity_neighbourhood",
+                                            "specificity_subject", "retention_drop_points")]
+            if shown:
+                print(f"{method} - {other} (paired; * interval excludes 0): " + "; ".join(shown))
     print(f"-> {report.output_dir}")
     return 0
 

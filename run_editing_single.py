@@ -63,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if r.metrics:
         m = r.metrics
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"  generalization      prefixes {fmt(m.generalization_prefix)} (n={m.num_prefix_prompts}), "
-              f"alias {fmt(m.generalization_alias)}")
+        print(f"  context robustness  {fmt(m.context_robustness)} (n={m.num_prefix_prompts}), "
+              f"paraphrase {fmt(m.paraphrase)}")
         print(f"  specificity         subject's other facts {fmt(m.specificity_subject)} (n={m.num_subject_facts}), "
               f"other subjects {fmt(m.specificity_random)} (n={m.num_random_facts})")
     kept = sum(row["kept"] for row in report.unrelated)

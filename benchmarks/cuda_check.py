@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.causal_tracing import KINDS, CausalTracer  # noqa: E402
-from src.edit.evaluation.requests import draw_requests, mean_interval  # noqa: E402
+from src.edit.evaluation.estimates import mean, proportion  # noqa: E402
+from src.edit.evaluation.requests import draw_requests  # noqa: E402
 from src.pipelines.locate_sample import sample_facts  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
 from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> None:
 
     reference = trace_all(copy.deepcopy(base), "cpu")
     requests = draw_requests(graph, args.num_edits, seed=0)
-    print(f"\n{'dtype':<10}{'max|dscore|':>12}{'best layer agree':>18}{'efficacy':>16}{'spec_random':>16}{'spec_subject':>16}")
+    print(f"\n{'dtype':<10}{'max|dscore|':>12}{'best layer agree':>18}{'efficacy':>22}{'spec_random':>16}{'spec_subject':>16}")
     for name, dtype in DTYPES.items():
         model = copy.deepcopy(base).to(args.device, dtype)
         traces = trace_all(model, args.device)
@@ -64,9 +65,9 @@ def main() -> None:
         agree = np.mean([t["mlp"].best_layer() == r["mlp"].best_layer() for t, r in zip(traces, reference)])
         rome = ROME(model, tokenizer, device=args.device, kg_corpus_path=corpus, progress=False)
         results = [rome.apply_edit(q.s, q.r, q.target)[1] for q in requests]
-        print(f"{name:<10}{diff:>12.2e}{agree:>18.2f}{str(mean_interval(r.success for r in results)):>16}"
-              f"{str(mean_interval(r.metrics.specificity_random for r in results)):>16}"
-              f"{str(mean_interval(r.metrics.specificity_subject for r in results)):>16}")
+        print(f"{name:<10}{diff:>12.2e}{agree:>18.2f}{str(proportion(r.success for r in results)):>22}"
+              f"{str(mean(r.metrics.specificity_random for r in results)):>22}"
+              f"{str(mean(r.metrics.specificity_subject for r in results)):>22}")
 
     # batched vs plain on the device, float32, identical noise
     model = copy.deepcopy(base).to(args.device)

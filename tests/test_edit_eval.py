@@ -1,6 +1,7 @@
 """Edit evaluation: metrics on a hand-made lookup-table model with known answers, the three modes on the tiny
 trained model, and a run directory whose summary is rebuilt from its records."""
 
+import copy
 import json
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from src.edit.evaluation.requests import EditRequest, draw_requests
 from src.edit.prompts.kg_context import KGContext
 from src.edit.methods import EditEnvironment
 from src.edit.evaluation.prompt_probe import PromptProbe
+from src.kg.split import FactSplit
 from src.lm.token_ids import first_token_id
 from tests.conftest import REPO_ROOT
 
@@ -55,28 +57,68 @@ def test_metrics_on_a_model_with_known_answers(table_setup, tiny_kg):
     target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
     request = EditRequest(fact.s, fact.r, fact.o, target)
     case = evaluator.case(request)
-    neighbor = facts[case.relation_neighbors[0]]
+    neighbor = facts[case.same_relation[0]]
     edited_table = dict(table)
     edited_table[(tid(fact.s), tid(fact.r))] = tid(target)  # the edit itself (prefixed prompts end the same way)
     edited_table[(tid(neighbor.s), tid(neighbor.r))] = tid(fact.o)  # one neighbour broken
     # the alias prompt is left unedited
     after = TableLM(edited_table, vocab)
     before_probs = PromptProbe(tokenizer, [f"{fact.s} {fact.r}"]).probabilities(before)
-    (m,) = evaluator.measure(before_probs, after, [case], [()], evaluator.kg_probe.top1(after), {(fact.s, fact.r)})
+    (m,) = evaluator.measure(before_probs, after, [case], [()], evaluator.kg_probe.top1(after), {(fact.s, fact.r)},
+                             [()])
     assert m["efficacy"] is True
-    assert m["generalization_prefix"] == 1.0 and m["generalization_alias"] == 0.0
-    n = len(case.relation_neighbors)
+    assert m["context_robustness"] == 1.0 and m["paraphrase"] == 0.0 and m["paraphrase_in_context"] == 0.0
+    assert m["context_margin"] == pytest.approx(1.0, abs=1e-6) and m["paraphrase_margin"] == pytest.approx(0.0, abs=1e-6)
+    n = len(case.same_relation)
     assert m["specificity_relation"] == pytest.approx((n - 1) / n)
     assert m["specificity_subject"] == 1.0
     broken_in_random = sum(facts[i] == neighbor for i in case.random_facts)
     assert m["specificity_random"] == pytest.approx(1 - broken_in_random / len(case.random_facts))
     assert m["retention_before"] == 1.0
     assert m["retention_after"] == pytest.approx(1 - 1 / (len(facts) - 1))
-    assert m["margin"] == pytest.approx(1.0, abs=1e-6) and m["old_prob_before"] == pytest.approx(1.0, abs=1e-6)
+    assert m["efficacy_margin"] == pytest.approx(1.0, abs=1e-6) and m["old_prob_before"] == pytest.approx(1.0, abs=1e-6)
+    assert m["specificity_seen"] is None and m["num_scored_seen"] == 0  # the method reported no KL facts
 
     # an unchanged model: no efficacy, everything kept
-    (same,) = evaluator.measure(before_probs, before, [case], [()], evaluator.kg_probe.top1(before), {(fact.s, fact.r)})
-    assert same["efficacy"] is False and same["specificity_relation"] == 1.0 and same["margin"] == pytest.approx(-1.0, abs=1e-6)
+    (same,) = evaluator.measure(before_probs, before, [case], [()], evaluator.kg_probe.top1(before), {(fact.s, fact.r)},
+                                [()])
+    assert same["efficacy"] is False and same["specificity_relation"] == 1.0
+    assert same["efficacy_margin"] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_the_neighbourhood_shares_relation_and_true_object_and_its_margin_is_read(table_setup):
+    """CounterFact's neighbourhood: other subjects whose fact has the edited relation AND its true object. Breaking
+    one of them (it now says the edit's target) is seen by the neighbourhood figure and its margin p(o) - p(o*)."""
+    tokenizer, facts, table, tid, vocab = table_setup
+    before = TableLM(table, vocab)
+    evaluator = KGEvaluator(before, tokenizer, facts, num_neighbors=50)
+    fact, twin = next((f, g) for f in facts for g in facts if f.s != g.s and (f.r, f.o) == (g.r, g.o))
+    target = next(f.o for f in facts if f.o not in (fact.o, fact.s))
+    case = evaluator.case(EditRequest(fact.s, fact.r, fact.o, target))
+    neighbours = [facts[i] for i in case.neighbourhood]
+    assert twin in neighbours and all(g.s != fact.s and (g.r, g.o) == (fact.r, fact.o) for g in neighbours)
+    assert set(case.neighbourhood) <= set(case.same_relation) or len(case.same_relation) == evaluator.num_neighbors
+    edited = dict(table)
+    edited[(tid(fact.s), tid(fact.r))] = tid(target)
+    edited[(tid(twin.s), tid(twin.r))] = tid(target)  # the edit leaks into one neighbour
+    after = TableLM(edited, vocab)
+    probs = PromptProbe(tokenizer, [fact.prompt()]).probabilities(before)
+    (m,) = evaluator.measure(probs, after, [case], [()], evaluator.kg_probe.top1(after), {(fact.s, fact.r)}, [()])
+    k = len(neighbours)
+    assert m["specificity_neighbourhood"] == pytest.approx((k - 1) / k)
+    assert m["neighbourhood_margin"] == pytest.approx((k - 2) / k, abs=1e-5)  # +1 on the kept ones, -1 on the twin
+
+
+def test_under_a_split_every_scored_fact_is_held_out(table_setup):
+    tokenizer, facts, table, _, vocab = table_setup
+    split = FactSplit(seed=4, allowed_fraction=0.5)
+    evaluator = KGEvaluator(TableLM(table, vocab), tokenizer, facts, num_prefixes=3, split=split)
+    assert evaluator.facts == list(split.held_out(facts)) and 0 < len(evaluator.facts) < len(facts)
+    for fact in facts[:10]:
+        case = evaluator.case(EditRequest(fact.s, fact.r, fact.o, fact.s))
+        scored = [evaluator.facts[i] for group in (case.neighbourhood, case.same_relation, case.subject_facts,
+                                                   case.random_facts) for i in group] + list(case.prefix_candidates)
+        assert scored and not any(split.allows(f.s, f.r) for f in scored)
 
 
 def test_prefixes_the_method_used_are_not_measured(table_setup):
@@ -85,7 +127,7 @@ def test_prefixes_the_method_used_are_not_measured(table_setup):
     request = EditRequest(facts[0].s, facts[0].r, facts[0].o, facts[1].o)
     case = evaluator.case(request)
     used = [f.sentence() for f in case.prefix_candidates[:2]]
-    prefixed, _ = evaluator.probe_prompts(case, used)
+    prefixed, _ = evaluator.context_prompts(case, used)
     assert len(prefixed) == 3 and not any(p.startswith(u) for p in prefixed for u in used)
     assert evaluator.case(request) == case  # seeded per request
 
@@ -125,24 +167,59 @@ def test_sequential_mode_checkpoints(tiny_evaluator, tiny_kg, tmp_path):
     assert len(list((tmp_path / "mom2").glob("*.pt"))) == 2  # C of the original weights, once per layer
 
 
-def test_the_subject_facts_a_method_held_in_place_are_counted_as_seen(tiny_evaluator, tiny_kg, tmp_path):
-    """ROME's and MEMIT's KL terms keep the subject's other facts, the very facts specificity_subject scores: every
-    one of them is counted as seen (and listed in the method's kl_facts); FT has no KL term and sees none."""
-    model, tokenizer, evaluator = tiny_evaluator
-    env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path)
-    requests = draw_requests(tiny_kg.graph, 2, seed=0)
-    hparams = {"rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_random_facts": 5},
-               "memit": {"layers": [1, 2], "num_context_prefixes": 3, "mom2_source": "corpus"},
-               "ft": {"layer": 1, "num_context_prefixes": 3}}
-    for method, expected in (("rome", 1.0), ("memit", 1.0), ("ft", 0.0)):
-        run = run_method(method, model, tokenizer, requests, "independent", evaluator, env, hparams[method],
+HPARAMS = {"rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_random_facts": 5},
+           "memit": {"layers": [1, 2], "num_context_prefixes": 3, "mom2_source": "fact_prompts"},
+           "ft": {"layer": 1, "num_context_prefixes": 3}}
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "ft"])
+def test_no_scored_prompt_of_an_edit_is_one_its_method_saw(tiny_model, tiny_kg, tmp_path, method):
+    """The leakage test. Under one split shared by the method and the evaluator, every fact an edit is scored on
+    (or whose sentence is a context prefix of its scored prompts) is absent from what the method used: its context
+    prefixes, its KL prompts, and the facts its fact-prompt statistics were built from. Without the split the same
+    check finds the overlap (ROME's and MEMIT's KL prompts are the subject's other facts), so it can fail."""
+    from src.edit.methods import build_editor
+    from src.edit.rank_one.key_statistics import statistics_facts
+    model, tokenizer = tiny_model
+    aliases = KGContext.from_corpus(tiny_kg.corpus_path).aliases
+    requests = draw_requests(tiny_kg.graph, 4, seed=2)
+    for split in (FactSplit(seed=0), None):
+        env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path, split=split)
+        evaluator = KGEvaluator(model, tokenizer, tiny_kg.graph.facts, aliases, num_prefixes=2, split=split)
+        statistics = {f.sentence() for f in statistics_facts(tiny_kg.corpus_path, split)} if method == "memit" else set()
+        overlaps, held = [], []
+        for request in requests:
+            editor = build_editor(method, copy.deepcopy(model), tokenizer, HPARAMS[method], env)
+            info = editor.edit([request]).infos[0]
+            scored = evaluator.scored_facts(evaluator.case(request), info.context_facts)
+            seen = set(info.context_facts) | set(info.kl_facts) | statistics
+            overlaps.append(len(scored & seen))
+            held.append(len(info.kl_facts))
+        assert (sum(held) > 0) == (method != "ft")  # the KL terms held facts in place (under the split, allowed ones)
+        run = run_method(method, model, tokenizer, requests, "independent", evaluator, env, HPARAMS[method],
                          progress=False)
-        for record in run.records:
-            subject_facts = [f for f in tiny_kg.graph.facts if f.s == record.request.s and f.r != record.request.r]
-            assert subject_facts and record.specificity_subject_seen == expected, (method, record.request)
-    rome = run_method("rome", model, tokenizer, requests[:1], "independent", evaluator, env,
-                      {**hparams["rome"], "kl_factor": 0.0}, progress=False)
-    assert rome.records[0].specificity_subject_seen == 0.0  # no KL term: nothing held in place
+        counted = [r.num_scored_seen for r in run.records]
+        if split is not None:
+            assert overlaps == [0] * len(requests) and counted == [0] * len(requests), (method, overlaps)
+            assert [r.specificity_seen is None for r in run.records] == [n == 0 for n in held]
+        elif method != "ft":
+            assert all(n > 0 for n in overlaps) and all(n > 0 for n in counted), (method, overlaps)
+
+
+def test_context_prefixes_are_drawn_per_request_and_reproducibly(tiny_model, tiny_kg, tmp_path):
+    from src.edit.methods import build_editor
+    model, tokenizer = tiny_model
+    split = FactSplit(seed=1)
+    env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path, split=split)
+    first, second = draw_requests(tiny_kg.graph, 2, seed=5)
+    editor = build_editor("ft", model, tokenizer, {**HPARAMS["ft"], "num_context_prefixes": 6}, env)
+    contexts = [s.context_facts for s in editor.prepare([first])[0] + editor.prepare([second])[0]]
+    assert contexts[0] != contexts[1]  # each request its own prefixes
+    assert contexts[0] == editor.prepare([first])[0][0].context_facts  # the same draw again
+    assert all(split.allows(f.s, f.r) and f.s != first.s for f in contexts[0])
+    # in a batch, no request's prompts use a fact another request of the batch rewrites
+    together = editor.prepare([first, second])[0]
+    assert all((f.s, f.r) != (second.s, second.r) for f in together[0].context_facts + together[0].kl_facts)
 
 
 def eval_args(tiny_trained, tiny_kg, out, *extra):
@@ -159,9 +236,15 @@ def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
     assert run_cli(run_editing_eval.main, args) == 0
     assert {p.name for p in out.iterdir()} == {"eval_summary.json", "eval_records.jsonl", "metrics_by_method.png"}
     summary = json.loads((out / "eval_summary.json").read_text())
-    edits, checkpoints = read_records(out / "eval_records.jsonl")
-    assert len(edits) == 8 and not checkpoints
-    assert summarize(edits, checkpoints) == summary["methods"]
+    edits, checkpoints, retention = read_records(out / "eval_records.jsonl")
+    assert len(edits) == 8 and not checkpoints and [p.method for p in retention] == ["memit", "ft"]
+    assert summarize(edits, checkpoints, retention) == summary["methods"]
+    drop = summary["methods"]["memit"]["metrics"]["retention_drop_points"]
+    edited_held_out = {(e.request.s, e.request.r) for e in edits if not FactSplit(seed=0).allows(e.request.s, e.request.r)}
+    assert drop["over"] == "facts" and drop["n"] == summary["parameters"]["split"]["num_held_out"] - len(edited_held_out)
+    assert summary["methods"]["memit"]["metrics"]["efficacy"]["interval"] == "wilson"
+    assert set(summary["methods"]["memit"]["compared"]) == {"ft"}
+    assert "retention_drop_points" not in summary["methods"]["memit"]["compared"]["ft"]  # one pass each: no pairs
     assert summary["parameters"]["hparams_files"]["memit"] == str(fast)
     assert summary["parameters"]["hparams_files"]["ft"].endswith("configs/ft_gpt_small.yaml")
     assert summary["parameters"]["hparams"]["memit"]["layers"] == [1, 2]
@@ -188,7 +271,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_trained, tiny_kg, tmp_path, capsy
 def test_malformed_records_line_names_its_number(tmp_path):
     path = tmp_path / "eval_records.jsonl"
     path.write_text('{"kind": "checkpoint", "method": "rome", "num_edits": 0, "retention": 1.0, '
-                    '"past_efficacy": null, "past_generalization": null}\nnot json\n')
+                    '"past_efficacy": null, "past_context_robustness": null}\nnot json\n')
     from src.utils.errors import InputError
 
     with pytest.raises(InputError, match=r"eval_records.jsonl:2: not an evaluation record"):

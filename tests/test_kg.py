@@ -8,7 +8,7 @@ import pytest
 from src.cli import make_kg
 from src.kg.corpus import build_corpus, parse_sentence, read_corpus
 from src.kg.generate import KGConfig, generate_graph, load_kg_config
-from src.kg.graph import read_graph_jsonl
+from src.kg.graph import Fact, read_graph_jsonl
 from src.utils.errors import InputError
 from tests.conftest import REPO_ROOT, TINY_KG
 
@@ -99,3 +99,18 @@ def test_cli_builds_a_kg(tmp_path):
     assert make_kg.run_cli(make_kg.main, ["--config", str(config)]) == 0
     assert len(read_graph_jsonl(tmp_path / "out" / "graph.jsonl")) == 40
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["corpus.train.txt", "graph.jsonl", "meta.json"]
+
+
+def test_the_fact_split_is_seeded_shared_and_independent_of_order_and_subset():
+    from src.kg.split import FactSplit
+
+    facts = [Fact(f"E_{i:03d}", f"R_{j:02d}", "E_000") for i in range(200) for j in range(5)]
+    split = FactSplit(seed=3, allowed_fraction=0.3)
+    allowed = split.allowed(facts)
+    assert set(allowed).isdisjoint(split.held_out(facts)) and len(allowed) + len(split.held_out(facts)) == len(facts)
+    assert abs(len(allowed) / len(facts) - 0.3) < 0.05  # 1000 facts: 3 standard deviations ~ 0.043
+    assert set(FactSplit(seed=3, allowed_fraction=0.3).allowed(reversed(facts[:400]))) == set(allowed) & set(facts[:400])
+    assert set(FactSplit(seed=4, allowed_fraction=0.3).allowed(facts)) != set(allowed)
+    assert split.allows("E_001", "R_01") == FactSplit(3, 0.3).allows("E_001", "R_01")
+    with pytest.raises(InputError, match=r"allowed fraction must be in \(0, 1\), got 1.0"):
+        FactSplit(allowed_fraction=1.0)

@@ -60,11 +60,12 @@ def test_uniform_prompt_weights():
     assert prompt_weights(3, 0.5).tolist() == [0.5, 0.25, 0.25]
 
 
-def test_the_original_code_config_sets_every_term_of_the_original():
+@pytest.mark.parametrize("source", [None, "rome_original_gpt_small.yaml"])
+def test_rome_original_sets_every_term_of_the_original_code(source):
     from src.edit.methods import METHODS
     from tests.conftest import REPO_ROOT
 
-    hp = METHODS["rome-original"].load_hparams(REPO_ROOT / "configs" / "rome_original_code_gpt_small.yaml")
+    hp = METHODS["rome-original"].load_hparams(source and REPO_ROOT / "configs" / source)
     assert (hp.v_weight_decay_form, hp.kl_direction, hp.v_stop, hp.bare_prompt_weight) == ("norm", "reverse", "loss", None)
     assert (hp.fact_token, hp.clamp_norm_factor, hp.v_weight_decay, hp.v_num_grad_steps) == ("subject_last", 4.0, 0.5, 20)
     assert (hp.key_mode, hp.v_objective, hp.layer_retries) == ("original", "lookup", 0)

@@ -49,6 +49,7 @@ from src.edit.rank_one.delta import compute_delta
 from src.edit.rank_one.hparams import ROMEHyperParams, load_hparams
 from src.edit.rank_one.keys import compute_k_star, compute_keys
 from src.edit.rank_one.update import RankOneUpdate, compute_u
+from src.kg.split import FactSplit
 from src.lm.token_ids import object_token_ids
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
@@ -108,6 +109,9 @@ class ROME:
             weights as given here, kept in a private copy, for sequential in-place edits (one C per layer, not one
             per edit).
         speed: the speed paths to take (`src.edit.model.speedups.SpeedPaths`; all on by default).
+        fact_split: the facts of the corpus ROME may use (context prefixes, KL prompts, fact-prompt statistics, the
+            prompts its own metrics score): those a `src.kg.split.FactSplit` allows, so that an evaluation can
+            score the rest; None: all.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class ROME:
         progress: bool = True,
         statistics_from: str = "current",
         speed: SpeedPaths = FAST,
+        fact_split: FactSplit | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
@@ -129,10 +134,10 @@ class ROME:
         self.hparams = load_hparams(hparams)
         self.layout = ModelLayout.of(model)
         self.corpus_path = Path(kg_corpus_path) if kg_corpus_path is not None else None
-        self.kg = KGContext.from_corpus(self.corpus_path) if self.corpus_path is not None else None
+        self.kg = KGContext.from_corpus(self.corpus_path, fact_split) if self.corpus_path is not None else None
         self.speed = speed
         self.covariance = KeyCovariance(model, tokenizer, self.corpus_path, self.hparams, use_mom2_adjustment,
-                                        stats_dir, progress, statistics_from)
+                                        stats_dir, progress, statistics_from, fact_split)
         if self.kg is None:
             warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
                           "term on the subject's other facts; edits will be less specific", stacklevel=2)

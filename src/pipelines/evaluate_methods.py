@@ -6,8 +6,13 @@ Modes:
   sequential   edits applied one after another in place; every `every` edits a checkpoint measures KG retention and
                the past edits' efficacy and generalization
 
-Run directory: eval_summary.json (parameters + per-method summary), eval_records.jsonl (one line per edit and per
-checkpoint; `summarize` rebuilds the summary from it), metrics_by_method.png, and sequential.png in sequential mode.
+The KG is split (`src.kg.split.FactSplit`, seeded by the run's seed): the methods may use the allowed facts, and
+every specificity and retention figure is measured on the held-out ones (`src.edit.evaluation.metrics`).
+
+Run directory: eval_summary.json (parameters, the split, per-method estimates with 95% intervals, and paired
+differences for every pair of methods), eval_records.jsonl (one line per edit, per checkpoint, and per batch
+retention pass; `summarize` rebuilds the summary from it), metrics_by_method.png, and sequential.png in sequential
+mode.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.edit.evaluation.metrics import CheckpointRecord, EditRecord, EvalCase, KGEvaluator
-from src.edit.evaluation.requests import EditRequest, draw_requests, mean_interval
+from src.edit.evaluation import estimates
+from src.edit.evaluation.metrics import CheckpointRecord, EditRecord, EvalCase, KGEvaluator, RetentionRecord
+from src.edit.evaluation.requests import EditRequest, draw_requests
 from src.edit.prompts.kg_context import KGContext
 from src.edit.methods import METHODS, EditEnvironment, build_editor, method_spec
 from src.edit.evaluation.prompt_probe import PromptProbe
 from src.edit.prompts.encoding import single_token_id
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import KnowledgeGraph, query_text, read_graph_jsonl
+from src.kg.split import FactSplit
 from src.lm.model import load_model, require_model_dir
 from src.pipelines import defaults
 from src.utils.device import resolve_device
@@ -42,9 +49,15 @@ from src.utils.io import atomic_path, atomic_write_json
 MODES = ("independent", "batch", "sequential")
 SUMMARY_FILE = "eval_summary.json"
 RECORDS_FILE = "eval_records.jsonl"
-SUMMARY_METRICS = ("efficacy", "margin", "generalization_prefix", "generalization_alias", "specificity_relation",
-                   "specificity_subject", "specificity_subject_seen", "specificity_random", "retention_drop_points",
-                   "update_norm", "seconds")
+# Metrics summarised per method, in report order; the first ones are one yes/no per edit (Wilson intervals).
+PROPORTIONS = ("efficacy",)
+SUMMARY_METRICS = ("efficacy", "efficacy_margin", "paraphrase", "paraphrase_margin", "context_robustness",
+                   "context_margin", "paraphrase_in_context", "specificity_neighbourhood", "neighbourhood_margin",
+                   "specificity_relation", "specificity_subject", "specificity_random", "retention_drop_points",
+                   "specificity_seen", "num_scored_seen", "update_norm", "seconds")
+# Metrics compared between methods (paired over the requests both edited).
+COMPARED_METRICS = ("efficacy", "efficacy_margin", "paraphrase", "context_robustness", "specificity_neighbourhood",
+                    "specificity_relation", "specificity_subject", "specificity_random", "retention_drop_points")
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,13 @@ class EvalConfig:
     num_prefixes: int = 5
     num_neighbors: int = 20
     num_random: int = 20
+    allowed_fraction: float = 0.5
     progress: bool = True
+
+    @property
+    def split(self) -> FactSplit:
+        """The facts the methods may use (the rest are scored), seeded by the run's seed."""
+        return FactSplit(self.seed, self.allowed_fraction)
 
     def validate(self) -> None:
         for method in self.methods:
@@ -79,6 +98,8 @@ class EvalConfig:
             raise InputError(f"--num-edits must be >= 1, got {self.num_edits}")
         if self.every < 1:
             raise InputError(f"--every must be >= 1, got {self.every}")
+        if not 0.0 < self.allowed_fraction < 1.0:
+            raise InputError(f"--allowed-fraction must be in (0, 1), got {self.allowed_fraction}")
         unknown = sorted(set(self.hparams) - set(self.methods))
         if unknown:
             raise InputError(f"hparams given for '{unknown[0]}', which is not among the methods ({', '.join(self.methods)})")
@@ -99,6 +120,7 @@ class MethodRun:
     method: str
     records: tuple[EditRecord, ...]
     checkpoints: tuple[CheckpointRecord, ...] = ()
+    retention: RetentionRecord | None = None  # batch mode: per held-out fact, before and after
 
 
 # ------------------------------------------------------------------ running one method
@@ -156,12 +178,12 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         output = editor.edit(requests)
         seconds = (time.perf_counter() - started) / len(requests)
         norm = _update_norm(work, snapshot, output.changed)
-        metrics = evaluator.measure(before, work, cases, [i.context_facts for i in output.infos],
-                                    evaluator.kg_probe.top1(work), {(q.s, q.r) for q in requests},
-                                    used_kl=[i.kl_facts for i in output.infos])
+        after, edited = evaluator.kg_probe.top1(work), {(q.s, q.r) for q in requests}
+        metrics = evaluator.measure(before, work, cases, [i.context_facts for i in output.infos], after, edited,
+                                    [i.kl_facts for i in output.infos])
         records = [_record(indices[i], method, mode, q, m, info, norm, seconds)
                    for i, (q, m, info) in enumerate(zip(requests, metrics, output.infos))]
-        return MethodRun(method, tuple(records))
+        return MethodRun(method, tuple(records), retention=evaluator.retention_record(method, after, edited))
 
     records, checkpoints, used = [], [], []
     if mode == "sequential":
@@ -177,14 +199,14 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         if mode == "independent":
             norm = _update_norm(work, snapshot, output.changed)
             metrics = evaluator.measure(before, work, [case], [info.context_facts], evaluator.kg_probe.top1(work),
-                                        {(q.s, q.r)}, used_kl=[info.kl_facts])[0]
+                                        {(q.s, q.r)}, [info.kl_facts])[0]
             _restore(work, snapshot, output.changed)
             editor.forget()
         else:  # sequential: the snapshot follows the weights, so the norm is this edit's own change
             norm = _update_norm(work, snapshot, output.changed)
             _snapshot_changed(work, snapshot, output.changed)
             metrics = evaluator.measure(before, work, [case], [info.context_facts], None, {(q.s, q.r)},
-                                        used_kl=[info.kl_facts])[0]
+                                        [info.kl_facts])[0]
         records.append(_record(indices[i], method, mode, q, metrics, info, norm, seconds))
         if mode == "sequential" and ((i + 1) % every == 0 or i + 1 == len(requests)):
             checkpoints.append(checkpoint(evaluator, work, method, cases[: i + 1], used))
@@ -193,7 +215,7 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
 
 def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, cases: Sequence[EvalCase],
                used: Sequence[Sequence[str]]) -> CheckpointRecord:
-    """Retention over the unedited facts, and past edits' efficacy / held-out prefix generalization."""
+    """Retention over the unedited held-out facts, and past edits' efficacy / context robustness."""
     requests = [c.request for c in cases]
     edited = {(q.s, q.r) for q in requests}
     targets = torch.tensor([single_token_id(evaluator.tokenizer, q.target) for q in requests])
@@ -201,49 +223,80 @@ def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, case
     efficacy = float((bare.top1(model) == targets).float().mean())
     prompts, owners = [], []
     for index, (case, context) in enumerate(zip(cases, used)):
-        prefixed, _ = evaluator.probe_prompts(case, context)
+        prefixed, _ = evaluator.context_prompts(case, context)
         prompts += prefixed
         owners += [index] * len(prefixed)
-    generalization = None
+    robustness = None
     if prompts:
         hits = PromptProbe(evaluator.tokenizer, prompts, speed=evaluator.speed).top1(model) == targets[torch.tensor(owners)]
-        generalization = float(hits.float().mean())
+        robustness = float(hits.float().mean())
     return CheckpointRecord(method, len(requests), evaluator.retention(evaluator.kg_probe.top1(model), edited),
-                            efficacy, generalization)
+                            efficacy, robustness)
 
 
 # ------------------------------------------------------------------ summary
 
 
-def summarize(records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRecord] = ()) -> dict[str, dict]:
-    """Per method: mean and 95% interval of every metric over its edits, and its sequential checkpoints."""
+def _estimate(name: str, values: Sequence, seed: int) -> estimates.Estimate:
+    return estimates.proportion(values) if name in PROPORTIONS else estimates.mean(values, seed)
+
+
+def _values(records: Sequence[EditRecord], name: str) -> list:
+    return [getattr(r, name) for r in records]
+
+
+def summarize(records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRecord] = (),
+              retention: Sequence[RetentionRecord] = (), seed: int = 0) -> dict[str, dict]:
+    """Per method: every metric's estimate over its edits (`src.edit.evaluation.estimates`; batch mode: the
+    retention drop over the held-out facts, one edit call being one measurement), its sequential checkpoints (no
+    intervals), and under "compared", for every other method run on the same requests, paired differences
+    (this method minus the other) over those requests. seed: the bootstrap's."""
     summary: dict[str, dict] = {}
-    for method in dict.fromkeys(r.method for r in records):
-        mine = [r for r in records if r.method == method]
-        values = {name: [getattr(r, name) for r in mine] for name in SUMMARY_METRICS if name != "retention_drop_points"}
-        values["retention_drop_points"] = [r.retention_drop_points for r in mine]
-        summary[method] = {
-            "mode": mine[0].mode,
-            "num_edits": len(mine),
-            "metrics": {name: mean_interval(values[name]).to_dict() for name in SUMMARY_METRICS},
-            "checkpoints": [c.to_dict() for c in checkpoints if c.method == method],
-        }
+    by_method = {m: [r for r in records if r.method == m] for m in dict.fromkeys(r.method for r in records)}
+    passes = {p.method: p for p in retention}
+    for method, mine in by_method.items():
+        metrics = {name: _estimate(name, _values(mine, name), seed).to_dict() for name in SUMMARY_METRICS}
+        if method in passes:
+            metrics["retention_drop_points"] = {**estimates.mean(passes[method].drops_points(), seed).to_dict(),
+                                                "over": "facts"}
+        summary[method] = {"mode": mine[0].mode, "num_edits": len(mine), "metrics": metrics,
+                           "checkpoints": [c.to_dict() for c in checkpoints if c.method == method]}
+    for method, mine in by_method.items():
+        compared = {}
+        for other, theirs in by_method.items():
+            if other == method:
+                continue
+            theirs_by_index = {r.index: r for r in theirs}
+            pairs = [(r, theirs_by_index[r.index]) for r in mine if r.index in theirs_by_index]
+            if not pairs:
+                continue
+            compared[other] = {
+                name: estimates.paired_difference([getattr(a, name) for a, _ in pairs],
+                                                  [getattr(b, name) for _, b in pairs], seed).to_dict()
+                for name in COMPARED_METRICS
+                if not (name == "retention_drop_points" and (method in passes or other in passes))
+            }
+        summary[method]["compared"] = compared
     return summary
 
 
-def read_records(path: str | Path) -> tuple[list[EditRecord], list[CheckpointRecord]]:
-    """Inverse of the records file; a malformed line is an error naming its line number."""
-    edits, checkpoints = [], []
+RECORD_KINDS = {"edit": EditRecord, "checkpoint": CheckpointRecord, "retention": RetentionRecord}
+
+
+def read_records(path: str | Path) -> tuple[list[EditRecord], list[CheckpointRecord], list[RetentionRecord]]:
+    """Inverse of the records file: (edits, checkpoints, batch retention passes); a malformed line is an error
+    naming its line number."""
+    read: dict[str, list] = {kind: [] for kind in RECORD_KINDS}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
-            (checkpoints if data.get("kind") == "checkpoint" else edits).append(
-                CheckpointRecord.from_dict(data) if data.get("kind") == "checkpoint" else EditRecord.from_dict(data))
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
-            raise InputError(f"{path}:{number}: not an evaluation record ({exc})") from None
-    return edits, checkpoints
+            kind = data.get("kind", "edit")
+            read[kind].append(RECORD_KINDS[kind].from_dict(data))
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+            raise InputError(f"{path}:{number}: not an evaluation record ({exc!r})") from None
+    return read["edit"], read["checkpoint"], read["retention"]
 
 
 # ------------------------------------------------------------------ whole run
@@ -314,10 +367,10 @@ def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
         device = shard.device(config.device)
         model, tokenizer = load_model(config.model_dir, device=device, dtype=config.dtype)
         env = EditEnvironment(corpus_path=corpus, device=resolve_device(device),
-                              progress=config.progress and shard.is_main)
+                              progress=config.progress and shard.is_main, split=config.split)
         aliases = KGContext.from_corpus(corpus).aliases
         evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, config.num_prefixes, config.num_neighbors,
-                                config.num_random, config.seed)
+                                config.num_random, config.seed, split=config.split)
         requests = draw_requests(graph, config.num_edits, config.seed)
         indices = shard.take(range(len(requests)))
         runs = [run_method(m, model, tokenizer, [requests[i] for i in indices], config.mode, evaluator, env,
@@ -326,29 +379,38 @@ def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
         if not shard.is_main:
             return None
     runs = tuple(MethodRun(run.method, tuple(sorted((r for part in gathered for r in part[k].records),
-                                                    key=lambda r: r.index)), run.checkpoints)
+                                                    key=lambda r: r.index)), run.checkpoints, run.retention)
                  for k, run in enumerate(gathered[0]))
     records = [r for run in runs for r in run.records]
     checkpoints = [c for run in runs for c in run.checkpoints]
-    summary = summarize(records, checkpoints)
+    retention = [run.retention for run in runs if run.retention is not None]
+    summary = summarize(records, checkpoints, retention, config.seed)
     output_dir = Path(config.output_dir)
-    write_run(output_dir, config, files, {m: h.to_dict() for m, h in hparams.items()}, summary, records, checkpoints)
+    write_run(output_dir, config, files, {m: h.to_dict() for m, h in hparams.items()}, summary, records, checkpoints,
+              retention, graph)
     return EvalReport(config, runs, summary, output_dir)
 
 
 def write_run(output_dir: Path, config: EvalConfig, hparams_files: dict, hparams: dict, summary: dict,
-              records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRecord]) -> None:
+              records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRecord],
+              retention: Sequence[RetentionRecord], graph: KnowledgeGraph) -> None:
     from src.viz.evaluation import plot_method_metrics, plot_sequential
 
     output_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(output_dir / RECORDS_FILE) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
-            for item in [*records, *checkpoints]:
+            for item in [*records, *checkpoints, *retention]:
                 handle.write(json.dumps(item.to_dict()) + "\n")
     plot_method_metrics(summary, output_dir / "metrics_by_method.png", title=f"{config.num_edits} edits, {config.mode}")
     if config.mode == "sequential":
         plot_sequential(summary, output_dir / "sequential.png")
     statistics = {m: h.get("mom2_source") for m, h in hparams.items()}  # None: no key statistics (ft)
+    split = config.split
     parameters = {**config.to_dict(), "hparams": hparams, "hparams_files": hparams_files,
-                  "statistics_source": statistics}
+                  "statistics_source": statistics,
+                  "split": {**split.to_dict(), "num_allowed": len(split.allowed(graph.facts)),
+                            "num_held_out": len(split.held_out(graph.facts)),
+                            "methods_use": "allowed facts: context prefixes, KL prompts, fact_prompts statistics "
+                                           "(corpus statistics: every training sentence)",
+                            "scored": "held-out facts: every specificity and retention figure but specificity_seen"}}
     atomic_write_json(output_dir / SUMMARY_FILE, {"parameters": parameters, "methods": summary})

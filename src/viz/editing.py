@@ -44,7 +44,7 @@ def plot_edit(before: Sequence[tuple[str, float]], after: Sequence[tuple[str, fl
     if result.metrics is not None:
         m = result.metrics
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-        lines += ["", f"generalization: prefixes {fmt(m.generalization_prefix)}, alias {fmt(m.generalization_alias)}",
+        lines += ["", f"context robustness {fmt(m.context_robustness)}, paraphrase {fmt(m.paraphrase)}",
                   f"specificity: subject {fmt(m.specificity_subject)}, random {fmt(m.specificity_random)}"]
     table.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
     fig.suptitle(f"ROME edit: {prompt} -> {result.target}", fontsize=11)

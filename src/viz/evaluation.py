@@ -12,8 +12,9 @@ from src.viz.figures import save_figure
 
 BAR_METRICS = {
     "efficacy": "efficacy",
-    "generalization_prefix": "gen.\nprefixes",
-    "generalization_alias": "gen.\nalias",
+    "paraphrase": "paraphrase",
+    "context_robustness": "context",
+    "specificity_neighbourhood": "spec.\nneighb.",
     "specificity_relation": "spec.\nrelation",
     "specificity_subject": "spec.\nsubject",
     "specificity_random": "spec.\nrandom",
@@ -21,7 +22,8 @@ BAR_METRICS = {
 
 
 def plot_method_metrics(summary: Mapping[str, dict], path: str | Path, title: str = "") -> None:
-    """Grouped bars: one group per metric (fractions), one bar per method, 95% intervals as error bars."""
+    """Grouped bars: one group per metric (fractions), one bar per method, 95% intervals (Wilson or bootstrap, as
+    the summary says) as error bars; specificity groups are on held-out facts."""
     methods = list(summary)
     fig = Figure(figsize=(min(14.0, 4 + 0.45 * len(BAR_METRICS) * len(methods)), 4))
     ax = fig.subplots()
@@ -29,12 +31,14 @@ def plot_method_metrics(summary: Mapping[str, dict], path: str | Path, title: st
     x = np.arange(len(BAR_METRICS))
     for i, method in enumerate(methods):
         metrics = summary[method]["metrics"]
-        means = [metrics[m]["mean"] for m in BAR_METRICS]
-        errors = [metrics[m]["ci95"] for m in BAR_METRICS]
+        value = lambda m, key: np.nan if metrics[m]["n"] == 0 else metrics[m][key]  # noqa: E731
+        means = np.array([value(m, "mean") for m in BAR_METRICS])
+        errors = np.array([[means[i] - value(m, "low") for i, m in enumerate(BAR_METRICS)],
+                           [value(m, "high") - means[i] for i, m in enumerate(BAR_METRICS)]])  # asymmetric intervals
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=errors, capsize=2, label=method)
     ax.set_xticks(x, list(BAR_METRICS.values()), fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction (mean, 95% CI)")
+    ax.set_ylabel("fraction (mean, 95% interval)")
     ax.set_title(title or "edit evaluation", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()

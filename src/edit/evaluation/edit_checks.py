@@ -22,15 +22,15 @@ Predictions = dict[str, list[tuple[int, ...]]]  # prompt group -> greedy token i
 class EditMetrics:
     """Fractions over the edit's evaluation prompts (None when there was nothing to measure).
 
-    generalization_prefix: target is top-1 behind context prefixes NOT used to compute the edit.
-    generalization_alias: target is top-1 with the relation's alias (`R_04_alt`), where the corpus has aliases.
+    context_robustness: target is top-1 behind context prefixes NOT used to compute the edit.
+    paraphrase: target is top-1 with the relation's alias (`R_04_alt`), where the corpus has aliases.
     specificity_subject: the subject's other facts keep their predictions (with kl_factor > 0 these are the KL
     term's own prompts, `EditResult.kl_facts`: not held out). specificity_random: facts of other subjects, drawn
     at random, do (the evaluator's `specificity_random`).
     """
 
-    generalization_prefix: float | None
-    generalization_alias: float | None
+    context_robustness: float | None
+    paraphrase: float | None
     specificity_subject: float | None
     specificity_random: float | None
     num_prefix_prompts: int
@@ -63,8 +63,8 @@ def edit_predictions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 def edit_metrics(before: Predictions, after: Predictions, target_ids: tuple[int, ...]) -> EditMetrics:
     """From `edit_predictions` of the model before and after the edit."""
     return EditMetrics(
-        generalization_prefix=share([p == target_ids for p in after["prefix"]]),
-        generalization_alias=share([p == target_ids for p in after["alias"]]),
+        context_robustness=share([p == target_ids for p in after["prefix"]]),
+        paraphrase=share([p == target_ids for p in after["alias"]]),
         specificity_subject=share([a == b for a, b in zip(after["subject"], before["subject"])]),
         specificity_random=share([a == b for a, b in zip(after["random"], before["random"])]),
         num_prefix_prompts=len(after["prefix"]), num_subject_facts=len(after["subject"]),

@@ -1,14 +1,13 @@
-"""Edit evaluation: counterfactual edit requests drawn from a KG, and means with 95% intervals over many edits."""
+"""Counterfactual edit requests drawn from a KG."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from src.kg.graph import Fact, KnowledgeGraph
-from src.utils.intervals import mean_and_ci95
 
 
 @dataclass(frozen=True)
@@ -37,27 +36,3 @@ def draw_requests(graph: KnowledgeGraph, n: int, seed: int, facts: Sequence[Fact
             target = graph.entities[int(rng.integers(len(graph.entities)))]
         requests.append(EditRequest(fact.s, fact.r, fact.o, target))
     return requests
-
-
-@dataclass(frozen=True)
-class MeanInterval:
-    """Mean and 95% half-interval (`src.utils.intervals.mean_and_ci95`) over n values."""
-
-    mean: float
-    ci95: float
-    n: int
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "ci95": self.ci95, "n": self.n}
-
-    def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {self.ci95:.3f}"
-
-
-def mean_interval(values: Iterable[float | bool | None]) -> MeanInterval:
-    """None values (nothing measured) are left out."""
-    data = np.array([float(v) for v in values if v is not None], dtype=np.float64)
-    if len(data) == 0:
-        return MeanInterval(float("nan"), float("nan"), 0)
-    mean, ci95 = mean_and_ci95(data)
-    return MeanInterval(float(mean), float(ci95), len(data))

@@ -27,7 +27,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("rome", make_rome, load_rome_hparams, False,
                    "ROME, consistent keys (this library's default)"),
         MethodSpec("rome-original", make_rome_original, load_rome_original_hparams, False,
-                   "ROME with the original code's key mixture and lookup objective"),
+                   "ROME as the original code runs it: its v* objective, key mixture and hyperparameters"),
         MethodSpec("ft", make_ft, load_ft_hparams, True,
                    "FT+L: fine-tune one MLP output projection within an L-infinity ball"),
         MethodSpec("memit", make_memit, load_memit_hparams, True,

@@ -15,19 +15,22 @@ from src.edit.prompts.kg_context import KGContext
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.encoding import check_known_words, single_token_id
 from src.edit.prompts.rewrite import RewriteSet, rewrite_set
+from src.kg.split import FactSplit
 
 
 @dataclass(frozen=True)
 class EditEnvironment:
     """What a method may use besides the model: the KG corpus (key statistics, context prefixes, KL facts), the
-    device, the statistics cache directory (None: $KG_ROME_CACHE or ~/.cache/kg_rome), whether to show bars, and
-    the speed paths to take (`src.edit.model.speedups.SpeedPaths`)."""
+    facts of it it may use (`split`: the allowed side; None: all), the device, the statistics cache directory
+    (None: $KG_ROME_CACHE or ~/.cache/kg_rome), whether to show bars, and the speed paths to take
+    (`src.edit.model.speedups.SpeedPaths`)."""
 
     corpus_path: Path | None
     device: torch.device
     stats_dir: Path | None = None
     progress: bool = False
     speed: SpeedPaths = FAST
+    split: FactSplit | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ class MethodSpec:
 
 class PromptEditor:
     """Set-up shared by the editors that optimise on each request's rewrite prompts (ft, memit): the model in eval
-    mode on the environment's device, its layout, and the KG read from the corpus (None without one).
+    mode on the environment's device, its layout, and the KG read from the corpus (the facts the environment's
+    split allows; None without a corpus).
     `hparams` must have num_context_prefixes, bare_prompt_weight and seed."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: Any,
@@ -100,13 +104,15 @@ class PromptEditor:
         self.hparams = hparams
         self.env = env
         self.layout = ModelLayout.of(model)
-        self.kg = KGContext.from_corpus(env.corpus_path) if env.corpus_path is not None else None
+        self.kg = KGContext.from_corpus(env.corpus_path, env.split) if env.corpus_path is not None else None
 
     def prepare(self, requests: Sequence[EditRequest]) -> tuple[list[RewriteSet], list[int]]:
-        """(rewrite sets, target token ids) of `requests`; unknown words are errors before any work."""
+        """(rewrite sets, target token ids) of `requests`; unknown words are errors before any work. No request's
+        prompts use a fact another request of the call rewrites."""
         hp = self.hparams
         for q in requests:
             check_known_words(self.tokenizer, subject=q.s, relation=q.r, target=q.target)
-        sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed)
-                for q in requests]
+        edited = {(q.s, q.r) for q in requests}
+        sets = [rewrite_set(self.tokenizer, self.kg, q.s, q.r, hp.num_context_prefixes, hp.bare_prompt_weight, hp.seed,
+                            exclude_pairs=edited - {(q.s, q.r)}) for q in requests]
         return sets, [single_token_id(self.tokenizer, q.target) for q in requests]

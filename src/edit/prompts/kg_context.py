@@ -1,4 +1,6 @@
-"""What an edit needs to know about the KG, read from its corpus: facts, relation aliases, context prefixes."""
+"""What an edit needs to know about the KG, read from its corpus: facts, relation aliases, context prefixes.
+
+With a `FactSplit` it holds only the facts a method may use (the allowed side); the evaluator scores the rest."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 
 from src.kg.corpus import parse_sentence, require_corpus_file
 from src.kg.graph import Fact
+from src.kg.split import FactSplit
 from src.utils.errors import InputError
 
 PREFIX_SEPARATOR = " ; "
@@ -17,10 +20,12 @@ PREFIX_SEPARATOR = " ; "
 
 @dataclass(frozen=True)
 class KGContext:
-    """Bare facts of the corpus (`s r o` lines with a relation, not an alias) and the relation -> alias map."""
+    """Bare facts of the corpus (`s r o` lines with a relation, not an alias; only the allowed ones under `split`)
+    and the relation -> alias map."""
 
     facts: tuple[Fact, ...]
     aliases: dict[str, str] = field(default_factory=dict)
+    split: FactSplit | None = None
     _by_subject: dict[str, tuple[Fact, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -30,8 +35,9 @@ class KGContext:
         object.__setattr__(self, "_by_subject", {s: tuple(fs) for s, fs in grouped.items()})
 
     @classmethod
-    def from_corpus(cls, corpus_path: str | Path) -> "KGContext":
-        """Read `corpus.train.txt` (and `meta.json` beside it for the aliases, when present)."""
+    def from_corpus(cls, corpus_path: str | Path, split: FactSplit | None = None) -> "KGContext":
+        """Read `corpus.train.txt` (and `meta.json` beside it for the aliases, when present); with `split`, keep
+        the facts it allows."""
         corpus_path = require_corpus_file(corpus_path)
         meta_path = corpus_path.parent / "meta.json"
         aliases = json.loads(meta_path.read_text()).get("relation_aliases", {}) if meta_path.is_file() else {}
@@ -48,7 +54,8 @@ class KGContext:
             for fact in facts:
                 if fact.r not in alias_tokens:
                     seen.setdefault((fact.s, fact.r), fact)
-        return cls(facts=tuple(seen[k] for k in sorted(seen)), aliases=dict(aliases))
+        facts = tuple(seen[k] for k in sorted(seen))
+        return cls(facts=split.allowed(facts) if split else facts, aliases=dict(aliases), split=split)
 
     def facts_of(self, subject: str) -> tuple[Fact, ...]:
         return self._by_subject.get(subject, ())
@@ -60,9 +67,9 @@ class KGContext:
         return None
 
     def sample_facts(self, n: int, rng: np.random.Generator, exclude_subjects: set[str] = frozenset(),
-                     exclude: set[Fact] = frozenset()) -> list[Fact]:
-        """Up to n distinct facts whose subject is not excluded."""
-        pool = [i for i, f in enumerate(self.facts) if f.s not in exclude_subjects and f not in exclude]
+                     exclude_pairs: set[tuple[str, str]] = frozenset()) -> list[Fact]:
+        """Up to n distinct facts whose subject and (s, r) pair are not excluded."""
+        pool = [i for i, f in enumerate(self.facts) if f.s not in exclude_subjects and (f.s, f.r) not in exclude_pairs]
         picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []
         return [self.facts[pool[i]] for i in picked]
 

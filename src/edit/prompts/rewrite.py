@@ -9,7 +9,7 @@ ROME also the prompts `apply_edit` scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import AbstractSet as Set, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from src.edit.prompts.kg_context import KGContext, prefix_text
 from src.edit.prompts.encoding import EncodedPrompt, encode_fact_prompt
 from src.kg.graph import Fact
+from src.utils.seeding import stable_words
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,22 @@ def prompt_weights(n_rewrite: int, bare_prompt_weight: float | None) -> torch.Te
 
 def rewrite_set(tokenizer: PreTrainedTokenizerBase, kg: KGContext | None, s: str, r: str, num_prefixes: int,
                 bare_prompt_weight: float | None, seed: int, num_eval_prefixes: int = 0,
-                num_random_facts: int = 0) -> RewriteSet:
-    """One seeded draw (per seed, not per request) of num_prefixes + num_eval_prefixes prefix facts (the first ones
-    are the context, the rest the evaluation's), then of num_random_facts facts, all of other subjects, and the
-    alias prompt where the corpus has a known alias; without a KG there is only the bare prompt."""
+                num_random_facts: int = 0, exclude_pairs: Set[tuple[str, str]] = frozenset()) -> RewriteSet:
+    """One draw seeded by (seed, s, r), so every request gets its own prefixes (the same ones in every method and
+    run): num_prefixes + num_eval_prefixes prefix facts (the first ones are the context, the rest the evaluation's),
+    then num_random_facts facts, all of other subjects, and the alias prompt where the corpus has a known alias.
+    kl_facts are the subject's other facts of `kg` (under a split, its allowed ones). exclude_pairs: (s, r) pairs
+    used for nothing (the other requests of a batch, whose objects are being changed). Without a KG there is only
+    the bare prompt."""
     bare = encode_fact_prompt(tokenizer, s, r)
     if kg is None:
         return RewriteSet((bare,), (1.0,), (), ())
-    rng = np.random.default_rng([seed, 7])
-    prefix_facts = kg.sample_facts(num_prefixes + num_eval_prefixes, rng, exclude_subjects={s})
+    rng = np.random.default_rng(stable_words("rewrite-set", seed, s, r))
+    prefix_facts = kg.sample_facts(num_prefixes + num_eval_prefixes, rng, exclude_subjects={s}, exclude_pairs=exclude_pairs)
     context, held = tuple(prefix_facts[:num_prefixes]), prefix_facts[num_prefixes:]
-    randoms = tuple(kg.sample_facts(num_random_facts, rng, exclude_subjects={s})) if num_random_facts else ()
-    kl_facts = tuple(f for f in kg.facts_of(s) if f.r != r)
+    randoms = (tuple(kg.sample_facts(num_random_facts, rng, exclude_subjects={s}, exclude_pairs=exclude_pairs))
+               if num_random_facts else ())
+    kl_facts = tuple(f for f in kg.facts_of(s) if f.r != r and (f.s, f.r) not in exclude_pairs)
     rewrite = (bare,) + tuple(encode_fact_prompt(tokenizer, s, r, prefix_text(f)) for f in context)
     alias = kg.aliases.get(r)
     known_alias = alias is not None and tokenizer.unk_token_id not in tokenizer(alias, add_special_tokens=False)["input_ids"]

@@ -2,11 +2,13 @@
 
 k is the input of layer l's MLP output projection (after the activation). Sources:
   corpus        every token of every corpus line (the original ROME: keys "in the wild")
-  fact_prompts  the last token of each fact's prompt `"s r"` (facts read from the corpus): the keys at which a KG
-                model reads its facts out, i.e. where an edit at the last token must not leak
+  fact_prompts  the last token of each fact's prompt `"s r"` (facts read from the corpus; under a `FactSplit`,
+                its allowed facts only, so that no held-out fact's key enters C): the keys at which a KG model reads
+                its facts out, i.e. where an edit at the last token must not leak
   both          the mean of the two
-The cache key hashes the model's weights, the corpus bytes, the layer, the sample count, the dtype and the source,
-never a model name.
+Corpus statistics include every training sentence, so every fact (as Wikipedia, GPT-2's training text, is where the
+original ROME takes them); a split cannot hold facts out of them. The cache key hashes the model's weights, the
+corpus bytes, the layer, the sample count, the source and the split, never a model name.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from src.edit.model.hooks import Trace
 from src.edit.prompts.kg_context import KGContext
 from src.edit.model.layout import ModelLayout
 from src.kg.corpus import require_corpus_file
+from src.kg.graph import Fact
+from src.kg.split import FactSplit
 from src.lm.token_ids import encode_prompt, starts_with_bos
 from src.utils.batching import batches_by_key
 from src.utils.errors import InputError
@@ -55,12 +59,20 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def stats_key(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_path: Path, layer: int,
-              n_samples: int, source: str = "corpus") -> str:
-    """Cache key: the weights, the tokenizer, the corpus bytes and every setting that changes C."""
+              n_samples: int, source: str = "corpus", split: FactSplit | None = None) -> str:
+    """Cache key: the weights, the tokenizer, the corpus bytes and every setting that changes C (the split only
+    for fact_prompts: corpus keys do not depend on it)."""
     parts = [weights_fingerprint(model), tokenizer_fingerprint(tokenizer), f"bos={starts_with_bos(tokenizer)}",
              sha256_file(corpus_path), f"layer={layer}", f"n={n_samples}"]
     parts.append(f"source={source}")
+    if source == "fact_prompts" and split is not None:
+        parts.append(split.key())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def statistics_facts(corpus_path: str | Path, split: FactSplit | None = None) -> tuple[Fact, ...]:
+    """The facts whose prompts source fact_prompts reads: the corpus' facts that `split` allows (all without one)."""
+    return KGContext.from_corpus(corpus_path, split).facts
 
 
 @torch.no_grad()
@@ -104,23 +116,25 @@ def load_or_compute_second_moment(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     source: str = "corpus",
+    split: FactSplit | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """(C, loaded_from_cache). Uses the first `n_samples` corpus lines or facts (all if n_samples <= 0)."""
+    """(C, loaded_from_cache). Uses the first `n_samples` corpus lines or facts (all if n_samples <= 0); facts
+    are those `split` allows (all without one)."""
     if source not in SOURCES:
         raise InputError(f"unknown mom2_source '{source}'; allowed: {', '.join(SOURCES)}")
     if source == "both":
         parts = [load_or_compute_second_moment(model, tokenizer, corpus_path, layer, n_samples, cache_dir,
-                                               progress, part) for part in ("corpus", "fact_prompts")]
+                                               progress, part, split) for part in ("corpus", "fact_prompts")]
         return (parts[0][0] + parts[1][0]) / 2, parts[0][1] and parts[1][1]
     corpus_path = require_corpus_file(corpus_path)
-    key = stats_key(model, tokenizer, corpus_path, layer, n_samples, source)
+    key = stats_key(model, tokenizer, corpus_path, layer, n_samples, source, split)
     cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{key}.pt"
     if cache_file.is_file():
         return torch.load(cache_file, map_location="cpu", weights_only=True)["mom2"], True
     if source == "corpus":
         lines = [line.strip() for line in corpus_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        lines = [f.prompt() for f in KGContext.from_corpus(corpus_path).facts]
+        lines = [f.prompt() for f in statistics_facts(corpus_path, split)]
     if n_samples > 0:
         lines = lines[:n_samples]
     moment, count = compute_second_moment(model, tokenizer, lines, layer, progress=progress,
@@ -131,6 +145,7 @@ def load_or_compute_second_moment(
                       f"solves fall back to least squares ({remedy})", stacklevel=2)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache_file) as tmp:
-        torch.save({"mom2": moment, "num_tokens": count, "layer": layer, "corpus": str(corpus_path), "source": source},
+        torch.save({"mom2": moment, "num_tokens": count, "layer": layer, "corpus": str(corpus_path), "source": source,
+                "split": split.to_dict() if split else None},
                    tmp)
     return moment, False
