@@ -24,6 +24,7 @@ from src.pipelines.evaluate_methods import default_corpus, run_method  # noqa: E
 from src.edit.evaluation.requests import draw_requests  # noqa: E402
 from src.edit.prompts.kg_context import KGContext  # noqa: E402
 from src.edit.methods import EditEnvironment  # noqa: E402
+from src.kg.split import FactSplit  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.utils.config import parse_overrides  # noqa: E402
@@ -68,8 +69,10 @@ def main() -> None:
     model, tokenizer = load_model(args.model_dir, device="cpu")
     graph = read_graph_jsonl(args.kg_file)
     corpus = default_corpus(args.kg_file)
-    evaluator = KGEvaluator(model, tokenizer, graph.facts, KGContext.from_corpus(corpus).aliases, seed=args.seed)
-    env = EditEnvironment(corpus_path=corpus, device=torch.device("cpu"), progress=False)
+    split = FactSplit(args.seed)  # the evaluation's protocol: methods use the allowed facts, retention is on the rest
+    evaluator = KGEvaluator(model, tokenizer, graph.facts, KGContext.from_corpus(corpus).aliases, seed=args.seed,
+                            split=split)
+    env = EditEnvironment(corpus_path=corpus, device=torch.device("cpu"), progress=False, split=split)
     requests = draw_requests(graph, args.num_edits, args.seed)
     results = {}
     for name in args.settings.split(","):
@@ -81,7 +84,8 @@ def main() -> None:
         run = run_method(method, model, tokenizer, requests, "sequential", evaluator, env, overrides, args.every)
         results[name] = (run, time.perf_counter() - started)
 
-    print(f"{args.num_edits} sequential edits, checkpoints every {args.every}; retention / past-edit efficacy")
+    print(f"{args.num_edits} sequential edits, checkpoints every {args.every}; retention (held-out facts) / past-edit "
+          "efficacy")
     names = list(results)
     print(f"{'edits':>6}" + "".join(f"{n:>24}" for n in names))
     for row in range(len(results[names[0]][0].checkpoints)):

@@ -173,13 +173,24 @@ HPARAMS = {"rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_random_fact
 
 
 @pytest.mark.parametrize("method", ["rome", "memit", "ft"])
+def scored_sentences(evaluator: KGEvaluator, case, used_context) -> set[str]:
+    """Written apart from the evaluator's own count: the facts of every group the case scores, and the prefix facts
+    read back from the very prompt texts it scores ("s r o ; " before the query)."""
+    rows = [*case.neighbourhood, *case.same_relation, *case.subject_facts, *case.random_facts]
+    prefixed, alias_prefixed = evaluator.context_prompts(case, used_context)
+    prefixes = {p.split(" ; ")[0] for p in prefixed + alias_prefixed}
+    return {evaluator.facts[i].sentence() for i in rows} | prefixes
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "ft"])
 def test_no_scored_prompt_of_an_edit_is_one_its_method_saw(tiny_model, tiny_kg, tmp_path, method):
     """The leakage test. Under one split shared by the method and the evaluator, every fact an edit is scored on
-    (or whose sentence is a context prefix of its scored prompts) is absent from what the method used: its context
-    prefixes, its KL prompts, and the facts its fact-prompt statistics were built from. Without the split the same
-    check finds the overlap (ROME's and MEMIT's KL prompts are the subject's other facts), so it can fail."""
-    from src.edit.methods import build_editor
+    (or whose sentence is a context prefix of its scored prompts) is absent from what the method declared it used
+    (its context prefixes and KL prompts, in the records) and from the facts its fact-prompt statistics were built
+    from. Without the split the same check finds the overlap (ROME's and MEMIT's KL prompts are the subject's other
+    facts), so it can fail."""
     from src.edit.rank_one.key_statistics import statistics_facts
+
     model, tokenizer = tiny_model
     aliases = KGContext.from_corpus(tiny_kg.corpus_path).aliases
     requests = draw_requests(tiny_kg.graph, 4, seed=2)
@@ -187,21 +198,17 @@ def test_no_scored_prompt_of_an_edit_is_one_its_method_saw(tiny_model, tiny_kg, 
         env = EditEnvironment(tiny_kg.corpus_path, torch.device("cpu"), tmp_path, split=split)
         evaluator = KGEvaluator(model, tokenizer, tiny_kg.graph.facts, aliases, num_prefixes=2, split=split)
         statistics = {f.sentence() for f in statistics_facts(tiny_kg.corpus_path, split)} if method == "memit" else set()
-        overlaps, held = [], []
-        for request in requests:
-            editor = build_editor(method, copy.deepcopy(model), tokenizer, HPARAMS[method], env)
-            info = editor.edit([request]).infos[0]
-            scored = evaluator.scored_facts(evaluator.case(request), info.context_facts)
-            seen = set(info.context_facts) | set(info.kl_facts) | statistics
-            overlaps.append(len(scored & seen))
-            held.append(len(info.kl_facts))
-        assert (sum(held) > 0) == (method != "ft")  # the KL terms held facts in place (under the split, allowed ones)
         run = run_method(method, model, tokenizer, requests, "independent", evaluator, env, HPARAMS[method],
                          progress=False)
+        overlaps = [len(scored_sentences(evaluator, evaluator.case(r.request), r.used_context)
+                        & (set(r.used_context) | set(r.used_kl) | statistics)) for r in run.records]
+        assert all(r.used_context for r in run.records)
+        assert (sum(len(r.used_kl) for r in run.records) > 0) == (method != "ft")  # the KL terms held facts in place
         counted = [r.num_scored_seen for r in run.records]
         if split is not None:
             assert overlaps == [0] * len(requests) and counted == [0] * len(requests), (method, overlaps)
-            assert [r.specificity_seen is None for r in run.records] == [n == 0 for n in held]
+            assert all(split.allows(*s.split()[:2]) for r in run.records for s in r.used_context + r.used_kl)
+            assert [r.specificity_seen is None for r in run.records] == [not r.used_kl for r in run.records]
         elif method != "ft":
             assert all(n > 0 for n in overlaps) and all(n > 0 for n in counted), (method, overlaps)
 

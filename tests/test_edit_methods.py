@@ -144,8 +144,7 @@ def test_sequential_rome_config_fixes_the_layer_and_keeps_each_methods_key_mixtu
     path = REPO_ROOT / "configs" / "rome_sequential_gpt_small.yaml"
     default = load_rome_hparams(REPO_ROOT / "configs" / "rome_gpt_small.yaml").to_dict()
     sequential = load_rome_hparams(path).to_dict()
-    assert {key: sequential[key] for key in default if sequential[key] != default[key]} == {
-        "layer": 0, "mom2_source": "fact_prompts"}
+    assert {key: sequential[key] for key in default if sequential[key] != default[key]} == {"layer": 0}
     original = load_rome_original_hparams(path)  # the overlay leaves rome-original's own keys alone
     assert (original.layer, original.key_mode, original.v_objective) == (0, "original", "lookup")
 

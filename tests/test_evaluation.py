@@ -66,3 +66,14 @@ def test_requests_are_counterfactual_and_seeded():
     assert requests == draw_requests(graph, 4, seed=1)
     assert len({(q.s, q.r) for q in requests}) == 4
     assert all(q.target not in (q.o, q.s) and graph.object_of(q.s, q.r) == q.o for q in requests)
+
+
+def test_intervals_at_the_ends_contain_the_share_exactly_and_plot(tmp_path):
+    """All 500 of 500 (or none): the interval ends at exactly 1 (0), so a bar's error never comes out negative."""
+    from src.viz.evaluation import BAR_METRICS, plot_method_metrics
+
+    assert wilson_interval(500, 500)[1] == 1.0 and wilson_interval(0, 500)[0] == 0.0
+    metrics = {name: estimates.proportion([True] * 500).to_dict() for name in BAR_METRICS}
+    metrics["paraphrase"] = {**estimates.mean([0.3] * 7).to_dict(), "low": 0.3 + 1e-16}  # rounding past the mean
+    plot_method_metrics({"m": {"metrics": metrics}}, tmp_path / "bars.png")
+    assert (tmp_path / "bars.png").stat().st_size > 0

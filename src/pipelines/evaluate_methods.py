@@ -153,7 +153,8 @@ def _bare_probabilities(evaluator: KGEvaluator, model: PreTrainedModel, requests
 def _record(index: int, method: str, mode: str, request: EditRequest, metrics: dict, info, norm: float,
             seconds: float) -> EditRecord:
     return EditRecord(index=index, method=method, mode=mode, request=request, update_norm=norm, seconds=seconds,
-                      layers=tuple(info.layers), steps=info.steps, **metrics)
+                      layers=tuple(info.layers), steps=info.steps, used_context=tuple(info.context_facts),
+                      used_kl=tuple(info.kl_facts), **metrics)
 
 
 def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
@@ -401,9 +402,6 @@ def write_run(output_dir: Path, config: EvalConfig, hparams_files: dict, hparams
         with open(tmp, "w", encoding="utf-8") as handle:
             for item in [*records, *checkpoints, *retention]:
                 handle.write(json.dumps(item.to_dict()) + "\n")
-    plot_method_metrics(summary, output_dir / "metrics_by_method.png", title=f"{config.num_edits} edits, {config.mode}")
-    if config.mode == "sequential":
-        plot_sequential(summary, output_dir / "sequential.png")
     statistics = {m: h.get("mom2_source") for m, h in hparams.items()}  # None: no key statistics (ft)
     split = config.split
     parameters = {**config.to_dict(), "hparams": hparams, "hparams_files": hparams_files,
@@ -414,3 +412,7 @@ def write_run(output_dir: Path, config: EvalConfig, hparams_files: dict, hparams
                                            "(corpus statistics: every training sentence)",
                             "scored": "held-out facts: every specificity and retention figure but specificity_seen"}}
     atomic_write_json(output_dir / SUMMARY_FILE, {"parameters": parameters, "methods": summary})
+    # the figures last: whatever they meet, the records and the summary are written
+    plot_method_metrics(summary, output_dir / "metrics_by_method.png", title=f"{config.num_edits} edits, {config.mode}")
+    if config.mode == "sequential":
+        plot_sequential(summary, output_dir / "sequential.png")

@@ -34,7 +34,8 @@ def plot_method_metrics(summary: Mapping[str, dict], path: str | Path, title: st
         value = lambda m, key: np.nan if metrics[m]["n"] == 0 else metrics[m][key]  # noqa: E731
         means = np.array([value(m, "mean") for m in BAR_METRICS])
         errors = np.array([[means[i] - value(m, "low") for i, m in enumerate(BAR_METRICS)],
-                           [value(m, "high") - means[i] for i, m in enumerate(BAR_METRICS)]])  # asymmetric intervals
+                           [value(m, "high") - means[i] for i, m in enumerate(BAR_METRICS)]])
+        errors = np.clip(errors, 0.0, None)  # asymmetric; a percentile interval may end a rounding error inside the mean
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=errors, capsize=2, label=method)
     ax.set_xticks(x, list(BAR_METRICS.values()), fontsize=8)
     ax.set_ylim(0, 1.05)

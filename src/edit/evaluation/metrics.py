@@ -59,7 +59,8 @@ class EvalCase:
 class EditRecord:
     """Metrics of one edit (the module docstring; fractions in [0, 1], None: nothing to measure). update_norm:
     Frobenius norm of the weight change of the method call that made the edit (shared by all requests of a batch);
-    seconds: the method's time per request."""
+    seconds: the method's time per request; used_context / used_kl: the facts (sentences) the method declared it
+    used as context prefixes and KL prompts, so that a run directory shows what each edit saw."""
 
     index: int
     method: str
@@ -89,19 +90,24 @@ class EditRecord:
     seconds: float
     layers: tuple[int, ...]
     steps: int
+    used_context: tuple[str, ...] = ()
+    used_kl: tuple[str, ...] = ()
     kind: str = field(default="edit", init=False)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["request"] = self.request.to_dict()
-        data["layers"] = list(self.layers)
+        for name in ("layers", "used_context", "used_kl"):
+            data[name] = list(data[name])
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "EditRecord":
         fields = {k: v for k, v in data.items() if k != "kind"}
         fields["request"] = EditRequest(**fields["request"])
-        fields["layers"] = tuple(fields["layers"])
+        for name in ("layers", "used_context", "used_kl"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
         return cls(**fields)
 
     @property

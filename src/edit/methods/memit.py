@@ -57,7 +57,7 @@ class MEMITHyperParams:
     bare_prompt_weight: float = 0.5
     mom2_update_weight: float = 200.0
     mom2_n_samples: int = 0
-    mom2_source: str = "fact_prompts"
+    mom2_source: str = "corpus"
     z_batch_size: int = 64
     past_keys_weight: float = 0.0
     seed: int = 0
