@@ -1,7 +1,6 @@
 """Edit evaluation: metrics on a hand-made lookup-table model with known answers, the three modes on the tiny
 trained model, and a run directory whose summary is rebuilt from its records."""
 
-import copy
 import json
 from types import SimpleNamespace
 
