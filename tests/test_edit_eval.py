@@ -171,7 +171,6 @@ HPARAMS = {"rome": {"layer": 1, "num_context_prefixes": 3, "num_eval_random_fact
            "ft": {"layer": 1, "num_context_prefixes": 3}}
 
 
-@pytest.mark.parametrize("method", ["rome", "memit", "ft"])
 def scored_sentences(evaluator: KGEvaluator, case, used_context) -> set[str]:
     """Written apart from the evaluator's own count: the facts of every group the case scores, and the prefix facts
     read back from the very prompt texts it scores ("s r o ; " before the query)."""
@@ -247,7 +246,7 @@ def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
     assert summarize(edits, checkpoints, retention) == summary["methods"]
     drop = summary["methods"]["memit"]["metrics"]["retention_drop_points"]
     edited_held_out = {(e.request.s, e.request.r) for e in edits if not FactSplit(seed=0).allows(e.request.s, e.request.r)}
-    assert drop["over"] == "facts" and drop["n"] == summary["parameters"]["split"]["num_held_out"] - len(edited_held_out)
+    assert drop["interval"] == "bootstrap over facts" and drop["n"] == summary["parameters"]["split"]["num_held_out"] - len(edited_held_out)
     assert summary["methods"]["memit"]["metrics"]["efficacy"]["interval"] == "wilson"
     assert set(summary["methods"]["memit"]["compared"]) == {"ft"}
     assert "retention_drop_points" not in summary["methods"]["memit"]["compared"]["ft"]  # one pass each: no pairs
@@ -295,3 +294,23 @@ def test_the_shell_wrapper_runs_from_another_directory(tiny_trained, tiny_kg, tm
                             env={**os.environ, "PYTHON": sys.executable})  # the interpreter running the tests
     assert result.returncode == 0, result.stderr
     assert (out / "eval_summary.json").is_file()
+
+
+def test_paired_differences_refuse_records_of_different_requests_and_bad_retention_records():
+    from src.edit.evaluation.metrics import EditRecord, RetentionRecord
+    from src.utils.errors import InputError
+
+    def record(method, request):
+        fields = {f: None for f in EditRecord.__dataclass_fields__ if f not in ("kind", "used_context", "used_kl")}
+        fields.update(index=0, method=method, mode="independent", request=request, efficacy=True, efficacy_margin=0.5,
+                      num_scored_seen=0, update_norm=1.0, seconds=0.1, layers=(0,), steps=1)
+        return EditRecord(**fields)
+
+    same = EditRequest("E_1", "R_1", "E_2", "E_3")
+    summary = summarize([record("a", same), record("b", same)])
+    assert summary["a"]["compared"]["b"]["efficacy"]["mean"] == 0.0
+    with pytest.raises(InputError, match="records 0 of a and b edit different requests"):
+        summarize([record("a", same), record("b", EditRequest("E_1", "R_2", "E_2", "E_3"))])
+    with pytest.raises(InputError, match="strings of 0 and 1 of one length"):
+        RetentionRecord("memit", "0110", "011")
+    assert RetentionRecord("memit", "10", "00").drops_points().tolist() == [100.0, 0.0]

@@ -114,3 +114,10 @@ def test_the_fact_split_is_seeded_shared_and_independent_of_order_and_subset():
     assert split.allows("E_001", "R_01") == FactSplit(3, 0.3).allows("E_001", "R_01")
     with pytest.raises(InputError, match=r"allowed fraction must be in \(0, 1\), got 1.0"):
         FactSplit(allowed_fraction=1.0)
+
+
+def test_a_split_seed_must_be_an_integer():
+    from src.kg.split import FactSplit
+
+    with pytest.raises(InputError, match="split seed must be an integer, got 0.0"):
+        FactSplit(seed=0.0)

@@ -153,7 +153,7 @@ class ROME:
         copy_model=True edits a deep copy and leaves `model` bit-identical; False edits in place, and
         `rome.restore(model, result)` undoes it. layer None: hparams.layer, else located by causal tracing.
         original: the object to compare against (default: the model's current prediction).
-        measure=False skips the generalization / specificity prompts (`result.metrics` is None), for callers that
+        measure=False skips the context-robustness, paraphrase and specificity prompts (`result.metrics` is None), for callers that
         measure the edit themselves.
         """
         started = time.perf_counter()

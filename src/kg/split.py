@@ -23,6 +23,8 @@ class FactSplit:
     allowed_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise InputError(f"split seed must be an integer, got {self.seed!r}")
         if not 0.0 < self.allowed_fraction < 1.0:
             raise InputError(f"allowed fraction must be in (0, 1), got {self.allowed_fraction}")
 

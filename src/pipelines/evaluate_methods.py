@@ -4,7 +4,7 @@ Modes:
   independent  every edit starts from the original weights (the changed tensors are restored after each edit)
   batch        all requests in one call of a batched method (ft, memit)
   sequential   edits applied one after another in place; every `every` edits a checkpoint measures KG retention and
-               the past edits' efficacy and generalization
+               the past edits' efficacy and context robustness
 
 The KG is split (`src.kg.split.FactSplit`, seeded by the run's seed): the methods may use the allowed facts, and
 every specificity and retention figure is measured on the held-out ones (`src.edit.evaluation.metrics`).
@@ -21,7 +21,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -224,7 +224,7 @@ def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, case
     efficacy = float((bare.top1(model) == targets).float().mean())
     prompts, owners = [], []
     for index, (case, context) in enumerate(zip(cases, used)):
-        prefixed, _ = evaluator.context_prompts(case, context)
+        prefixed, _ = evaluator.context_prompts(case, context, edited)
         prompts += prefixed
         owners += [index] * len(prefixed)
     robustness = None
@@ -251,15 +251,16 @@ def summarize(records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRec
     """Per method: every metric's estimate over its edits (`src.edit.evaluation.estimates`; batch mode: the
     retention drop over the held-out facts, one edit call being one measurement), its sequential checkpoints (no
     intervals), and under "compared", for every other method run on the same requests, paired differences
-    (this method minus the other) over those requests. seed: the bootstrap's."""
+    (this method minus the other) over the requests both edited, paired by request index. seed: the bootstrap's
+    (a run uses 0, so that `summarize(*read_records(path))` gives its summary back)."""
     summary: dict[str, dict] = {}
     by_method = {m: [r for r in records if r.method == m] for m in dict.fromkeys(r.method for r in records)}
     passes = {p.method: p for p in retention}
     for method, mine in by_method.items():
         metrics = {name: _estimate(name, _values(mine, name), seed).to_dict() for name in SUMMARY_METRICS}
         if method in passes:
-            metrics["retention_drop_points"] = {**estimates.mean(passes[method].drops_points(), seed).to_dict(),
-                                                "over": "facts"}
+            over_facts = estimates.mean(passes[method].drops_points(), seed)
+            metrics["retention_drop_points"] = replace(over_facts, interval="bootstrap over facts").to_dict()
         summary[method] = {"mode": mine[0].mode, "num_edits": len(mine), "metrics": metrics,
                            "checkpoints": [c.to_dict() for c in checkpoints if c.method == method]}
     for method, mine in by_method.items():
@@ -269,6 +270,11 @@ def summarize(records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRec
                 continue
             theirs_by_index = {r.index: r for r in theirs}
             pairs = [(r, theirs_by_index[r.index]) for r in mine if r.index in theirs_by_index]
+            for a, b in pairs:
+                if a.request != b.request:
+                    raise InputError(f"records {a.index} of {method} and {other} edit different requests "
+                                     f"({a.request.s} {a.request.r} and {b.request.s} {b.request.r}); paired "
+                                     "differences need the same requests (the same seed and KG)")
             if not pairs:
                 continue
             compared[other] = {
@@ -295,7 +301,7 @@ def read_records(path: str | Path) -> tuple[list[EditRecord], list[CheckpointRec
             data = json.loads(line)
             kind = data.get("kind", "edit")
             read[kind].append(RECORD_KINDS[kind].from_dict(data))
-        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError, InputError) as exc:
             raise InputError(f"{path}:{number}: not an evaluation record ({exc!r})") from None
     return read["edit"], read["checkpoint"], read["retention"]
 
@@ -385,7 +391,7 @@ def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
     records = [r for run in runs for r in run.records]
     checkpoints = [c for run in runs for c in run.checkpoints]
     retention = [run.retention for run in runs if run.retention is not None]
-    summary = summarize(records, checkpoints, retention, config.seed)
+    summary = summarize(records, checkpoints, retention)
     output_dir = Path(config.output_dir)
     write_run(output_dir, config, files, {m: h.to_dict() for m, h in hparams.items()}, summary, records, checkpoints,
               retention, graph)

@@ -31,11 +31,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return low, high
 
 
-def bootstrap_resample_means(values: np.ndarray, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
-    """(resamples,) means of `values` (n,) resampled with replacement, seeded."""
+def bootstrap_resample_means(values: np.ndarray, seed: int, resamples: int = BOOTSTRAP_RESAMPLES,
+                             chunk_elements: int = 2**22) -> np.ndarray:
+    """(resamples,) means of `values` (n,) resampled with replacement, seeded; drawn in chunks of about
+    chunk_elements indices, so memory stays bounded for large n."""
     rng = np.random.default_rng([seed, 17, len(values)])
-    picks = rng.integers(0, len(values), size=(resamples, len(values)))
-    return values[picks].mean(axis=1)
+    rows = max(1, chunk_elements // max(1, len(values)))
+    means = [values[rng.integers(0, len(values), size=(min(rows, resamples - start), len(values)))].mean(axis=1)
+             for start in range(0, resamples, rows)]
+    return np.concatenate(means)
 
 
 def bootstrap_interval(values: np.ndarray, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:

@@ -15,13 +15,15 @@ specificity_random         random held-out facts of other subjects keep their to
 retention                  accuracy over the held-out facts (edited pairs left out), before and after
 specificity_seen           the subject's facts the method's KL term held in place (its `kl_facts`) keep their top-1:
                            measured on what the method optimised, so not a held-out figure
-num_scored_seen            how many of the facts scored or used as prefixes above the method saw (0 under a split)
+num_scored_seen            how many of the facts scored or used as prefixes above the method declared it used as
+                           context prefixes or KL prompts (0 under a split). Corpus statistics hold every training
+                           sentence, so every fact: no split can hold facts out of them
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import AbstractSet as Set, Sequence
 
 import numpy as np
 import torch
@@ -149,6 +151,11 @@ class RetentionRecord:
     after: str
     kind: str = field(default="retention", init=False)
 
+    def __post_init__(self) -> None:
+        if len(self.before) != len(self.after) or set(self.before + self.after) - {"0", "1"}:
+            raise InputError(f"retention record of {self.method}: before and after must be strings of 0 and 1 of one "
+                             f"length, got lengths {len(self.before)} and {len(self.after)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -237,21 +244,27 @@ class KGEvaluator:
             random_facts=sample(others, self.num_random),
         )
 
-    def prefixes(self, case: EvalCase, used_context: Sequence[str]) -> list[Fact]:
-        """The case's context prefixes: its first `num_prefixes` candidates the method did not use itself."""
+    def prefixes(self, case: EvalCase, used_context: Sequence[str],
+                 edited: Set[tuple[str, str]] = frozenset()) -> list[Fact]:
+        """The case's context prefixes: its first `num_prefixes` candidates that the method did not use itself and
+        that no edit of the same call rewrites."""
         used = set(used_context)
-        return [f for f in case.prefix_candidates if f.sentence() not in used][: self.num_prefixes]
+        return [f for f in case.prefix_candidates
+                if f.sentence() not in used and (f.s, f.r) not in edited][: self.num_prefixes]
 
-    def context_prompts(self, case: EvalCase, used_context: Sequence[str]) -> tuple[list[str], list[str]]:
+    def context_prompts(self, case: EvalCase, used_context: Sequence[str],
+                        edited: Set[tuple[str, str]] = frozenset()) -> tuple[list[str], list[str]]:
         """(prompts behind the prefixes, alias prompts behind the same prefixes)."""
-        q, texts = case.request, [prefix_text(f) for f in self.prefixes(case, used_context)]
+        q, texts = case.request, [prefix_text(f) for f in self.prefixes(case, used_context, edited)]
         return [t + query_text(q.s, q.r) for t in texts], ([t + query_text(q.s, case.alias) for t in texts]
                                                             if case.alias else [])
 
-    def scored_facts(self, case: EvalCase, used_context: Sequence[str]) -> set[str]:
+    def scored_facts(self, case: EvalCase, used_context: Sequence[str],
+                     edited: Set[tuple[str, str]] = frozenset()) -> set[str]:
         """Sentences of every fact the case scores or puts in a prompt (prefixes), for the leakage count."""
         rows = {*case.neighbourhood, *case.same_relation, *case.subject_facts, *case.random_facts}
-        return {self.facts[i].sentence() for i in rows} | {f.sentence() for f in self.prefixes(case, used_context)}
+        return ({self.facts[i].sentence() for i in rows}
+                | {f.sentence() for f in self.prefixes(case, used_context, edited)})
 
     # ------------------------------------------------------------------ measuring
 
@@ -288,7 +301,7 @@ class KGEvaluator:
         edited_rows = {self.index[pair] for pair in edited if pair in self.index}
         groups = []  # per case: prompt texts by group, in one flat batch
         for case, used, kl in zip(cases, used_contexts, used_kl):
-            prefixed, alias_prefixed = self.context_prompts(case, used)
+            prefixed, alias_prefixed = self.context_prompts(case, used, edited)
             q = case.request
             groups.append({
                 "bare": [query_text(q.s, q.r)], "alias": [query_text(q.s, case.alias)] if case.alias else [],
@@ -323,7 +336,7 @@ class KGEvaluator:
                 return share([bool(predictions_after[j] == before[j]) for j in indices if j not in edited_rows])
 
             seen_before = [self._seeable_before[s] for s in kl if s in self._seeable]
-            scored = self.scored_facts(case, used)
+            scored = self.scored_facts(case, used, edited)
             bare = int(rows["bare"][0])
             out.append({
                 "efficacy": bool(top[bare] == target),
@@ -338,7 +351,7 @@ class KGEvaluator:
                 "context_margin": margin("prefixed", target, old),
                 "paraphrase_in_context": hits("alias_prefixed"),
                 "specificity_neighbourhood": kept(case.neighbourhood),
-                "neighbourhood_margin": margin("neighbourhood", old, target),
+                "neighbourhood_margin": margin("neighbourhood", old, target) if measured else None,
                 "specificity_relation": kept(case.same_relation),
                 "specificity_subject": kept(case.subject_facts),
                 "specificity_random": kept(case.random_facts),

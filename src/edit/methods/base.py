@@ -36,7 +36,7 @@ class EditEnvironment:
 @dataclass(frozen=True)
 class RequestInfo:
     """What a method did for one request. layers: the MLP layers it wrote; context_facts: KG facts (sentences) it used
-    as context prefixes, kept out of the generalization prompts; kl_facts: KG facts whose prompts its KL term held
+    as context prefixes, kept out of the context-robustness prompts; kl_facts: KG facts whose prompts its KL term held
     in place (the evaluation reports how many of the facts it scores are among them); steps: optimisation steps (0 if
     none)."""
 
