@@ -98,8 +98,7 @@ class EvalConfig:
             raise InputError(f"--num-edits must be >= 1, got {self.num_edits}")
         if self.every < 1:
             raise InputError(f"--every must be >= 1, got {self.every}")
-        if not 0.0 < self.allowed_fraction < 1.0:
-            raise InputError(f"--allowed-fraction must be in (0, 1), got {self.allowed_fraction}")
+        self.split  # constructing the FactSplit checks the allowed fraction (one line, exit 2)
         unknown = sorted(set(self.hparams) - set(self.methods))
         if unknown:
             raise InputError(f"hparams given for '{unknown[0]}', which is not among the methods ({', '.join(self.methods)})")

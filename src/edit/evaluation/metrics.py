@@ -189,7 +189,7 @@ class KGEvaluator:
                  aliases: dict[str, str] | None = None, num_prefixes: int = 5, num_neighbors: int = 20,
                  num_random: int = 20, seed: int = 0, speed: SpeedPaths = FAST,
                  split: FactSplit | None = None) -> None:
-        self.tokenizer, self.speed, self.split = tokenizer, speed, split
+        self.tokenizer, self.speed = tokenizer, speed
         self.all_facts = list(facts)
         self._all_pairs = {(f.s, f.r) for f in self.all_facts}
         self.facts = list(split.held_out(facts)) if split else list(facts)  # the scored facts
@@ -207,13 +207,14 @@ class KGEvaluator:
         self.num_prefixes, self.num_neighbors, self.num_random, self.seed = num_prefixes, num_neighbors, num_random, seed
         self.kg_probe = PromptProbe(tokenizer, [f.prompt() for f in self.facts], speed=speed)
         object_ids = {o: single_token_id(tokenizer, o, "object") for o in sorted({f.o for f in self.all_facts})}
-        self.object_ids = object_ids
         self.answers = torch.tensor([object_ids[f.o] for f in self.facts])
         self.predictions_before = self.kg_probe.top1(model)
-        seen_facts = split.allowed(self.all_facts) if split else self.all_facts
-        seen_probe = PromptProbe(tokenizer, [f.prompt() for f in seen_facts], speed=speed)
-        self._seeable = {f.sentence(): f for f in seen_facts}  # the facts a method may have held in place
-        self._seeable_before = dict(zip(self._seeable, seen_probe.top1(model).tolist()))
+        # the facts a method may have held in place, and their top-1 before any edit (without a split: the scored ones)
+        seeable = split.allowed(self.all_facts) if split else self.facts
+        seeable_top = (PromptProbe(tokenizer, [f.prompt() for f in seeable], speed=speed).top1(model) if split
+                       else self.predictions_before)
+        self._seeable = {f.sentence(): f for f in seeable}
+        self._seeable_before = dict(zip(self._seeable, seeable_top.tolist()))
         unk = tokenizer.unk_token_id
         self._known = lambda word: unk is None or unk not in tokenizer(word, add_special_tokens=False)["input_ids"]
 
@@ -299,20 +300,21 @@ class KGEvaluator:
         unmeasured (None)."""
         before = self.predictions_before if predictions_before is None else predictions_before
         edited_rows = {self.index[pair] for pair in edited if pair in self.index}
-        groups = []  # per case: prompt texts by group, in one flat batch
+        measured = predictions_after is not None
+        groups = []  # per case: prompt texts by group, in one flat batch (specificity's only where it is measured)
         for case, used, kl in zip(cases, used_contexts, used_kl):
             prefixed, alias_prefixed = self.context_prompts(case, used, edited)
             q = case.request
             groups.append({
                 "bare": [query_text(q.s, q.r)], "alias": [query_text(q.s, case.alias)] if case.alias else [],
                 "prefixed": prefixed, "alias_prefixed": alias_prefixed,
-                "neighbourhood": [self.facts[j].prompt() for j in case.neighbourhood if j not in edited_rows],
-                "seen": [self._seeable[s].prompt() for s in kl if s in self._seeable],
+                "neighbourhood": [self.facts[j].prompt() for j in case.neighbourhood if j not in edited_rows]
+                if measured else [],
+                "seen": [self._seeable[s].prompt() for s in kl if s in self._seeable] if measured else [],
             })
         flat = [p for g in groups for name in g for p in g[name]]
         probs = PromptProbe(self.tokenizer, flat, speed=self.speed).probabilities(model)
         top = probs.argmax(-1)
-        measured = predictions_after is not None
         retention_before = self.retention(before, edited) if measured else None
         retention_after = self.retention(predictions_after, edited) if measured else None
         out, start = [], 0

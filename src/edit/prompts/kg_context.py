@@ -25,7 +25,6 @@ class KGContext:
 
     facts: tuple[Fact, ...]
     aliases: dict[str, str] = field(default_factory=dict)
-    split: FactSplit | None = None
     _by_subject: dict[str, tuple[Fact, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,7 +54,7 @@ class KGContext:
                 if fact.r not in alias_tokens:
                     seen.setdefault((fact.s, fact.r), fact)
         facts = tuple(seen[k] for k in sorted(seen))
-        return cls(facts=split.allowed(facts) if split else facts, aliases=dict(aliases), split=split)
+        return cls(facts=split.allowed(facts) if split else facts, aliases=dict(aliases))
 
     def facts_of(self, subject: str) -> tuple[Fact, ...]:
         return self._by_subject.get(subject, ())
