@@ -33,11 +33,13 @@ def assert_same_trace(traced: TraceResult, expected: TraceResult):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("window", [1, 2, 3, 10])
-@pytest.mark.parametrize("suffix_replay", [False, True])
-def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation, suffix_replay):
+@pytest.mark.parametrize("suffix_replay, share_restorations", [(False, True), (True, True), (True, False)])
+def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation, suffix_replay,
+                                                              share_restorations):
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer, attn_implementation=attn_implementation)
-    tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay)
+    tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay,
+                          share_restorations=share_restorations)
     noise = torch.randn(6, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
     # a two-token subject behind a context prefix: tokens before the subject, first/last subject token, relation
     result = tracer.trace_important_states("a x", "b r", None, kind=kind, window=window, noise=noise, num_samples=6,
@@ -178,7 +180,10 @@ def test_cuda_without_cuda_is_a_clear_error():
         CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cuda")
 
 
-def test_suffix_replay_is_used_and_can_be_turned_off():
+def test_suffix_replay_is_used_and_can_be_turned_off(monkeypatch):
+    from src.edit.tracing import replay
+
+    monkeypatch.setattr(replay, "BLOCK_CALL_COST", 0)  # block calls cost nothing: never merge passes
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
     calls = []
@@ -193,3 +198,47 @@ def test_suffix_replay_is_used_and_can_be_turned_off():
             assert calls[0] == 4 and sorted(set(calls[1:])) == ([1, 2, 3, 4] if suffix_replay else [4])
     finally:
         handle.remove()
+
+
+def test_restorations_that_restored_the_same_states_share_their_rows(monkeypatch):
+    from src.edit.tracing import replay
+
+    monkeypatch.setattr(replay, "BLOCK_CALL_COST", 0)  # one pass per first token recomputed
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)  # 5 layers
+    rows = {}
+    for share in (True, False):
+        seen = []
+        handle = model.transformer.h[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+        try:
+            CausalTracer(model, tokenizer, device="cpu", share_restorations=share).trace_important_states(
+                "a", "r", kind="mlp", window=10, num_samples=3)
+        finally:
+            handle.remove()
+        rows[share] = seen[1:]  # after the runs: one replay pass per first token recomputed
+    # window 10 over 5 layers restores layers 0-4 for every layer (clipped): per token, 5 equal restorations
+    assert rows[False] == [5 * 3, 5 * 3] and rows[True] == [3, 3]
+
+
+def test_passes_are_merged_when_block_calls_cost_more_than_the_tokens_saved(monkeypatch):
+    from src.edit.tracing import replay
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    noise = torch.randn(4, 2, 32, generator=torch.Generator().manual_seed(3))
+    calls: list[int] = []
+    handle = model.transformer.h[2].register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[1]))
+    traced = {}
+    try:
+        for cost in (0, 10 ** 9):
+            monkeypatch.setattr(replay, "BLOCK_CALL_COST", cost)
+            calls.clear()
+            tracer = CausalTracer(model, tokenizer, device="cpu")
+            traced[cost] = tracer.trace_kinds("a x", "b r", noise=noise, num_samples=4)
+            passes = sorted(set(calls[1:]))
+            # free calls: one pass per first token recomputed; costly calls: one pass from the subject's first token
+            assert passes == ([1, 2, 3, 4] if cost == 0 else [4])
+    finally:
+        handle.remove()
+    for kind in ("hidden", "mlp", "attn"):
+        np.testing.assert_allclose(traced[0][kind].scores, traced[10 ** 9][kind].scores, atol=TOL)

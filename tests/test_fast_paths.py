@@ -213,3 +213,54 @@ def test_rome_with_every_speed_path_off_makes_the_same_edit(tiny_model, tiny_kg,
     assert fast.status == plain.status == "edited" and fast.v_steps == plain.v_steps
     difference = (fast._update.matrix() - plain._update.matrix()).abs().max() / plain._update.matrix().abs().max()
     assert float(difference) < 1e-4
+
+
+def test_key_plan_counts_each_distinct_prefix_once_with_its_multiplicity():
+    from src.edit.rank_one.key_statistics import KeyPlan
+
+    lines = [[1, 2, 3], [1, 2], [1, 4], [1, 2, 3], [5]]
+    plan = KeyPlan.shared(lines, last_token_only=False)
+    # prefixes: (1) x4, (1, 2) x3, (1, 2, 3) x2, (1, 4) x1, (5) x1; [1, 2] is a prefix of [1, 2, 3]: not run
+    assert plan.lines == ((1, 2, 3), (1, 4), (5,))
+    assert plan.weights == ((4, 3, 2), (0, 1), (1,))
+    assert plan.num_keys == 11 == sum(len(x) for x in lines)
+    last = KeyPlan.shared(lines, last_token_only=True)  # one key per line, at its last token
+    assert last.weights == ((0, 1, 2), (0, 1), (1,)) and last.num_keys == 5
+    assert KeyPlan.plain(lines, last_token_only=False).weights[1] == (1, 1)
+
+
+@pytest.mark.parametrize("source", ["corpus", "fact_prompts"])
+def test_shared_prefix_statistics_equal_every_key_of_every_line(tiny_model, tiny_kg, source):
+    from src.edit.prompts.kg_context import KGContext
+    from src.edit.rank_one.key_statistics import compute_second_moment
+    from src.kg.corpus import read_corpus
+
+    model, tokenizer = tiny_model
+    lines = (read_corpus(tiny_kg.corpus_path) if source == "corpus"
+             else [f.prompt() for f in KGContext.from_corpus(tiny_kg.corpus_path).facts])
+    last = source == "fact_prompts"
+    keys = []  # the reference: one plain forward per line, its keys read by hand
+    for line in lines:
+        with torch.no_grad(), Trace(ModelLayout.of(model).mlp_out(2), retain_input=True) as trace:
+            model(input_ids=torch.tensor([tokenizer(line, add_special_tokens=False)["input_ids"]]))
+        keys.append(trace.input[0, -1:] if last else trace.input[0])
+    keys = torch.cat(keys).double()
+    expected = keys.T @ keys / len(keys)
+    moments = []
+    for speed in (SpeedPaths(), SpeedPaths.plain()):
+        moment, count = compute_second_moment(model, tokenizer, lines, 2, batch_size=7, progress=False,
+                                              last_token_only=last, speed=speed)
+        assert count == len(keys)
+        torch.testing.assert_close(moment, expected, rtol=1e-5, atol=1e-7)  # float32 keys, other batch shapes
+        moments.append(moment)
+    torch.testing.assert_close(moments[0], moments[1], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_statistics_lines_are_tokenized_as_prompts_are(bos):
+    from src.edit.rank_one.key_statistics import encode_lines
+    from src.lm.token_ids import encode_prompt
+
+    tokenizer = tiny_tokenizer(bos=bos)
+    lines = ["a r b", "c q d ; x r y", "z"]
+    assert encode_lines(tokenizer, lines) == [encode_prompt(tokenizer, line) for line in lines]

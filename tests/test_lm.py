@@ -156,3 +156,19 @@ def test_the_default_config_is_a_gpt2_with_a_2048_wide_mlp_and_the_exact_gelu():
     narrow, llama = (load_train_config(REPO_ROOT / "configs" / f"train_{n}.yaml") for n in ("gpt_mlp512", "llama_small"))
     assert (narrow.model.inner, narrow.model.activation) == (512, "gelu_new")
     assert (llama.model.model_type, llama.model.inner, llama.model.activation) == ("llama", 512, "silu")
+
+
+def test_flop_counter_counts_block_matrices_attention_and_the_output_layer():
+    from src.lm.flops import FlopCounter
+    from tests.tiny_models import tiny_gpt2, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer, n_layer=2, n_embd=32, n_inner=128)
+    counter = FlopCounter.of(model)
+    per_block = 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32  # c_attn, attn c_proj, c_fc, mlp c_proj (by hand)
+    vocab = len(tokenizer)
+    assert (counter.block_weights, counter.num_layers, counter.hidden, counter.vocab) == (2 * per_block, 2, 32, vocab)
+    lines, length, selected = 3, 4, 2
+    forward = 2 * 2 * per_block * lines * length + 4 * 2 * 32 * length * lines * length + 2 * 32 * vocab * selected
+    assert counter.forward(lines, length, selected) == forward
+    assert counter.step(lines, length, selected) == 3 * forward

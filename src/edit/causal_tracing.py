@@ -10,7 +10,9 @@ This implementation gives the numbers of the original one-forward-per-restoratio
   `trace_many` puts several facts' restorations into the same forwards;
 - tokens before the subject never see noise, so restoring them changes nothing: their score is `low_score`;
 - the layers below the first restored one are identical for every restoration there, so they are computed once in
-  the corrupted run and the forward restarts from that layer's recorded input;
+  the corrupted run and the forward restarts from that layer's recorded input; likewise restorations that have
+  restored the same states up to a block (windows that differ only above it, equal windows clipped at the last
+  layer) share every block up to there;
 - restoring token t changes no token before it, so only tokens t.. are recomputed (one pass over the blocks per
   first recomputed token), attending to the keys and values the corrupted run recorded for the others; restoring
   the subject's first token's block output makes every token up to it clean, so only the tokens after it are
@@ -54,6 +56,9 @@ class CausalTracer:
         suffix_replay: recompute only the tokens from the restored one on (default); False recomputes every token,
             as the original does (same numbers up to float32 rounding; kept to test one against the other).
         speed: `SpeedPaths` (its fuse_gelu: GPT-2's gelu_new as one fused kernel while tracing).
+        share_restorations: restorations that have restored the same states up to a block (e.g. windows that
+            differ only above it, or equal windows clipped at the last layer) share that block's computation
+            (default); False computes each apart (same numbers; kept to test one against the other).
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class CausalTracer:
         max_batch_tokens: int = 1 << 16,
         suffix_replay: bool = True,
         speed: SpeedPaths = FAST,
+        share_restorations: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -75,7 +81,8 @@ class CausalTracer:
         if layer_types and len(set(layer_types)) > 1:  # the replay calls every block with block 0's mask
             raise InputError("models whose layers use different attention types are not supported: "
                              f"{sorted(set(layer_types))}")
-        self.engine = RestorationEngine(self.model, tokenizer, self.layout, self.device, max_batch_tokens, suffix_replay)
+        self.engine = RestorationEngine(self.model, tokenizer, self.layout, self.device, max_batch_tokens, suffix_replay,
+                                        share_restorations)
         self.embedding_std = self._embedding_std(subjects)
 
     @property

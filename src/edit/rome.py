@@ -137,7 +137,7 @@ class ROME:
         self.kg = KGContext.from_corpus(self.corpus_path, fact_split) if self.corpus_path is not None else None
         self.speed = speed
         self.covariance = KeyCovariance(model, tokenizer, self.corpus_path, self.hparams, use_mom2_adjustment,
-                                        stats_dir, progress, statistics_from, fact_split)
+                                        stats_dir, progress, statistics_from, fact_split, speed)
         if self.kg is None:
             warnings.warn("ROME without kg_corpus_path: C = I (no key statistics), no context prefixes and no KL "
                           "term on the subject's other facts; edits will be less specific", stacklevel=2)

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.kg.corpus import parse_sentence
 from src.kg.graph import Fact
 from src.lm.fact_accuracy import fact_accuracy
+from src.lm.flops import FlopCounter
 from src.lm.token_ids import starts_with_bos
 from src.lm.model import ModelConfig
 from src.utils.errors import InputError
@@ -58,6 +59,7 @@ class TrainResult:
     reached_target: bool
     seconds: float
     history: tuple[dict, ...]
+    flops: float = 0.0  # training FLOPs spent (`src.lm.flops.FlopCounter`), evaluations left out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,6 +163,7 @@ def train_model(
     bar = tqdm(total=config.max_steps, desc="train", unit="step", disable=not progress)
     step = 0
     running_loss = float("nan")
+    counter, flops, eval_seconds = FlopCounter.of(model), 0.0, 0.0
     for step in range(1, config.max_steps + 1):
         if not schedule:
             schedule = batch_schedule(data, config.batch_size, order_rng)
@@ -179,11 +182,14 @@ def train_model(
         optimizer.step()
         scheduler.step()
         running_loss = loss.item() if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * loss.item()
+        flops += counter.step(len(rows), length, int(selected.sum()))
         bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
+            eval_start = time.perf_counter()
             accuracy = fact_accuracy(model, tokenizer, facts).accuracy
+            eval_seconds += time.perf_counter() - eval_start
             record = {"step": step, "loss": running_loss, "accuracy": accuracy, "lr": scheduler.get_last_lr()[0],
-                      "seconds": time.perf_counter() - start}
+                      "seconds": time.perf_counter() - start, "flops": flops, "eval_seconds": eval_seconds}
             history.append(record)
             if on_eval:
                 on_eval(record)
@@ -198,6 +204,7 @@ def train_model(
         reached_target=accuracy >= config.target_accuracy,
         seconds=time.perf_counter() - start,
         history=tuple(history),
+        flops=flops,
     )
 
 

@@ -163,7 +163,8 @@ class MEMITEditor(PromptEditor):
         if self._statistics_model is not None:
             moment, _ = load_or_compute_second_moment(self._statistics_model, self.tokenizer, self.env.corpus_path, layer,
                                                       hp.mom2_n_samples, self.env.stats_dir,
-                                                      self.env.progress, hp.mom2_source, self.env.split)
+                                                      self.env.progress, hp.mom2_source, self.env.split,
+                                                      self.env.speed)
             moment = moment.double()
         else:
             moment = torch.eye(d_ff, dtype=torch.float64)

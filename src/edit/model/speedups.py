@@ -86,6 +86,8 @@ class SpeedPaths:
     the vector added by a hook).
     share_stems: `PromptProbe` runs prompts that share all but their last token over the shared part once (False:
     every prompt whole).
+    share_prefixes: key statistics take each distinct token prefix's key once, weighted by its count, and skip lines
+    that are prefixes of others (`src.edit.rank_one.key_statistics.KeyPlan`; False: every key of every line).
     """
 
     fuse_gelu: bool = True
@@ -93,11 +95,12 @@ class SpeedPaths:
     activation_budget: int | None = ACTIVATION_BUDGET
     resume_forward: bool = True
     share_stems: bool = True
+    share_prefixes: bool = True
 
     @classmethod
     def plain(cls) -> "SpeedPaths":
         return cls(fuse_gelu=False, freeze_weights=False, activation_budget=None, resume_forward=False,
-                   share_stems=False)
+                   share_stems=False, share_prefixes=False)
 
     def fused(self, model: nn.Module) -> AbstractContextManager:
         return fused_activations(model) if self.fuse_gelu else nullcontext(0)

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.rank_one.hparams import ROMEHyperParams
 from src.edit.rank_one.key_statistics import load_or_compute_second_moment
 from src.edit.rank_one.linalg import PSDSolver, null_space_projector, solve_psd
@@ -26,7 +27,7 @@ Preconditioner = Callable[[torch.Tensor], torch.Tensor]  # (d_ff, ...) float64 -
 
 class KeyCovariance:
     """C per layer for one ROME. corpus_path None or use_statistics False: C = I. split: the facts fact-prompt
-    statistics may use (None: all).
+    statistics may use (None: all). speed: how the statistics are computed (`SpeedPaths.share_prefixes`).
 
     statistics_from: "current" reads C for the weights an edit is made on (the cache is keyed by the weights);
     "initial" reads it once per layer for the weights `model` has now, kept in a private copy, for sequential
@@ -35,12 +36,13 @@ class KeyCovariance:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_path: Path | None,
                  hparams: ROMEHyperParams, use_statistics: bool = True, stats_dir: str | Path | None = None,
-                 progress: bool = True, statistics_from: str = "current", split: FactSplit | None = None) -> None:
+                 progress: bool = True, statistics_from: str = "current", split: FactSplit | None = None,
+                 speed: SpeedPaths = FAST) -> None:
         if statistics_from not in ("current", "initial"):
             raise InputError(f"statistics_from must be current or initial, got '{statistics_from}'")
         self.tokenizer, self.corpus_path, self.hparams = tokenizer, corpus_path, hparams
         self.use_statistics = use_statistics and corpus_path is not None
-        self.stats_dir, self.progress, self.split = stats_dir, progress, split
+        self.stats_dir, self.progress, self.split, self.speed = stats_dir, progress, split, speed
         self._initial_model = copy.deepcopy(model) if statistics_from == "initial" else None
         self._initial: dict[int, PSDSolver] = {}  # layer -> the initial weights' C, factorised
         self.past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> k* of in-place edits (past_keys_weight > 0)
@@ -75,7 +77,7 @@ class KeyCovariance:
         hp = self.hparams
         moment, _ = load_or_compute_second_moment(
             self._initial_model or model, self.tokenizer, self.corpus_path, layer, hp.mom2_n_samples,
-            self.stats_dir, self.progress, hp.mom2_source, self.split)
+            self.stats_dir, self.progress, hp.mom2_source, self.split, self.speed)
         if moment.shape != (size, size):
             raise InputError(f"key statistics have shape {tuple(moment.shape)}, expected {(size, size)}")
         if self._initial_model is not None:

@@ -16,19 +16,23 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.model.hooks import Trace
+from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.kg_context import KGContext
 from src.edit.model.layout import ModelLayout
 from src.kg.corpus import require_corpus_file
 from src.kg.graph import Fact
 from src.kg.split import FactSplit
-from src.lm.token_ids import encode_prompt, starts_with_bos
+from src.lm.token_ids import starts_with_bos
 from src.utils.batching import batches_by_key
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_file
@@ -75,6 +79,64 @@ def statistics_facts(corpus_path: str | Path, split: FactSplit | None = None) ->
     return KGContext.from_corpus(corpus_path, split).facts
 
 
+@dataclass(frozen=True)
+class KeyPlan:
+    """Which lines to run and how much each of their keys counts. A key depends only on the tokens up to its own
+    (causal attention), so each distinct token prefix's key is taken once, at its first occurrence in a run line,
+    weighted by how many keys of the statistics have that prefix; a line that is a prefix of another is not run.
+    lines: token ids of the lines to run; weights: per run line, one weight per position (0: counted elsewhere)."""
+
+    lines: tuple[tuple[int, ...], ...]
+    weights: tuple[tuple[int, ...], ...]
+
+    @property
+    def num_keys(self) -> int:
+        return sum(sum(w) for w in self.weights)
+
+    @classmethod
+    def plain(cls, encoded: Sequence[Sequence[int]], last_token_only: bool) -> "KeyPlan":
+        """Every line run, every key counted once where it occurs (the reference)."""
+        lines = tuple(tuple(ids) for ids in encoded if ids)
+        weights = tuple(tuple([0] * (len(ids) - 1) + [1]) if last_token_only else (1,) * len(ids) for ids in lines)
+        return cls(lines, weights)
+
+    @classmethod
+    def shared(cls, encoded: Sequence[Sequence[int]], last_token_only: bool) -> "KeyPlan":
+        """Each distinct prefix's key once, weighted by its count (same C as `plain`, up to float rounding)."""
+        lines = [tuple(ids) for ids in encoded if ids]
+        counts: Counter[tuple[int, ...]] = Counter()
+        proper_prefixes: set[tuple[int, ...]] = set()
+        for ids in lines:
+            proper_prefixes.update(ids[:p] for p in range(1, len(ids)))
+            if last_token_only:
+                counts[ids] += 1
+            else:
+                counts.update(ids[: p + 1] for p in range(len(ids)))
+        run = [ids for ids in dict.fromkeys(lines) if ids not in proper_prefixes]
+        weights = []
+        for ids in run:
+            row = []
+            for p in range(len(ids)):
+                row.append(counts.pop(ids[: p + 1], 0))
+            weights.append(tuple(row))
+        return cls(tuple(run), tuple(weights))
+
+
+def encode_lines(tokenizer: PreTrainedTokenizerBase, lines: Sequence[str]) -> list[list[int]]:
+    """Token ids of each line as prompts see them (behind BOS when the tokenizer adds one), in one batched call (the
+    fast tokenizer's own, when it has one: transformers' per-line conversion costs more than the tokenizing)."""
+    if not lines:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        ids = [encoding.ids for encoding in backend.encode_batch(list(lines), add_special_tokens=False)]
+    else:
+        ids = [list(x) for x in tokenizer(list(lines), add_special_tokens=False)["input_ids"]]
+    if starts_with_bos(tokenizer):
+        ids = [[tokenizer.bos_token_id] + x for x in ids]
+    return ids
+
+
 @torch.no_grad()
 def compute_second_moment(
     model: PreTrainedModel,
@@ -84,25 +146,27 @@ def compute_second_moment(
     batch_size: int = 512,
     progress: bool = True,
     last_token_only: bool = False,
+    speed: SpeedPaths = FAST,
 ) -> tuple[torch.Tensor, int]:
-    """(C (d_ff, d_ff) float64 on CPU, accumulated in float64, number of keys). Lines are grouped by token length: no padding.
-    last_token_only: one key per line, at its last token (else every token)."""
+    """(C (d_ff, d_ff) float64 on CPU, accumulated in float64, number of keys). Lines are grouped by token length: no
+    padding. last_token_only: one key per line, at its last token (else every token). speed.share_prefixes: each
+    distinct token prefix's key once, weighted (`KeyPlan.shared`); False: every key (`KeyPlan.plain`)."""
     layout = ModelLayout.of(model)
     device = next(model.parameters()).device
-    bos = starts_with_bos(tokenizer)  # keys as the prompts will see them
-    encoded = [encode_prompt(tokenizer, line, bos) for line in lines]
-    encoded = [ids for ids in encoded if ids]
-    batches = [[encoded[i] for i in batch] for batch in batches_by_key([len(ids) for ids in encoded], batch_size)]
-    total, count = None, 0
+    encoded = encode_lines(tokenizer, lines)
+    plan = (KeyPlan.shared if speed.share_prefixes else KeyPlan.plain)(encoded, last_token_only)
+    batches = batches_by_key([len(ids) for ids in plan.lines], batch_size)
+    total = None
     for batch in tqdm(batches, desc=f"key statistics, layer {layer}", unit="batch", disable=not progress):
         with Trace(layout.mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
-            model(input_ids=torch.tensor(batch, device=device), use_cache=False)
-        keys = trace.input[:, -1] if last_token_only else trace.input.reshape(-1, trace.input.shape[-1])
-        keys = keys.to(torch.float64)
-        product = keys.T @ keys
+            model(input_ids=torch.tensor([plan.lines[i] for i in batch], device=device), use_cache=False)
+        weights = torch.tensor([plan.weights[i] for i in batch], dtype=torch.float64, device=device).reshape(-1)
+        kept = weights.nonzero()[:, 0]
+        keys = trace.input.reshape(-1, trace.input.shape[-1])[kept].to(torch.float64)
+        product = keys.T @ (keys * weights[kept, None])  # float64: C's condition number reaches 1e8
         total = product if total is None else total + product
-        count += keys.shape[0]
-    if total is None:
+    count = plan.num_keys
+    if total is None or count == 0:
         raise InputError("the statistics corpus has no tokens")
     return (total / count).cpu(), count
 
@@ -117,6 +181,7 @@ def load_or_compute_second_moment(
     progress: bool = True,
     source: str = "corpus",
     split: FactSplit | None = None,
+    speed: SpeedPaths = FAST,
 ) -> tuple[torch.Tensor, bool]:
     """(C, loaded_from_cache). Uses the first `n_samples` corpus lines or facts (all if n_samples <= 0); facts
     are those `split` allows (all without one)."""
@@ -124,7 +189,7 @@ def load_or_compute_second_moment(
         raise InputError(f"unknown mom2_source '{source}'; allowed: {', '.join(SOURCES)}")
     if source == "both":
         parts = [load_or_compute_second_moment(model, tokenizer, corpus_path, layer, n_samples, cache_dir,
-                                               progress, part, split) for part in ("corpus", "fact_prompts")]
+                                               progress, part, split, speed) for part in ("corpus", "fact_prompts")]
         return (parts[0][0] + parts[1][0]) / 2, parts[0][1] and parts[1][1]
     corpus_path = require_corpus_file(corpus_path)
     key = stats_key(model, tokenizer, corpus_path, layer, n_samples, source, split)
@@ -138,7 +203,7 @@ def load_or_compute_second_moment(
     if n_samples > 0:
         lines = lines[:n_samples]
     moment, count = compute_second_moment(model, tokenizer, lines, layer, progress=progress,
-                                          last_token_only=source == "fact_prompts")
+                                          last_token_only=source == "fact_prompts", speed=speed)
     if count < moment.shape[0]:
         remedy = "mom2_source 'corpus' or 'both' uses more keys" if source == "fact_prompts" else "a larger corpus helps"
         warnings.warn(f"key statistics from {count} {source} keys in {moment.shape[0]} dimensions are singular; "

@@ -18,6 +18,13 @@ from src.edit.prompts.encoding import EncodedPrompt, answer_token_id
 from src.edit.tracing.results import KINDS, TraceRequest, TraceResult, window_layers
 
 
+# The replay's cost model (`RestorationEngine._cost`), in token-rows of one block: calling a block costs as much as
+# computing about this many token-rows (Python and hook overhead; measured on a 2-core CPU, the d_ff 2048 model).
+# Passes that recompute fewer tokens are merged into one pass that recomputes more when that is estimated cheaper:
+# same numbers, fewer block calls.
+BLOCK_CALL_COST = 300
+
+
 @dataclass
 class TracedRuns:
     """One forward of F facts x (1 clean + N corrupted) rows, all prompts of one length; shared by every kind and
@@ -44,14 +51,18 @@ class TracedRuns:
 
 class RestorationEngine:
     """Runs and replays for one model. suffix_replay: recompute only the tokens from the restored one on (False
-    recomputes every token, as the original does); max_batch_tokens bounds one replay's rows x tokens."""
+    recomputes every token, as the original does); share_restorations: restorations that have restored the same
+    states so far share their rows (False: every restoration its own); max_batch_tokens bounds one replay's rows x
+    tokens."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, layout: ModelLayout,
-                 device: torch.device, max_batch_tokens: int, suffix_replay: bool) -> None:
+                 device: torch.device, max_batch_tokens: int, suffix_replay: bool,
+                 share_restorations: bool = True) -> None:
         self.model, self.tokenizer, self.layout, self.device = model, tokenizer, layout, device
         self.num_layers = layout.num_layers
         self.max_batch_tokens = max_batch_tokens
         self.suffix_replay = suffix_replay
+        self.share_restorations = share_restorations
 
     @torch.no_grad()
     def runs(self, requests: list[TraceRequest], prompts: list[EncodedPrompt],
@@ -98,7 +109,9 @@ class RestorationEngine:
         T, L, N = group.num_tokens, self.num_layers, group.num_samples
         suffix = group.keys_values is not None
         scores = [{kind: np.full((T, L), low, dtype=np.float32) for kind in kinds} for low in group.low_scores]
-        passes: dict[int, list[_Restoration]] = {}  # by the first token recomputed
+        suffix_passes: dict[int, list[_Restoration]] = {}  # by the first token recomputed
+        one_pass: list[_Restoration] = []  # the same restorations, every token from the first subject token on
+        first_subject = min(prompt.subject_range[0] for prompt in group.prompts) if suffix else 0
         for fact, prompt in enumerate(group.prompts):
             b = prompt.subject_range[0]
             for kind in kinds:
@@ -108,10 +121,14 @@ class RestorationEngine:
                     for t in range(b, T):
                         first, clean_prefix = _first_recomputed_token(kind, t, b, T) if suffix else (0, False)
                         item = _Restoration(fact, kind, t, l, layers, start, first, clean_prefix)
-                        passes.setdefault(first, []).append(item)
+                        suffix_passes.setdefault(first, []).append(item)
+                        one_pass.append(_Restoration(fact, kind, t, l, layers, start, first_subject, False))
+        passes = suffix_passes
+        if len(suffix_passes) > 1 and self._cost([one_pass], T, N) < self._cost(list(suffix_passes.values()), T, N):
+            passes = {first_subject: one_pass}
 
         for first, restorations in sorted(passes.items()):
-            restorations.sort(key=lambda x: x.start)
+            restorations.sort(key=lambda x: x.node(L))  # restorations that share computation side by side
             per_chunk = max(1, self.max_batch_tokens // (T * N))  # rows hold T - first tokens and keys of first
             for i in range(0, len(restorations), per_chunk):
                 chunk = restorations[i : i + per_chunk]
@@ -135,52 +152,68 @@ class RestorationEngine:
             results.append(traced)
         return results
 
-    def _replay(self, group: TracedRuns, chunk: list["_Restoration"]) -> torch.Tensor:
-        """Mean p(answer) per restoration in `chunk` (sorted by start layer, one `first`), in one pass over the blocks.
+    def _cost(self, passes: list[list["_Restoration"]], num_tokens: int, num_samples: int) -> int:
+        """Estimated cost of replaying `passes` (each a list of restorations with one `first`), in token-rows: per
+        block call, BLOCK_CALL_COST plus its rows (distinct nodes x noise samples) times the tokens they recompute."""
+        cost = 0
+        for items in passes:
+            tokens = num_tokens - items[0].first
+            for layer in range(min(item.start for item in items), self.num_layers):
+                nodes = {item.node(layer, None if self.share_restorations else j)
+                         for j, item in enumerate(items) if item.start <= layer}
+                cost += BLOCK_CALL_COST + len(nodes) * num_samples * tokens
+        return cost
 
-        Restoration j owns rows j*N .. (j+1)*N - 1 holding tokens first..T-1. They join the batch at their start
-        layer, from their fact's corrupted input to that block, so each block runs once on exactly the rows that
-        need it; tokens before `first` enter through the keys and values their run computed (clean or corrupted).
-        Restored states are written into the owning rows only.
+    def _replay(self, group: TracedRuns, chunk: list["_Restoration"]) -> torch.Tensor:
+        """Mean p(answer) per restoration in `chunk` (one `first`), in one pass over the blocks.
+
+        At block l, restorations that have restored the same states so far (same fact, token and prefix, same
+        restored (module, layer) pairs up to l) hold the same hidden state: they form one node of N rows (one per
+        noise sample) holding tokens first..T-1, computed once (`share_restorations`; otherwise one node per
+        restoration). A node joins at its first restored layer from its fact's corrupted input to that block; the
+        blocks below equal the corrupted run. Tokens before `first` enter through the keys and values their run
+        computed (clean or corrupted). Restored states are written into the owning node's rows only.
         """
         N, L, device = group.num_samples, self.num_layers, self.device
         first = chunk[0].first
         samples = torch.arange(N, device=device)
-        # where each row's keys and values of tokens < first come from: (fact, run), run 0 clean, 1..N corrupted
-        prefix_facts = torch.tensor([item.fact for item in chunk], device=device).repeat_interleave(N)
-        prefix_runs = torch.cat([samples * 0 if item.clean_prefix else samples + 1 for item in chunk])
+        share = self.share_restorations
+        states: dict[tuple, torch.Tensor] = {}  # node after the previous block -> its (N, T - first, d) rows
+        hidden = torch.empty(0)
+        nodes: list[tuple] = []
+        for layer in range(min(item.start for item in chunk), L + 1):
+            node_of = {j: item.node(layer, j if not share else None) for j, item in enumerate(chunk)
+                       if item.start <= layer}
+            owner: dict[tuple, _Restoration] = {}  # node -> its first restoration (fact, token, prefix, start)
+            for j, node in node_of.items():
+                owner.setdefault(node, chunk[j])
+            nodes = list(owner)
+            parts = []
+            for node in nodes:
+                parent = owner[node].node(layer - 1, node[-1]) if owner[node].start < layer else None
+                parts.append(states[parent] if parent is not None else
+                             group.corrupted_inputs[layer][owner[node].fact, :, first:])
+            hidden = torch.cat(parts)  # (nodes x N, T - first, d)
 
-        def rows_and_values(items: list[tuple[int, "_Restoration"]], name: str) -> tuple[tuple, torch.Tensor]:
-            """Index (rows, columns) of every noise sample of the given restorations, and the clean `name` outputs."""
-            index = torch.tensor([(j, item.token, item.fact) for j, item in items], device=device)
-            rows = (index[:, :1] * N + samples).flatten()
-            columns = (index[:, 1] - first).repeat_interleave(N)
-            return (rows, columns), group.clean[name][index[:, 2], index[:, 1]].repeat_interleave(N, dim=0)
+            def writes(kind: str, at_layer: int) -> tuple[tuple, torch.Tensor] | None:
+                """Index (rows, columns) and values that restore the clean `kind` output of `at_layer` (block
+                `at_layer - 1`'s output for "hidden") in every node that restores it here."""
+                index = [(n, owner[node].token, owner[node].fact) for n, node in enumerate(nodes)
+                         if (kind, at_layer) in node[4]]
+                if not index:
+                    return None
+                index = torch.tensor(index, device=device)
+                rows = (index[:, :1] * N + samples).flatten()
+                columns = (index[:, 1] - first).repeat_interleave(N)
+                name = f"hidden.{at_layer - 1}" if kind == "hidden" else f"{kind}.{at_layer}"
+                return (rows, columns), group.clean[name][index[:, 2], index[:, 1]].repeat_interleave(N, dim=0)
 
-        restore_at: dict[tuple[int, str], list[tuple[int, _Restoration]]] = {}
-        for j, item in enumerate(chunk):
-            if item.kind == "hidden" and not item.clean_prefix:
-                restore_at.setdefault((item.start, "hidden"), []).append((j, item))
-            elif item.kind != "hidden":
-                for layer in item.layers:
-                    restore_at.setdefault((layer, item.kind), []).append((j, item))
-
-        hidden: torch.Tensor | None = None
-        facts = torch.tensor([item.fact for item in chunk], device=device)
-        joined = 0
-        for layer in range(chunk[0].start, L + 1):
-            newcomers = sum(1 for item in chunk[joined:] if item.start == layer)
-            if newcomers:
-                fresh = group.corrupted_inputs[layer][facts[joined : joined + newcomers], :, first:].flatten(0, 1)
-                hidden = fresh if hidden is None else torch.cat([hidden, fresh])
-                joined += newcomers
-                if (layer, "hidden") in restore_at:  # block `layer - 1`'s clean output at the restored token
-                    index, values = rows_and_values(restore_at[layer, "hidden"], f"hidden.{layer - 1}")
-                    hidden.index_put_(index, values.to(hidden.dtype))
+            entering = writes("hidden", layer)
+            if entering is not None:  # block `layer - 1`'s clean output at the restored token
+                hidden.index_put_(entering[0], entering[1].to(hidden.dtype))
             if layer == L:
                 break
-            edits = {kind: rows_and_values(restore_at[layer, kind], f"{kind}.{layer}")
-                     for kind in ("mlp", "attn") if (layer, kind) in restore_at}
+            edits = {kind: w for kind in ("mlp", "attn") if (w := writes(kind, layer)) is not None}
 
             def restore(kind: str, output: torch.Tensor) -> torch.Tensor:
                 index, values = edits[kind]
@@ -188,16 +221,19 @@ class RestorationEngine:
 
             prefix = None
             if first > 0:
-                rows = joined * N
-                prefix = tuple(x[prefix_facts[:rows], prefix_runs[:rows], :, :first] for x in group.keys_values[layer])
+                facts = torch.tensor([owner[node].fact for node in nodes], device=device).repeat_interleave(N)
+                runs = torch.cat([samples * 0 if owner[node].clean_prefix else samples + 1 for node in nodes])
+                prefix = tuple(x[facts, runs, :, :first] for x in group.keys_values[layer])
             modules = {kind: self.layout.sublayer(kind, layer) for kind in edits}
             with TraceDict(modules, retain_output=False, edit_output=restore):
                 hidden = group.call(self.layout.block(layer), hidden, first, prefix)
+            states = {node: hidden[n * N : (n + 1) * N] for n, node in enumerate(nodes)}
         logits = self.layout.unembed(self.layout.final_norm(hidden[:, -1])).float()
-        answers = group.answer_ids[facts].repeat_interleave(N)
-        probabilities = torch.softmax(logits, dim=-1).gather(1, answers[:, None])[:, 0]
-        return probabilities.view(len(chunk), N).mean(dim=1).cpu()
-
+        answers = torch.tensor([int(group.answer_ids[owner[node].fact]) for node in nodes],
+                               device=device).repeat_interleave(N)
+        probabilities = torch.softmax(logits, dim=-1).gather(1, answers[:, None])[:, 0].view(len(nodes), N).mean(1)
+        final = {node: n for n, node in enumerate(nodes)}
+        return probabilities[[final[item.node(L, j if not share else None)] for j, item in enumerate(chunk)]].cpu()
 
 
 def _first_recomputed_token(kind: str, token: int, subject_start: int, num_tokens: int) -> tuple[int, bool]:
@@ -225,3 +261,17 @@ class _Restoration:
     start: int
     first: int
     clean_prefix: bool
+
+    @property
+    def events(self) -> tuple[tuple[str, int], ...]:
+        """The states written, as (kind, block): ("hidden", l + 1) writes block l's output as block l + 1's input
+        (none when the clean prefix carries it); ("mlp" | "attn", l) writes that sublayer's output in block l."""
+        if self.kind == "hidden":
+            return () if self.clean_prefix else (("hidden", self.start),)
+        return tuple((self.kind, l) for l in self.layers)
+
+    def node(self, layer: int, own: int | None = None) -> tuple:
+        """Which node this restoration's rows are in at block `layer` (what it has written up to it): equal nodes
+        hold equal states. own: a number that keeps this restoration's node its own (no sharing)."""
+        return (self.fact, self.token, self.clean_prefix, self.start, tuple(e for e in self.events if e[1] <= layer),
+                own)
