@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Per-fact tracing time: batched CausalTracer vs the plain one-forward-per-restoration reference, side by side.
 
-    python benchmarks/bench_tracing.py [--model-dir outputs/models/gpt_small] [--num-facts 24] [--device cpu]
+    python benchmarks/bench_tracing.py [--model-dir outputs/models/gpt_small] [--num-facts 24] [--window 10]
 
 All run the three kinds on the same facts with the same noise, interleaved fact by fact (so a busy machine slows
-every implementation alike), and the script checks the scores are equal. CausalTracer is timed tracing one fact per
-call (`trace_kinds`, what ROME's layer search does) and many facts per call (`trace_many`, what run_locating.sh does).
+every implementation alike), and the script checks the scores are equal. CausalTracer is timed tracing one fact and
+one kind per call (`trace_important_states`, as notebooks and ROME's layer search call it), one fact and three kinds
+per call (`trace_kinds`) and many facts per call (`trace_many`, what run_locating.sh does); per kind, the one-kind
+call against the plain reference of that kind.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -35,6 +38,7 @@ def main() -> None:
     parser.add_argument("--num-facts", type=int, default=24)
     parser.add_argument("--facts-per-forward", type=int, default=8)
     parser.add_argument("--num-samples", type=int, default=10)
+    parser.add_argument("--window", type=int, default=10, help="MLP/attention window (10: the original's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args()
@@ -51,7 +55,8 @@ def main() -> None:
         b, e = encode_fact_prompt(tokenizer, fact.s, fact.r).subject_range
         noise = torch.randn(args.num_samples, e - b, hidden_size, generator=torch.Generator().manual_seed(i))
         requests.append(TraceRequest(fact.s, fact.r, fact.o, noise=noise * 3 * tracer.embedding_std))
-    tracer.trace_many(requests[: args.facts_per_forward], num_samples=args.num_samples)  # warm-up
+    window = args.window
+    tracer.trace_many(requests[: args.facts_per_forward], num_samples=args.num_samples, window=window)  # warm-up
 
     def timed(function):
         sync(); start = time.perf_counter()
@@ -59,35 +64,51 @@ def main() -> None:
         sync()
         return value, time.perf_counter() - start
 
-    seconds = {"plain": 0.0, "one": 0.0, "many": 0.0}
+    seconds = {"plain": 0.0, "kind": 0.0, "one": 0.0, "many": 0.0}
+    per_kind = {kind: {"plain": 0.0, "kind": 0.0} for kind in KINDS}
     max_diff = 0.0
     for i in range(0, len(requests), args.facts_per_forward):
         group = requests[i : i + args.facts_per_forward]
-        many, elapsed = timed(lambda: tracer.trace_many(group, num_samples=args.num_samples,
+        many, elapsed = timed(lambda: tracer.trace_many(group, num_samples=args.num_samples, window=window,
                                                         facts_per_forward=args.facts_per_forward))
         seconds["many"] += elapsed
         for request, together in zip(group, many):
-            alone, elapsed = timed(lambda: tracer.trace_kinds(request.s, request.r, request.o_target,
+            alone, elapsed = timed(lambda: tracer.trace_kinds(request.s, request.r, request.o_target, window=window,
                                                               num_samples=args.num_samples, noise=request.noise))
             seconds["one"] += elapsed
-            start = time.perf_counter()
             for kind in KINDS:
+                single, elapsed = timed(lambda: tracer.trace_important_states(
+                    request.s, request.r, request.o_target, num_samples=args.num_samples, kind=kind, window=window,
+                    noise=request.noise))
+                seconds["kind"] += elapsed
+                per_kind[kind]["kind"] += elapsed
                 result = alone[kind]
+                start = time.perf_counter()
                 scores, _, _ = plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
                                            request.noise.to(tracer.device), kind, result.window)
+                sync(); elapsed = time.perf_counter() - start
+                seconds["plain"] += elapsed
+                per_kind[kind]["plain"] += elapsed
                 max_diff = max(max_diff, float(np.abs(scores - result.scores).max()),
-                               float(np.abs(scores - together[kind].scores).max()))
-            sync(); seconds["plain"] += time.perf_counter() - start
+                               float(np.abs(scores - together[kind].scores).max()),
+                               float(np.abs(scores - single.scores).max()))
 
     n = len(requests)
     print(f"model {args.model_dir} ({tracer.num_layers} layers, {args.dtype}, {tracer.device}), {n} facts, "
-          f"{args.num_samples} noise samples, kinds {','.join(KINDS)}, torch threads {torch.get_num_threads()}")
+          f"{args.num_samples} noise samples, window {window}, kinds {','.join(KINDS)}, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"{'implementation':<44}{'s/fact':>10}{'speed-up':>10}")
-    rows = [("plain (one forward per restored cell)", "plain"), ("CausalTracer.trace_kinds (1 fact per call)", "one"),
+    rows = [("plain (one forward per restored cell)", "plain"),
+            ("CausalTracer.trace_important_states (1 kind)", "kind"),
+            ("CausalTracer.trace_kinds (1 fact per call)", "one"),
             (f"CausalTracer.trace_many ({args.facts_per_forward} facts per forward)", "many")]
     for label, key in rows:
         print(f"{label:<44}{seconds[key] / n:>10.4f}{seconds['plain'] / seconds[key]:>9.1f}x")
+    for kind, t in per_kind.items():
+        print(f"  {kind}: one kind per call {t['kind'] / n * 1000:.1f} ms, plain {t['plain'] / n * 1000:.1f} ms, "
+              f"{t['plain'] / t['kind']:.1f}x")
     print(f"max |score difference| from plain: {max_diff:.2e}")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

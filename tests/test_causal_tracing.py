@@ -242,3 +242,22 @@ def test_passes_are_merged_when_block_calls_cost_more_than_the_tokens_saved(monk
         handle.remove()
     for kind in ("hidden", "mlp", "attn"):
         np.testing.assert_allclose(traced[0][kind].scores, traced[10 ** 9][kind].scores, atol=TOL)
+
+
+def test_a_reused_trace_figure_draws_what_a_fresh_one_draws(tmp_path):
+    from matplotlib.image import imread
+
+    from src.viz.tracing import TraceFigure, plot_trace
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    tracer = CausalTracer(model, tokenizer, device="cpu")
+    requests = [TraceRequest(s, "r", None, seed=i) for i, s in enumerate("abc")]
+    traced = [list(t.values()) for t in tracer.trace_many(requests, num_samples=3)]
+    figure = TraceFigure(traced[0])
+    for i, (traces, best) in enumerate(zip(traced, [1, None, 4])):  # other data, limits and lines each time
+        figure.save(traces, tmp_path / f"reused{i}.png", best_layer=best)
+        plot_trace(traces, tmp_path / f"fresh{i}.png", best_layer=best)
+        assert np.array_equal(imread(tmp_path / f"reused{i}.png"), imread(tmp_path / f"fresh{i}.png"))
+    with pytest.raises(ValueError, match="drawn on a figure of shape"):
+        figure.save(traced[0][:1], tmp_path / "wrong.png")

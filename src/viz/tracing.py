@@ -48,41 +48,90 @@ def draw_trace(ax, trace: TraceResult, best_layer: int | None = None, colorbar: 
 
 def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: str | Path,
                best_layer: int | None = None, title: str | None = None) -> None:
-    """One panel per kind; the red vertical line marks `best_layer` on every panel."""
+    """One panel per kind (as `draw_trace` draws it); the red vertical line marks `best_layer` on every panel."""
     traces = list(traces.values()) if isinstance(traces, Mapping) else list(traces)
-    first = traces[0]
-    height = 1.2 + 0.35 * len(first.input_tokens)
-    fig = Figure(figsize=(4.2 * len(traces), height))
-    axes = fig.subplots(1, len(traces), squeeze=False)
-    for ax, trace in zip(axes[0], traces):
-        draw_trace(ax, trace, best_layer)
-    fig.suptitle(title or f"{first.prompt} -> {first.answer}   (clean p={first.high_score:.3f}, "
-                 f"corrupted p={first.low_score:.3f})", fontsize=10)
-    # fixed margins (inches) instead of tight_layout: a third of the drawing time, and these figures are many
-    width, label_inches = fig.get_figwidth(), 0.1 + 0.08 * max(len(label) for label in token_labels(first))
-    fig.subplots_adjust(left=label_inches / width, right=0.95, bottom=0.55 / height, top=1 - 0.6 / height,
-                        wspace=0.55)
-    save_figure(fig, path)
+    TraceFigure(traces).save(traces, path, best_layer, title)
 
 
-def _plot_trace_job(job: tuple) -> None:
-    traces, path, best_layer = job
-    plot_trace(traces, path, best_layer=best_layer)
+class TraceFigure:
+    """`plot_trace`'s figure, built once and redrawn for many traces of one shape (the same kinds and number of
+    tokens): only the data, labels and limits change, so each further figure costs its rendering alone. Draws the
+    same image as `plot_trace`."""
+
+    def __init__(self, traces: Sequence[TraceResult]) -> None:
+        self.shape = self.shape_of(traces)
+        self.fig = Figure(figsize=(4.2 * len(traces), 1.2 + 0.35 * len(traces[0].input_tokens)))
+        self.axes = self.fig.subplots(1, len(traces), squeeze=False)[0]
+        self.images, self.bars, self.lines = [], [], []
+        for ax, trace in zip(self.axes, traces):
+            image = ax.imshow(np.zeros_like(trace.indirect_effect), cmap=EFFECT_CMAP, aspect="auto",
+                              interpolation="nearest", norm=TwoSlopeNorm(vcenter=0.0, vmin=-1.0, vmax=1.0))
+            ax.set_xticks(range(trace.num_layers))
+            ax.set_xlabel("layer")
+            self.images.append(image)
+            self.bars.append(self.fig.colorbar(image, ax=ax, fraction=0.05))
+            self.lines.append(ax.axvline(0, color="red", linewidth=2, visible=False))
+
+    @staticmethod
+    def shape_of(traces: Sequence[TraceResult]) -> tuple:
+        return tuple((t.kind, len(t.input_tokens), t.num_layers) for t in traces)
+
+    def save(self, traces: Sequence[TraceResult], path: str | Path, best_layer: int | None = None,
+             title: str | None = None) -> None:
+        if self.shape_of(traces) != self.shape:
+            raise ValueError(f"traces of shape {self.shape_of(traces)} drawn on a figure of shape {self.shape}")
+        first = traces[0]
+        for ax, image, bar, line, trace in zip(self.axes, self.images, self.bars, self.lines, traces):
+            effect = trace.indirect_effect
+            limit = max(float(np.abs(effect).max()), 1e-6)
+            image.set_data(effect)
+            image.set_norm(TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit))
+            bar.update_normal(image)
+            bar.set_label(f"p({trace.answer}) - corrupted", fontsize=8)
+            ax.set_yticks(range(len(trace.input_tokens)), token_labels(trace))
+            window = f", window {trace.window}" if trace.kind != "hidden" else ""
+            ax.set_title(f"{KIND_TITLES.get(trace.kind, trace.kind)}{window}", fontsize=9)
+            line.set_visible(best_layer is not None)
+            if best_layer is not None:
+                line.set_xdata([best_layer, best_layer])
+        self.fig.suptitle(title or f"{first.prompt} -> {first.answer}   (clean p={first.high_score:.3f}, "
+                          f"corrupted p={first.low_score:.3f})", fontsize=10)
+        # fixed margins (inches) instead of tight_layout: a third of the drawing time, and these figures are many
+        width, height = self.fig.get_figwidth(), self.fig.get_figheight()
+        label_inches = 0.1 + 0.08 * max(len(label) for label in token_labels(first))
+        self.fig.subplots_adjust(left=label_inches / width, right=0.95, bottom=0.55 / height, top=1 - 0.6 / height,
+                                 wspace=0.55)
+        save_figure(self.fig, path)
 
 
-def plot_traces(jobs: Sequence[tuple], progress: bool = False, workers: int | None = None) -> None:
+def _plot_chunk(jobs: Sequence[tuple]) -> int:
+    """Draw `plot_trace` jobs (traces, path, best_layer) in turn, reusing one `TraceFigure` per shape; returns how
+    many were drawn."""
+    figures: dict[tuple, TraceFigure] = {}
+    for traces, path, best_layer in jobs:
+        traces = list(traces.values()) if isinstance(traces, Mapping) else list(traces)
+        shape = TraceFigure.shape_of(traces)
+        if shape not in figures:
+            figures[shape] = TraceFigure(traces)
+        figures[shape].save(traces, path, best_layer)
+    return len(jobs)
+
+
+def plot_traces(jobs: Sequence[tuple], progress: bool = False, workers: int | None = None,
+                chunk: int = 5) -> None:
     """Many `plot_trace(traces, path, best_layer)` figures. Drawing is CPU-bound Python, so with more than a few
-    figures they are drawn in forked worker processes (one per CPU core, at most 4); figures only, no torch work."""
+    figures they are drawn in forked worker processes (one per CPU core, at most 4), `chunk` figures per task on one
+    reused `TraceFigure`; figures only, no torch work."""
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     bar = tqdm(total=len(jobs), desc="plotting", unit="fig", disable=not progress)
+    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     if workers > 1 and len(jobs) > 4 and "fork" in multiprocessing.get_all_start_methods():
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for _ in pool.map(_plot_trace_job, jobs, chunksize=2):
-                bar.update(1)
+            for done in pool.map(_plot_chunk, chunks):
+                bar.update(done)
     else:
-        for job in jobs:
-            _plot_trace_job(job)
-            bar.update(1)
+        for part in chunks:
+            bar.update(_plot_chunk(part))
     bar.close()
 
 

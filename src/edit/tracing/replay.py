@@ -178,22 +178,25 @@ class RestorationEngine:
         first = chunk[0].first
         samples = torch.arange(N, device=device)
         share = self.share_restorations
-        states: dict[tuple, torch.Tensor] = {}  # node after the previous block -> its (N, T - first, d) rows
-        hidden = torch.empty(0)
+        position: dict[tuple, int] = {}  # node after the previous block -> its place in `hidden` (N rows each)
+        hidden = torch.empty(0, device=device)
         nodes: list[tuple] = []
         for layer in range(min(item.start for item in chunk), L + 1):
-            node_of = {j: item.node(layer, j if not share else None) for j, item in enumerate(chunk)
-                       if item.start <= layer}
             owner: dict[tuple, _Restoration] = {}  # node -> its first restoration (fact, token, prefix, start)
-            for j, node in node_of.items():
-                owner.setdefault(node, chunk[j])
-            nodes = list(owner)
-            parts = []
-            for node in nodes:
-                parent = owner[node].node(layer - 1, node[-1]) if owner[node].start < layer else None
-                parts.append(states[parent] if parent is not None else
-                             group.corrupted_inputs[layer][owner[node].fact, :, first:])
-            hidden = torch.cat(parts)  # (nodes x N, T - first, d)
+            parent: dict[tuple, int | None] = {}  # node -> its parent's place, None: it joins here
+            for j, item in enumerate(chunk):
+                if item.start <= layer:
+                    node = item.node(layer, None if share else j)
+                    if node not in owner:
+                        owner[node] = item
+                        parent[node] = position[item.node(layer - 1, node[-1])] if item.start < layer else None
+            # continuing nodes in their parents' order, then those that join: no copy while no node splits
+            nodes = sorted(owner, key=lambda n: (parent[n] is None, parent[n] or 0))
+            places = [parent[n] for n in nodes if parent[n] is not None]
+            fresh = [group.corrupted_inputs[layer][owner[n].fact, :, first:] for n in nodes if parent[n] is None]
+            kept = [] if not places else [hidden if places == list(range(len(position))) else
+                                          hidden.view(len(position), N, *hidden.shape[1:])[places].flatten(0, 1)]
+            hidden = torch.cat(kept + fresh) if fresh else kept[0]  # (nodes x N, T - first, d)
 
             def writes(kind: str, at_layer: int) -> tuple[tuple, torch.Tensor] | None:
                 """Index (rows, columns) and values that restore the clean `kind` output of `at_layer` (block
@@ -227,7 +230,7 @@ class RestorationEngine:
             modules = {kind: self.layout.sublayer(kind, layer) for kind in edits}
             with TraceDict(modules, retain_output=False, edit_output=restore):
                 hidden = group.call(self.layout.block(layer), hidden, first, prefix)
-            states = {node: hidden[n * N : (n + 1) * N] for n, node in enumerate(nodes)}
+            position = {node: n for n, node in enumerate(nodes)}
         logits = self.layout.unembed(self.layout.final_norm(hidden[:, -1])).float()
         answers = torch.tensor([int(group.answer_ids[owner[node].fact]) for node in nodes],
                                device=device).repeat_interleave(N)
