@@ -7,7 +7,8 @@ All run the three kinds on the same facts with the same noise, interleaved fact 
 every implementation alike), and the script checks the scores are equal. CausalTracer is timed tracing one fact and
 one kind per call (`trace_important_states`, as notebooks and ROME's layer search call it), one fact and three kinds
 per call (`trace_kinds`) and many facts per call (`trace_many`, what run_locating.sh does); per kind, the one-kind
-call against the plain reference of that kind.
+call against the plain reference of that kind; and the one-kind and many-fact calls with `share_restorations` and
+`merge_passes` off (the suffix replay alone).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> None:
     graph = read_graph_jsonl(args.kg_file)
     facts = sample_facts(graph.facts, args.num_facts, seed=0)
     tracer = CausalTracer(model, tokenizer, device=args.device, subjects=graph.entities)
+    apart = CausalTracer(model, tokenizer, device=args.device, subjects=graph.entities, share_restorations=False,
+                         merge_passes=False)  # suffix replay alone
     sync = torch.cuda.synchronize if tracer.device.type == "cuda" else (lambda: None)
     hidden_size = tracer.layout.hidden_size
     requests = []
@@ -64,14 +67,17 @@ def main() -> None:
         sync()
         return value, time.perf_counter() - start
 
-    seconds = {"plain": 0.0, "kind": 0.0, "one": 0.0, "many": 0.0}
-    per_kind = {kind: {"plain": 0.0, "kind": 0.0} for kind in KINDS}
+    seconds = {"plain": 0.0, "kind": 0.0, "apart": 0.0, "one": 0.0, "many": 0.0, "many_apart": 0.0}
+    per_kind = {kind: {"plain": 0.0, "kind": 0.0, "apart": 0.0} for kind in KINDS}
     max_diff = 0.0
     for i in range(0, len(requests), args.facts_per_forward):
         group = requests[i : i + args.facts_per_forward]
         many, elapsed = timed(lambda: tracer.trace_many(group, num_samples=args.num_samples, window=window,
                                                         facts_per_forward=args.facts_per_forward))
         seconds["many"] += elapsed
+        _, elapsed = timed(lambda: apart.trace_many(group, num_samples=args.num_samples, window=window,
+                                                    facts_per_forward=args.facts_per_forward))
+        seconds["many_apart"] += elapsed
         for request, together in zip(group, many):
             alone, elapsed = timed(lambda: tracer.trace_kinds(request.s, request.r, request.o_target, window=window,
                                                               num_samples=args.num_samples, noise=request.noise))
@@ -82,6 +88,11 @@ def main() -> None:
                     noise=request.noise))
                 seconds["kind"] += elapsed
                 per_kind[kind]["kind"] += elapsed
+                _, elapsed = timed(lambda: apart.trace_important_states(
+                    request.s, request.r, request.o_target, num_samples=args.num_samples, kind=kind, window=window,
+                    noise=request.noise))
+                seconds["apart"] += elapsed
+                per_kind[kind]["apart"] += elapsed
                 result = alone[kind]
                 start = time.perf_counter()
                 scores, _, _ = plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
@@ -100,13 +111,15 @@ def main() -> None:
     print(f"{'implementation':<44}{'s/fact':>10}{'speed-up':>10}")
     rows = [("plain (one forward per restored cell)", "plain"),
             ("CausalTracer.trace_important_states (1 kind)", "kind"),
+            ("  the same, sharing and merging off", "apart"),
             ("CausalTracer.trace_kinds (1 fact per call)", "one"),
-            (f"CausalTracer.trace_many ({args.facts_per_forward} facts per forward)", "many")]
+            (f"CausalTracer.trace_many ({args.facts_per_forward} facts per forward)", "many"),
+            ("  the same, sharing and merging off", "many_apart")]
     for label, key in rows:
         print(f"{label:<44}{seconds[key] / n:>10.4f}{seconds['plain'] / seconds[key]:>9.1f}x")
     for kind, t in per_kind.items():
-        print(f"  {kind}: one kind per call {t['kind'] / n * 1000:.1f} ms, plain {t['plain'] / n * 1000:.1f} ms, "
-              f"{t['plain'] / t['kind']:.1f}x")
+        print(f"  {kind}: one kind per call {t['kind'] / n * 1000:.1f} ms ({t['plain'] / t['kind']:.1f}x), sharing and "
+              f"merging off {t['apart'] / n * 1000:.1f} ms ({t['plain'] / t['apart']:.1f}x), plain {t['plain'] / n * 1000:.1f} ms")
     print(f"max |score difference| from plain: {max_diff:.2e}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

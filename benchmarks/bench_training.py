@@ -31,7 +31,7 @@ from src.pipelines.train_model import train_and_save  # noqa: E402
 RECIPES = {
     "config": {},
     "all_tokens": {"loss_on": "all"},  # every next token in the loss (the naive recipe)
-    # tried on the default model: both stay at chance (loss about 6.5) for their first 300-500 steps
+    # on the default model both stay at chance (loss about 6.5) for at least their first 300-500 steps
     "half_batch": {"batch_size": 256, "warmup_steps": 100, "max_steps": 1100, "lr": 3e-3},
     "fast_anneal": {"batch_size": 512, "warmup_steps": 50, "max_steps": 550, "lr": 5e-3, "eval_every": 50},
 }

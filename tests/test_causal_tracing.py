@@ -33,13 +33,15 @@ def assert_same_trace(traced: TraceResult, expected: TraceResult):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("window", [1, 2, 3, 10])
-@pytest.mark.parametrize("suffix_replay, share_restorations", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("suffix_replay, share_restorations, merge_passes",
+                         [(False, True, True), (False, False, True), (True, True, True), (True, True, False),
+                          (True, False, False)])
 def test_batched_tracer_equals_plain_reference_on_random_gpt2(kind, window, attn_implementation, suffix_replay,
-                                                              share_restorations):
+                                                              share_restorations, merge_passes):
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer, attn_implementation=attn_implementation)
     tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay,
-                          share_restorations=share_restorations)
+                          share_restorations=share_restorations, merge_passes=merge_passes)
     noise = torch.randn(6, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
     # a two-token subject behind a context prefix: tokens before the subject, first/last subject token, relation
     result = tracer.trace_important_states("a x", "b r", None, kind=kind, window=window, noise=noise, num_samples=6,
@@ -180,10 +182,7 @@ def test_cuda_without_cuda_is_a_clear_error():
         CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cuda")
 
 
-def test_suffix_replay_is_used_and_can_be_turned_off(monkeypatch):
-    from src.edit.tracing import replay
-
-    monkeypatch.setattr(replay, "BLOCK_CALL_COST", 0)  # block calls cost nothing: never merge passes
+def test_suffix_replay_is_used_and_can_be_turned_off():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
     calls = []
@@ -191,7 +190,8 @@ def test_suffix_replay_is_used_and_can_be_turned_off(monkeypatch):
     try:
         for suffix_replay in (True, False):
             calls.clear()
-            CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay).trace_kinds("a x", "b r", num_samples=2)
+            CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay,
+                         merge_passes=False).trace_kinds("a x", "b r", num_samples=2)
             # block 2 sees the whole 4-token prompt in the runs; then, restoring the subject (tokens 0-1) or the
             # relation (2-3), the tokens from the first one recomputed: 0 (mlp/attn at token 0), 1 (hidden at token
             # 0, over the clean run's keys and values; and token 1), 2, 3
@@ -200,10 +200,7 @@ def test_suffix_replay_is_used_and_can_be_turned_off(monkeypatch):
         handle.remove()
 
 
-def test_restorations_that_restored_the_same_states_share_their_rows(monkeypatch):
-    from src.edit.tracing import replay
-
-    monkeypatch.setattr(replay, "BLOCK_CALL_COST", 0)  # one pass per first token recomputed
+def test_restorations_that_restored_the_same_states_share_their_rows():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)  # 5 layers
     rows = {}
@@ -211,8 +208,8 @@ def test_restorations_that_restored_the_same_states_share_their_rows(monkeypatch
         seen = []
         handle = model.transformer.h[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
         try:
-            CausalTracer(model, tokenizer, device="cpu", share_restorations=share).trace_important_states(
-                "a", "r", kind="mlp", window=10, num_samples=3)
+            CausalTracer(model, tokenizer, device="cpu", share_restorations=share,
+                         merge_passes=False).trace_important_states("a", "r", kind="mlp", window=10, num_samples=3)
         finally:
             handle.remove()
         rows[share] = seen[1:]  # after the runs: one replay pass per first token recomputed
@@ -220,28 +217,33 @@ def test_restorations_that_restored_the_same_states_share_their_rows(monkeypatch
     assert rows[False] == [5 * 3, 5 * 3] and rows[True] == [3, 3]
 
 
-def test_passes_are_merged_when_block_calls_cost_more_than_the_tokens_saved(monkeypatch):
-    from src.edit.tracing import replay
-
+def test_passes_are_merged_when_block_calls_cost_more_than_the_tokens_saved():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)
-    noise = torch.randn(4, 2, 32, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(4, 1, 32, generator=torch.Generator().manual_seed(3)) * 3
+    # one length (4 tokens), subjects starting at token 2 (behind a prefix) and at token 0
+    requests = [TraceRequest("a", "r", None, noise=noise, prefix="y ; "), TraceRequest("b", "x q r", None, noise=noise)]
     calls: list[int] = []
     handle = model.transformer.h[2].register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[1]))
     traced = {}
     try:
         for cost in (0, 10 ** 9):
-            monkeypatch.setattr(replay, "BLOCK_CALL_COST", cost)
             calls.clear()
             tracer = CausalTracer(model, tokenizer, device="cpu")
-            traced[cost] = tracer.trace_kinds("a x", "b r", noise=noise, num_samples=4)
-            passes = sorted(set(calls[1:]))
-            # free calls: one pass per first token recomputed; costly calls: one pass from the subject's first token
-            assert passes == ([1, 2, 3, 4] if cost == 0 else [4])
+            tracer.engine.block_call_cost = cost
+            traced[cost] = tracer.trace_many(requests, num_samples=4)
+            # free block calls: one pass per first token recomputed; costly ones: one pass from the first subject token
+            assert sorted(set(calls[1:])) == ([1, 2, 3, 4] if cost == 0 else [4])
     finally:
         handle.remove()
-    for kind in ("hidden", "mlp", "attn"):
-        np.testing.assert_allclose(traced[0][kind].scores, traced[10 ** 9][kind].scores, atol=TOL)
+    for request, merged, apart in zip(requests, traced[10 ** 9], traced[0]):
+        for kind in ("hidden", "mlp", "attn"):
+            result = merged[kind]
+            reference, _, _ = plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
+                                          noise, kind, result.window)
+            np.testing.assert_allclose(result.scores, reference, atol=TOL)
+            np.testing.assert_allclose(apart[kind].scores, reference, atol=TOL)
+    assert [t["hidden"].subject_range[0] for t in traced[0]] == [2, 0]
 
 
 def test_a_reused_trace_figure_draws_what_a_fresh_one_draws(tmp_path):

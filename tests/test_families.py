@@ -35,14 +35,11 @@ FAMILIES = [f for f in ALL_FAMILIES if f != "gpt2"]  # GPT-2 has its own tests (
 @pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("suffix_replay", [False, True])
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_tracer_equals_reference(family, kind, suffix_replay, attn_implementation, monkeypatch):
-    from src.edit.tracing import replay
-
-    monkeypatch.setattr(replay, "BLOCK_CALL_COST", 0)  # one pass per first token: the suffix calls are exercised
+def test_tracer_equals_reference(family, kind, suffix_replay, attn_implementation):
     tokenizer = tiny_tokenizer()
     model = tiny_family_model(tokenizer, family)
     model.config._attn_implementation = attn_implementation  # eager blocks get a mask, which the suffix replay slices
-    tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay)
+    tracer = CausalTracer(model, tokenizer, device="cpu", suffix_replay=suffix_replay, merge_passes=False)
     noise = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(1)) * 3 * tracer.embedding_std
     other = torch.randn(5, 1, 32, generator=torch.Generator().manual_seed(2)) * 3 * tracer.embedding_std
     requests = [TraceRequest("a x", "b r", None, noise=noise, prefix="y q ; "),  # 3 tokens before the subject

@@ -199,14 +199,15 @@ def test_shared_stems_in_bfloat16_predict_the_kg_as_whole_prompts_do(tiny_model,
 
 
 def test_rome_with_every_speed_path_off_makes_the_same_edit(tiny_model, tiny_kg, tmp_path):
-    """SpeedPaths.plain() (unfused GELU, weight gradients, unsized forwards, the whole model per delta step) against
-    the defaults: the same steps and the same update up to float32 rounding."""
+    """SpeedPaths.plain() (unfused GELU, weight gradients, unsized forwards, the whole model per delta step, every key
+    in the statistics, each computed into its own cache) against the defaults: the same steps and the same update up
+    to float32 rounding."""
     model, tokenizer = tiny_model
     fact = tiny_kg.graph.facts[3]
     target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
     results = {}
     for name, speed in (("fast", SpeedPaths()), ("plain", SpeedPaths.plain())):
-        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path / name,
                     hparams={"layer": 1}, progress=False, speed=speed)
         results[name] = rome.apply_edit(fact.s, fact.r, target, measure=False)[1]
     fast, plain = results["fast"], results["plain"]

@@ -14,7 +14,8 @@ This implementation gives the numbers of the original one-forward-per-restoratio
   restored the same states up to a block (windows that differ only above it, equal windows clipped at the last
   layer) share every block up to there;
 - restoring token t changes no token before it, so only tokens t.. are recomputed (one pass over the blocks per
-  first recomputed token), attending to the keys and values the corrupted run recorded for the others; restoring
+  first recomputed token, or one pass from the first subject token where a cost model says the saved block calls
+  outweigh the extra tokens), attending to the keys and values the corrupted run recorded for the others; restoring
   the subject's first token's block output makes every token up to it clean, so only the tokens after it are
   recomputed, over the clean run's keys and values (`src.edit.model.block_call`; the engine: `src.edit.tracing.replay`);
 - GPT-2's "gelu_new" activation runs as torch's fused tanh-GELU kernel while tracing (same formula).
@@ -59,6 +60,9 @@ class CausalTracer:
         share_restorations: restorations that have restored the same states up to a block (e.g. windows that
             differ only above it, or equal windows clipped at the last layer) share that block's computation
             (default); False computes each apart (same numbers; kept to test one against the other).
+        merge_passes: with suffix_replay, one pass from the first subject token instead of one pass per first token
+            recomputed, where a cost model of block calls and token-rows says it is cheaper (default); False: one
+            pass per first token (same numbers).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class CausalTracer:
         suffix_replay: bool = True,
         speed: SpeedPaths = FAST,
         share_restorations: bool = True,
+        merge_passes: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -82,7 +87,7 @@ class CausalTracer:
             raise InputError("models whose layers use different attention types are not supported: "
                              f"{sorted(set(layer_types))}")
         self.engine = RestorationEngine(self.model, tokenizer, self.layout, self.device, max_batch_tokens, suffix_replay,
-                                        share_restorations)
+                                        share_restorations, merge_passes)
         self.embedding_std = self._embedding_std(subjects)
 
     @property

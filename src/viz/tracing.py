@@ -48,7 +48,7 @@ def draw_trace(ax, trace: TraceResult, best_layer: int | None = None, colorbar: 
 
 def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: str | Path,
                best_layer: int | None = None, title: str | None = None) -> None:
-    """One panel per kind (as `draw_trace` draws it); the red vertical line marks `best_layer` on every panel."""
+    """One panel per kind; the red vertical line marks `best_layer` on every panel."""
     traces = list(traces.values()) if isinstance(traces, Mapping) else list(traces)
     TraceFigure(traces).save(traces, path, best_layer, title)
 

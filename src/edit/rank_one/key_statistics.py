@@ -128,7 +128,7 @@ def encode_lines(tokenizer: PreTrainedTokenizerBase, lines: Sequence[str]) -> li
     if not lines:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
+    if backend is not None and backend.padding is None and backend.truncation is None:  # else as __call__ sets them
         ids = [encoding.ids for encoding in backend.encode_batch(list(lines), add_special_tokens=False)]
     else:
         ids = [list(x) for x in tokenizer(list(lines), add_special_tokens=False)["input_ids"]]

@@ -20,8 +20,8 @@ from src.edit.tracing.results import KINDS, TraceRequest, TraceResult, window_la
 
 # The replay's cost model (`RestorationEngine._cost`), in token-rows of one block: calling a block costs as much as
 # computing about this many token-rows (Python and hook overhead; measured on a 2-core CPU, the d_ff 2048 model).
-# Passes that recompute fewer tokens are merged into one pass that recomputes more when that is estimated cheaper:
-# same numbers, fewer block calls.
+# With merge_passes, passes that recompute fewer tokens are merged into one pass that recomputes more when that is
+# estimated cheaper: same numbers, fewer block calls.
 BLOCK_CALL_COST = 300
 
 
@@ -52,17 +52,20 @@ class TracedRuns:
 class RestorationEngine:
     """Runs and replays for one model. suffix_replay: recompute only the tokens from the restored one on (False
     recomputes every token, as the original does); share_restorations: restorations that have restored the same
-    states so far share their rows (False: every restoration its own); max_batch_tokens bounds one replay's rows x
-    tokens."""
+    states so far share their rows (False: every restoration its own); merge_passes: one pass from the first subject
+    token instead of one per first recomputed token when the cost model (block_call_cost) says it is cheaper (False:
+    one pass per first token); max_batch_tokens bounds one replay's rows x tokens."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, layout: ModelLayout,
                  device: torch.device, max_batch_tokens: int, suffix_replay: bool,
-                 share_restorations: bool = True) -> None:
+                 share_restorations: bool = True, merge_passes: bool = True,
+                 block_call_cost: int = BLOCK_CALL_COST) -> None:
         self.model, self.tokenizer, self.layout, self.device = model, tokenizer, layout, device
         self.num_layers = layout.num_layers
         self.max_batch_tokens = max_batch_tokens
         self.suffix_replay = suffix_replay
         self.share_restorations = share_restorations
+        self.merge_passes, self.block_call_cost = merge_passes, block_call_cost
 
     @torch.no_grad()
     def runs(self, requests: list[TraceRequest], prompts: list[EncodedPrompt],
@@ -109,6 +112,7 @@ class RestorationEngine:
         T, L, N = group.num_tokens, self.num_layers, group.num_samples
         suffix = group.keys_values is not None
         scores = [{kind: np.full((T, L), low, dtype=np.float32) for kind in kinds} for low in group.low_scores]
+        merge = suffix and self.merge_passes
         suffix_passes: dict[int, list[_Restoration]] = {}  # by the first token recomputed
         one_pass: list[_Restoration] = []  # the same restorations, every token from the first subject token on
         first_subject = min(prompt.subject_range[0] for prompt in group.prompts) if suffix else 0
@@ -122,9 +126,11 @@ class RestorationEngine:
                         first, clean_prefix = _first_recomputed_token(kind, t, b, T) if suffix else (0, False)
                         item = _Restoration(fact, kind, t, l, layers, start, first, clean_prefix)
                         suffix_passes.setdefault(first, []).append(item)
-                        one_pass.append(_Restoration(fact, kind, t, l, layers, start, first_subject, False))
+                        if merge:
+                            one_pass.append(_Restoration(fact, kind, t, l, layers, start, first_subject, False))
         passes = suffix_passes
-        if len(suffix_passes) > 1 and self._cost([one_pass], T, N) < self._cost(list(suffix_passes.values()), T, N):
+        if merge and len(suffix_passes) > 1 and \
+                self._cost([one_pass], T, N) < self._cost(list(suffix_passes.values()), T, N):
             passes = {first_subject: one_pass}
 
         for first, restorations in sorted(passes.items()):
@@ -154,14 +160,14 @@ class RestorationEngine:
 
     def _cost(self, passes: list[list["_Restoration"]], num_tokens: int, num_samples: int) -> int:
         """Estimated cost of replaying `passes` (each a list of restorations with one `first`), in token-rows: per
-        block call, BLOCK_CALL_COST plus its rows (distinct nodes x noise samples) times the tokens they recompute."""
+        block call, block_call_cost plus its rows (distinct nodes x noise samples) times the tokens they recompute."""
         cost = 0
         for items in passes:
             tokens = num_tokens - items[0].first
             for layer in range(min(item.start for item in items), self.num_layers):
                 nodes = {item.node(layer, None if self.share_restorations else j)
                          for j, item in enumerate(items) if item.start <= layer}
-                cost += BLOCK_CALL_COST + len(nodes) * num_samples * tokens
+                cost += self.block_call_cost + len(nodes) * num_samples * tokens
         return cost
 
     def _replay(self, group: TracedRuns, chunk: list["_Restoration"]) -> torch.Tensor:
