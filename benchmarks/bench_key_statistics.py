@@ -36,7 +36,7 @@ def main() -> None:
     lines = read_corpus(args.corpus)
     encoded = encode_lines(tokenizer, lines)
     shared, plain = KeyPlan.shared(encoded, False), KeyPlan.plain(encoded, False)
-    keys_shared = sum(sum(1 for w in row if w) for row in shared.weights)
+    keys_shared = shared.num_distinct
     print(f"{len(lines)} corpus lines, {plain.num_keys} keys; shared prefixes: {len(shared.lines)} lines run, "
           f"{keys_shared} distinct keys in the GEMM ({plain.num_keys / keys_shared:.2f}x fewer)")
     print(f"{'layer':>5}{'shared s':>10}{'plain s':>10}{'speed-up':>10}{'max |diff| / max |C|':>22}")

@@ -54,9 +54,9 @@ def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: 
 
 
 class TraceFigure:
-    """`plot_trace`'s figure, built once and redrawn for many traces of one shape (the same kinds and number of
-    tokens): only the data, labels and limits change, so each further figure costs its rendering alone. Draws the
-    same image as `plot_trace`."""
+    """A trace figure (one panel per kind), built once and redrawn for many traces of one shape (the same kinds and
+    number of tokens): only the data, labels and limits change, so each further figure costs its rendering alone,
+    and each is the image a fresh figure draws."""
 
     def __init__(self, traces: Sequence[TraceResult]) -> None:
         self.shape = self.shape_of(traces)

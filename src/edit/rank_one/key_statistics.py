@@ -91,7 +91,13 @@ class KeyPlan:
 
     @property
     def num_keys(self) -> int:
+        """Keys the statistics average over (every occurrence)."""
         return sum(sum(w) for w in self.weights)
+
+    @property
+    def num_distinct(self) -> int:
+        """Keys that enter the product (weight > 0)."""
+        return sum(1 for row in self.weights for w in row if w)
 
     @classmethod
     def plain(cls, encoded: Sequence[Sequence[int]], last_token_only: bool) -> "KeyPlan":
@@ -113,13 +119,8 @@ class KeyPlan:
             else:
                 counts.update(ids[: p + 1] for p in range(len(ids)))
         run = [ids for ids in dict.fromkeys(lines) if ids not in proper_prefixes]
-        weights = []
-        for ids in run:
-            row = []
-            for p in range(len(ids)):
-                row.append(counts.pop(ids[: p + 1], 0))
-            weights.append(tuple(row))
-        return cls(tuple(run), tuple(weights))
+        weights = tuple(tuple(counts.pop(ids[: p + 1], 0) for p in range(len(ids))) for ids in run)
+        return cls(tuple(run), weights)
 
 
 def encode_lines(tokenizer: PreTrainedTokenizerBase, lines: Sequence[str]) -> list[list[int]]:

@@ -165,10 +165,13 @@ class RestorationEngine:
         for items in passes:
             tokens = num_tokens - items[0].first
             for layer in range(min(item.start for item in items), self.num_layers):
-                nodes = {item.node(layer, None if self.share_restorations else j)
-                         for j, item in enumerate(items) if item.start <= layer}
+                nodes = {self._node(item, layer, j) for j, item in enumerate(items) if item.start <= layer}
                 cost += self.block_call_cost + len(nodes) * num_samples * tokens
         return cost
+
+    def _node(self, item: "_Restoration", layer: int, index: int) -> tuple:
+        """`item`'s node at block `layer`; without share_restorations each restoration (`index` in its pass) is its own."""
+        return item.node(layer, None if self.share_restorations else index)
 
     def _replay(self, group: TracedRuns, chunk: list["_Restoration"]) -> torch.Tensor:
         """Mean p(answer) per restoration in `chunk` (one `first`), in one pass over the blocks.
@@ -183,7 +186,6 @@ class RestorationEngine:
         N, L, device = group.num_samples, self.num_layers, self.device
         first = chunk[0].first
         samples = torch.arange(N, device=device)
-        share = self.share_restorations
         position: dict[tuple, int] = {}  # node after the previous block -> its place in `hidden` (N rows each)
         hidden = torch.empty(0, device=device)
         nodes: list[tuple] = []
@@ -192,10 +194,10 @@ class RestorationEngine:
             parent: dict[tuple, int | None] = {}  # node -> its parent's place, None: it joins here
             for j, item in enumerate(chunk):
                 if item.start <= layer:
-                    node = item.node(layer, None if share else j)
+                    node = self._node(item, layer, j)
                     if node not in owner:
                         owner[node] = item
-                        parent[node] = position[item.node(layer - 1, node[-1])] if item.start < layer else None
+                        parent[node] = position[self._node(item, layer - 1, j)] if item.start < layer else None
             # continuing nodes in their parents' order, then those that join: no copy while no node splits
             nodes = sorted(owner, key=lambda n: (parent[n] is None, parent[n] or 0))
             places = [parent[n] for n in nodes if parent[n] is not None]
@@ -203,12 +205,13 @@ class RestorationEngine:
             kept = [] if not places else [hidden if places == list(range(len(position))) else
                                           hidden.view(len(position), N, *hidden.shape[1:])[places].flatten(0, 1)]
             hidden = torch.cat(kept + fresh) if fresh else kept[0]  # (nodes x N, T - first, d)
+            position = {node: n for n, node in enumerate(nodes)}
 
             def writes(kind: str, at_layer: int) -> tuple[tuple, torch.Tensor] | None:
                 """Index (rows, columns) and values that restore the clean `kind` output of `at_layer` (block
                 `at_layer - 1`'s output for "hidden") in every node that restores it here."""
                 index = [(n, owner[node].token, owner[node].fact) for n, node in enumerate(nodes)
-                         if (kind, at_layer) in node[4]]
+                         if (kind, at_layer) in owner[node].events]
                 if not index:
                     return None
                 index = torch.tensor(index, device=device)
@@ -236,13 +239,11 @@ class RestorationEngine:
             modules = {kind: self.layout.sublayer(kind, layer) for kind in edits}
             with TraceDict(modules, retain_output=False, edit_output=restore):
                 hidden = group.call(self.layout.block(layer), hidden, first, prefix)
-            position = {node: n for n, node in enumerate(nodes)}
         logits = self.layout.unembed(self.layout.final_norm(hidden[:, -1])).float()
         answers = torch.tensor([int(group.answer_ids[owner[node].fact]) for node in nodes],
                                device=device).repeat_interleave(N)
         probabilities = torch.softmax(logits, dim=-1).gather(1, answers[:, None])[:, 0].view(len(nodes), N).mean(1)
-        final = {node: n for n, node in enumerate(nodes)}
-        return probabilities[[final[item.node(L, j if not share else None)] for j, item in enumerate(chunk)]].cpu()
+        return probabilities[[position[self._node(item, L, j)] for j, item in enumerate(chunk)]].cpu()
 
 
 def _first_recomputed_token(kind: str, token: int, subject_start: int, num_tokens: int) -> tuple[int, bool]:
