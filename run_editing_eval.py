@@ -2,7 +2,8 @@
 """Evaluate editing methods on counterfactual KG edits:
     ./run_editing_eval.sh --methods rome,ft,memit --num-edits 200 --mode independent
 
-Writes eval_summary.json, eval_records.jsonl, metrics_by_method.png (and sequential.png) to --output-dir.
+Writes eval_summary.json, eval_records.jsonl (a line per record as it is finished), eval_run.json,
+metrics_by_method.png (and sequential.png) to --output-dir; --resume continues an interrupted run there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def parse_hparams(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int]:
+def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int, bool]:
     p = argparse.ArgumentParser(description="Evaluate editing methods on counterfactual edits of KG facts.")
     p.add_argument("--model-dir", default=repo_path(defaults.MODEL_DIR))
     p.add_argument("--kg-file", default=repo_path(defaults.KG_FILE))
@@ -53,6 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int]:
                    help="share of the KG's facts the methods may use (seeded by --seed); the rest are scored")
     p.add_argument("--procs", type=int, default=1, help="independent mode: split the edits across this many "
                    "processes on this machine, one CPU thread each (torchrun; default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output-dir (same "
+                   "parameters) from its finished records")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.procs < 1:
@@ -61,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EvalConfig, int]:
     return EvalConfig(model_dir=a.model_dir, kg_file=a.kg_file, kg_corpus=a.kg_corpus, methods=methods,
                       num_edits=a.num_edits, mode=a.mode, seed=a.seed, output_dir=a.output_dir, device=a.device, dtype=a.dtype,
                       hparams=parse_hparams(a.hparams), every=a.every, num_neighbors=a.num_neighbors,
-                      num_random=a.num_random, allowed_fraction=a.allowed_fraction, progress=not a.no_progress), a.procs
+                      num_random=a.num_random, allowed_fraction=a.allowed_fraction, progress=not a.no_progress), a.procs, a.resume
 
 
 def fmt(metric: dict, scale: float = 1.0) -> str:
@@ -72,11 +75,11 @@ def fmt(metric: dict, scale: float = 1.0) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, procs = parse_args(argv)
+    config, procs, resume = parse_args(argv)
     if procs > 1 and not started_by_torchrun():
         check_inputs(config, REPO_ROOT, world_size=procs)
         relaunch_with_torchrun(Path(__file__).resolve(), sys.argv[1:] if argv is None else argv, procs)
-    report = run_evaluation(config, REPO_ROOT)
+    report = run_evaluation(config, REPO_ROOT, resume=resume)
     if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return 0
     columns = [("efficacy", "efficacy"), ("paraphrase", "paraphrase"), ("context_robustness", "context"),

@@ -16,7 +16,7 @@ from src.edit.causal_tracing import KINDS
 from src.pipelines.locate_sample import LocatingConfig, run_locating
 
 
-def parse_args(argv: Sequence[str] | None) -> LocatingConfig:
+def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
     defaults = LocatingConfig()
     p = argparse.ArgumentParser(description="Causal tracing (ROME) over random facts of a knowledge graph.")
     p.add_argument("--model-dir", default=repo_path(defaults.model_dir), help="trained model directory (default: outputs/models/gpt_small)")
@@ -36,8 +36,10 @@ def parse_args(argv: Sequence[str] | None) -> LocatingConfig:
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     add_dtype_argument(p)
     p.add_argument("--no-plots", action="store_true", help="write JSON and arrays only")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output-dir (same "
+                   "parameters) from the facts it traced")
     a = p.parse_args(argv)
-    return LocatingConfig(
+    return a.resume, LocatingConfig(
         model_dir=a.model_dir, kg_file=a.kg_file, num_samples=a.num_samples, output_dir=a.output_dir,
         noise_level=a.noise_level, num_noise_samples=a.num_noise_samples, seed=a.seed,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), window=a.window, position=a.position,
@@ -46,8 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> LocatingConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
-    summary = run_locating(config)
+    resume, config = parse_args(argv)
+    summary = run_locating(config, resume=resume)
     if summary is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return 0
     data = summary.to_dict()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from src.cli.common import run_cli
+from src.utils.io import require_writable_dir
 from src.cli.paths import repo_path
 from src.edit.causal_tracing import KINDS, CausalTracer
 from src.pipelines import defaults
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.subject or a.relation:
         if not (a.subject and a.relation):
             raise InputError("a single trace needs both --subject and --relation")
+        require_writable_dir(Path(a.output).parent, "--output's directory")
         model, tokenizer = load_model(a.model_dir, device=a.device)
         entities = read_graph_jsonl(a.kg_file).entities if Path(a.kg_file).is_file() else None
         tracer = CausalTracer(model, tokenizer, device=a.device, subjects=entities)
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.results_dir:
         raise InputError("give --results-dir DIR to re-plot, or -s/-r to trace one fact")
     summary, samples, averages = load_results(a.results_dir)
-    plot_dir = Path(a.plot_dir or a.results_dir)
+    plot_dir = require_writable_dir(Path(a.plot_dir or a.results_dir), "plot directory")
     plot_dir.mkdir(parents=True, exist_ok=True)
     plot_results(samples, averages, summary["num_layers"], plot_dir, progress=True)
     print(f"re-plotted {len(samples)} traces from {a.results_dir} -> {plot_dir}")

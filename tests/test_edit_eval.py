@@ -239,7 +239,8 @@ def test_run_directory_round_trip(tiny_trained, tiny_kg, tmp_path, capsys):
     args = eval_args(tiny_trained, tiny_kg, out, "--methods", "memit,ft", "--mode", "batch", "--num-edits", "4",
                      "--hparams", f"memit={fast}")
     assert run_cli(run_editing_eval.main, args) == 0
-    assert {p.name for p in out.iterdir()} == {"eval_summary.json", "eval_records.jsonl", "metrics_by_method.png"}
+    assert {p.name for p in out.iterdir()} == {"eval_summary.json", "eval_records.jsonl", "eval_run.json",
+                                           "metrics_by_method.png"}
     summary = json.loads((out / "eval_summary.json").read_text())
     edits, checkpoints, retention = read_records(out / "eval_records.jsonl")
     assert len(edits) == 8 and not checkpoints and [p.method for p in retention] == ["memit", "ft"]

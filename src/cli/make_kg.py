@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from src.cli.common import run_cli
+from src.utils.io import require_writable_dir
 from src.kg.build import build_kg
 from src.kg.generate import load_kg_config
 from src.pipelines import defaults
@@ -24,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = dataclasses.replace(config, seed=args.seed)
     if args.output_dir is not None:
         output_dir = args.output_dir
+    require_writable_dir(output_dir, "KG output directory")
     built = build_kg(config, output_dir)
     stats = built.graph
     print(

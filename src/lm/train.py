@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ from src.lm.flops import FlopCounter
 from src.lm.token_ids import starts_with_bos
 from src.lm.model import ModelConfig
 from src.utils.errors import InputError
+from src.utils.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,42 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """A resumable training state at `path`, saved every `every` steps (atomically), for a training identified by
+    `fingerprint` (a checkpoint of another training is refused). resume: start from the saved state."""
+
+    path: Path
+    every: int = 100
+    fingerprint: str = ""
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise InputError(f"--checkpoint-every must be >= 1, got {self.every}")
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({"format": 1, "fingerprint": self.fingerprint, **state}, tmp)
+
+    def load(self) -> dict:
+        """The saved state; one InputError line when there is none, it cannot be read, or it is another training's."""
+        if not self.path.is_file():
+            raise InputError(f"nothing to resume: no training checkpoint at {self.path} (train without --resume)")
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged file fails in any of torch.load's ways
+            raise InputError(f"training checkpoint {self.path} cannot be read ({type(exc).__name__}); delete it and "
+                             "train without --resume") from None
+        if saved.get("fingerprint") != self.fingerprint:
+            raise InputError(f"training checkpoint {self.path} is of another config or KG; train without --resume "
+                             "(or with the config it was made with)")
+        return saved
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -138,8 +176,12 @@ def train_model(
     seed: int,
     progress: bool = True,
     on_eval: Callable[[dict], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
-    """Train in place on `corpus_lines` until fact accuracy on `facts` reaches the target (CPU: bit-reproducible)."""
+    """Train in place on `corpus_lines` until fact accuracy on `facts` reaches the target (CPU: bit-reproducible).
+    checkpoints: save a resumable state every `checkpoints.every` steps, and with `checkpoints.resume` start from
+    the saved one (a resumed training ends with the same weights and history as an uninterrupted one, timings
+    aside)."""
     torch.manual_seed(seed)
     data = encode_corpus(corpus_lines, tokenizer, config.loss_on, model.config.max_position_embeddings)
     device = next(model.parameters()).device
@@ -164,7 +206,20 @@ def train_model(
     step = 0
     running_loss = float("nan")
     counter, flops, eval_seconds = FlopCounter.of(model), 0.0, 0.0
-    for step in range(1, config.max_steps + 1):
+    first = 1
+    if checkpoints is not None and checkpoints.resume:
+        saved = checkpoints.load()
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        order_rng.bit_generator.state = saved["order_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        schedule = [(length, np.asarray(rows, dtype=np.int64)) for length, rows in saved["schedule"]]
+        history, running_loss, accuracy = list(saved["history"]), saved["running_loss"], saved["accuracy"]
+        flops, eval_seconds, first = saved["flops"], saved["eval_seconds"], saved["step"] + 1
+        start -= saved["seconds"]
+        bar.update(saved["step"])
+    for step in range(first, config.max_steps + 1):
         if not schedule:
             schedule = batch_schedule(data, config.batch_size, order_rng)
         length, rows = schedule.pop()
@@ -196,6 +251,13 @@ def train_model(
             bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{accuracy:.3f}")
             if accuracy >= config.target_accuracy:
                 break
+        if checkpoints is not None and step % checkpoints.every == 0 and step < config.max_steps:
+            checkpoints.save({
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "order_rng": order_rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "schedule": [(n, rows.tolist()) for n, rows in schedule],
+                "history": history, "running_loss": running_loss, "accuracy": accuracy, "flops": flops,
+                "eval_seconds": eval_seconds, "seconds": time.perf_counter() - start})
     bar.close()
     model.eval()
     return TrainResult(
@@ -208,4 +270,4 @@ def train_model(
     )
 
 
-__all__ = ["ModelConfig", "OptimConfig", "TrainResult", "train_model", "encode_corpus", "lr_factor"]
+__all__ = ["Checkpoints", "ModelConfig", "OptimConfig", "TrainResult", "train_model", "encode_corpus", "lr_factor"]

@@ -47,6 +47,13 @@ class Shard:
         dist.gather_object(obj, out, dst=0)
         return out
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (nothing to wait for in one process)."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def device(self, device: str) -> str:
         """Under torchrun with CUDA, "auto"/"cuda" mean this process's GPU (cuda:LOCAL_RANK)."""
         if self.world_size > 1 and device in ("auto", "cuda") and torch.cuda.is_available():

@@ -25,7 +25,7 @@ from src.kg.graph import Fact
 from src.lm.token_ids import object_token_ids
 from src.lm.model import load_model
 from src.utils.errors import InputError
-from src.utils.io import atomic_directory, atomic_write_json
+from src.utils.io import atomic_directory, atomic_write_json, require_writable_dir
 from src.viz.editing import plot_edit
 from src.viz.tracing import plot_trace
 
@@ -86,6 +86,9 @@ def top_predictions(model, tokenizer, prompt_ids: list[int], k: int, device) -> 
 
 
 def validate_output_paths(config: SingleEditConfig) -> None:
+    require_writable_dir(config.output_dir)
+    if config.save_model is not None:
+        require_writable_dir(Path(config.save_model).parent, "--save-model's parent directory")
     if config.save_model is not None and Path(config.save_model).resolve() == Path(config.model_dir).resolve():
         raise InputError(f"--save-model {config.save_model} is the input model directory; choose another directory "
                          "(the input model is never modified)")

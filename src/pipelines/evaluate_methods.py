@@ -11,8 +11,8 @@ every specificity and retention figure is measured on the held-out ones (`src.ed
 
 Run directory: eval_summary.json (parameters, the split, per-method estimates with 95% intervals, and paired
 differences for every pair of methods), eval_records.jsonl (one line per edit, per checkpoint, and per batch
-retention pass; `summarize` rebuilds the summary from it), metrics_by_method.png, and sequential.png in sequential
-mode.
+retention pass, appended as each is finished; `summarize` rebuilds the summary from it), eval_run.json (what a
+`resume` must match), metrics_by_method.png, and sequential.png in sequential mode.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -44,11 +44,14 @@ from src.pipelines import defaults
 from src.utils.device import resolve_device
 from src.pipelines.distributed import process_shard
 from src.utils.errors import InputError
-from src.utils.io import atomic_path, atomic_write_json
+from src.pipelines.resumable import ResumableRun, input_digests
+from src.utils.interrupts import note_kept
+from src.utils.io import atomic_path, atomic_write_json, require_writable_dir
 
 MODES = ("independent", "batch", "sequential")
 SUMMARY_FILE = "eval_summary.json"
 RECORDS_FILE = "eval_records.jsonl"
+RUN_FILE = "eval_run.json"  # the parameters a resumed run must match, written when the run starts
 # Metrics summarised per method, in report order; the first ones are one yes/no per edit (Wilson intervals).
 PROPORTIONS = ("efficacy",)
 SUMMARY_METRICS = ("efficacy", "efficacy_margin", "paraphrase", "paraphrase_margin", "context_robustness",
@@ -158,19 +161,31 @@ def _record(index: int, method: str, mode: str, request: EditRequest, metrics: d
 
 def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
                mode: str, evaluator: KGEvaluator, env: EditEnvironment, hparams: Any = None, every: int = 50,
-               progress: bool = True, indices: Sequence[int] | None = None) -> MethodRun:
+               progress: bool = True, indices: Sequence[int] | None = None, finished: MethodRun | None = None,
+               on_records: Callable[[list], None] | None = None) -> MethodRun:
     """Evaluate one method; `model` itself is never changed (the method edits a private copy). indices: the
-    requests' positions in the whole run, for the records (default 0, 1, ...)."""
+    requests' positions in the whole run, for the records (default 0, 1, ...).
+
+    finished: what an interrupted run of this method kept (`read_records`), which is not computed again: independent
+    mode skips the edited requests; sequential mode replays the finished edits (unmeasured) to reach their edited
+    state, then goes on; batch mode keeps a complete batch and redoes an incomplete one. on_records: called with the
+    records, checkpoints and retention passes as they are finished (to stream them to disk): one edit's record, one
+    checkpoint, or a whole batch's records and its retention pass at once."""
     indices = list(range(len(requests))) if indices is None else list(indices)
     if mode not in MODES:
         raise InputError(f"unknown mode '{mode}'; allowed: {', '.join(MODES)}")
+    finished = finished or MethodRun(method, ())
+    emit = on_records or (lambda items: None)
+    if mode == "batch" and finished.retention is not None and len(finished.records) == len(requests):
+        return finished
     work = copy.deepcopy(model)
     editor = build_editor(method, work, tokenizer, hparams, env)
     if mode == "batch" and not editor.batched:
         raise InputError(f"method '{method}' edits one fact at a time and has no batch mode")
     snapshot = {name: p.detach().clone().cpu() for name, p in work.named_parameters()}
     cases = [evaluator.case(q) for q in requests]
-    bar = dict(desc=f"{method} ({mode})", unit="edit", disable=not progress)
+    done = {r.index: r for r in finished.records} if mode != "batch" else {}
+    bar = dict(desc=f"{method} ({mode})", unit="edit", disable=not progress, initial=len(done), total=len(requests))
 
     if mode == "batch":
         before = _bare_probabilities(evaluator, work, requests)
@@ -183,13 +198,33 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
                                     [i.kl_facts for i in output.infos])
         records = [_record(indices[i], method, mode, q, m, info, norm, seconds)
                    for i, (q, m, info) in enumerate(zip(requests, metrics, output.infos))]
-        return MethodRun(method, tuple(records), retention=evaluator.retention_record(method, after, edited))
+        retention = evaluator.retention_record(method, after, edited)
+        emit([*records, retention])
+        return MethodRun(method, tuple(records), retention=retention)
 
-    records, checkpoints, used = [], [], []
+    records, used = [done[i] for i in indices if i in done], []
+    checkpoints = {c.num_edits: c for c in finished.checkpoints} if mode == "sequential" else {}
     if mode == "sequential":
-        start = evaluator.retention(evaluator.predictions_before, set())
-        checkpoints.append(CheckpointRecord(method, 0, start, None, None))
+        replayed = len(records)
+        if [r.index for r in records] != indices[:replayed]:
+            raise InputError(f"the finished sequential records of {method} are not the first edits of the run; "
+                             "a sequential run resumes after its last edit in order")
+        if 0 not in checkpoints:
+            checkpoints[0] = CheckpointRecord(method, 0, evaluator.retention(evaluator.predictions_before, set()),
+                                              None, None)
+            emit([checkpoints[0]])
+        for q, record in zip(requests, tqdm(records, desc=f"{method} (replaying finished edits)", unit="edit",
+                                              disable=not progress or not records)):
+            output = editor.edit([q])  # the same edit as before, to reach the same weights; measured already
+            _snapshot_changed(work, snapshot, output.changed)
+            used.append(record.used_context)
+        due = replayed if replayed and (replayed % every == 0 or replayed == len(requests)) else None
+        if due is not None and due not in checkpoints:  # interrupted between an edit and its checkpoint
+            checkpoints[due] = checkpoint(evaluator, work, method, cases[:due], used)
+            emit([checkpoints[due]])
     for i, (q, case) in enumerate(zip(requests, tqdm(cases, **bar))):
+        if indices[i] in done:
+            continue
         before = _bare_probabilities(evaluator, work, [q])
         started = time.perf_counter()
         output = editor.edit([q])
@@ -208,9 +243,12 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
             metrics = evaluator.measure(before, work, [case], [info.context_facts], None, {(q.s, q.r)},
                                         [info.kl_facts])[0]
         records.append(_record(indices[i], method, mode, q, metrics, info, norm, seconds))
+        emit([records[-1]])
         if mode == "sequential" and ((i + 1) % every == 0 or i + 1 == len(requests)):
-            checkpoints.append(checkpoint(evaluator, work, method, cases[: i + 1], used))
-    return MethodRun(method, tuple(records), tuple(checkpoints))
+            checkpoints[i + 1] = checkpoint(evaluator, work, method, cases[: i + 1], used)
+            emit([checkpoints[i + 1]])
+    records.sort(key=lambda r: r.index)
+    return MethodRun(method, tuple(records), tuple(checkpoints[n] for n in sorted(checkpoints)))
 
 
 def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, cases: Sequence[EvalCase],
@@ -359,17 +397,42 @@ def check_inputs(config: EvalConfig, repo_root: Path, world_size: int = 1) -> Ch
     corpus = require_corpus_file(config.kg_corpus or default_corpus(config.kg_file))
     graph = read_graph_jsonl(config.kg_file)
     require_model_dir(config.model_dir)
+    require_writable_dir(config.output_dir)
     return CheckedInputs(files, hparams, corpus, graph)
 
 
-def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
-    """Everything is validated before any edit; the output files are written atomically at the end.
+def run_identity(config: EvalConfig, inputs: CheckedInputs) -> dict:
+    """What a resumed run must share with the run it continues: every parameter but where it is written and whether
+    bars show, the hyperparameters' values (not their file names), and the bytes of the KG and the model's files."""
+    data = {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "progress", "hparams")}
+    data["hparams"] = {m: h.to_dict() for m, h in inputs.hparams.items()}
+    return {**data, **input_digests(config.kg_file, config.model_dir)}
+
+
+def finished_runs(path: Path) -> dict[str, MethodRun]:
+    """Per method, what the records file of an interrupted run holds."""
+    edits, checkpoints, retention = read_records(path) if path.is_file() else ([], [], [])
+    methods = dict.fromkeys([r.method for r in edits] + [c.method for c in checkpoints] + [p.method for p in retention])
+    passes = {p.method: p for p in retention}
+    return {m: MethodRun(m, tuple(r for r in edits if r.method == m), tuple(c for c in checkpoints if c.method == m),
+                         passes.get(m)) for m in methods}
+
+
+def run_evaluation(config: EvalConfig, repo_root: Path, resume: bool = False) -> EvalReport | None:
+    """Everything is validated before any edit. Each record is appended to eval_records.jsonl as it is finished
+    (synced line by line); at the end the records file is rewritten in order and the summary written, atomically.
+    resume: continue the interrupted run in `config.output_dir` (its parameters must match) from its records, to
+    the same records and summary, timings aside.
 
     Under `torchrun --nproc-per-node N` (independent mode only), request i is edited by rank i % N; rank 0 gathers the
     records, writes the directory and returns the report; the other ranks return None."""
+    output_dir = Path(config.output_dir)
     with process_shard() as shard:
         inputs = check_inputs(config, repo_root, shard.world_size)
         files, hparams, corpus, graph = inputs.files, inputs.hparams, inputs.corpus, inputs.graph
+        identity, run = run_identity(config, inputs), ResumableRun(output_dir, RUN_FILE, RECORDS_FILE)
+        if resume:
+            run.check_resumable(identity)
         device = shard.device(config.device)
         model, tokenizer = load_model(config.model_dir, device=device, dtype=config.dtype)
         env = EditEnvironment(corpus_path=corpus, device=resolve_device(device),
@@ -378,9 +441,23 @@ def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
         evaluator = KGEvaluator(model, tokenizer, graph.facts, aliases, config.num_prefixes, config.num_neighbors,
                                 config.num_random, config.seed, split=config.split)
         requests = draw_requests(graph, config.num_edits, config.seed)
+        if shard.is_main:  # every input is checked: the run begins
+            run.start(identity, resume, stale=[SUMMARY_FILE])
+        shard.barrier()
+        finished = finished_runs(run.records_path) if resume else {}
         indices = shard.take(range(len(requests)))
-        runs = [run_method(m, model, tokenizer, [requests[i] for i in indices], config.mode, evaluator, env,
-                           hparams[m], config.every, env.progress, indices) for m in config.methods]
+        mine = set(indices)
+        try:
+            runs = []
+            for m in config.methods:
+                kept = finished.get(m, MethodRun(m, ()))
+                kept = replace(kept, records=tuple(r for r in kept.records if r.index in mine))
+                runs.append(run_method(m, model, tokenizer, [requests[i] for i in indices], config.mode, evaluator,
+                                       env, hparams[m], config.every, env.progress, indices, kept,
+                                       on_records=lambda items: run.append([item.to_dict() for item in items])))
+        except KeyboardInterrupt as exc:
+            raise note_kept(exc, f"{run.count()} finished records in {run.records_path}",
+                            "to go on, run the same command with --resume") from None
         gathered = shard.gather(runs)
         if not shard.is_main:
             return None
@@ -391,7 +468,6 @@ def run_evaluation(config: EvalConfig, repo_root: Path) -> EvalReport | None:
     checkpoints = [c for run in runs for c in run.checkpoints]
     retention = [run.retention for run in runs if run.retention is not None]
     summary = summarize(records, checkpoints, retention)
-    output_dir = Path(config.output_dir)
     write_run(output_dir, config, files, {m: h.to_dict() for m, h in hparams.items()}, summary, records, checkpoints,
               retention, graph)
     return EvalReport(config, runs, summary, output_dir)

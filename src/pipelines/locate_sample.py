@@ -26,15 +26,19 @@ from src.edit.prompts.encoding import check_known_words
 from src.edit.tracing.stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
 from src.lm.fact_accuracy import object_predictions
-from src.lm.model import load_model
+from src.lm.model import load_model, require_model_dir
 from src.pipelines import defaults
 from src.pipelines.distributed import process_shard
+from src.pipelines.resumable import ResumableRun, input_digests
+from src.utils.interrupts import note_kept
 from src.utils.errors import InputError
-from src.utils.io import atomic_path, atomic_write_json
+from src.utils.io import atomic_path, atomic_write_json, require_writable_dir
 from src.viz.tracing import plot_average_effects, plot_best_layers, plot_traces
 
 SUMMARY_FILE = "locating_summary.json"
 TRACES_FILE = "traces.npz"
+RUN_FILE = "locating_run.json"  # while a run goes: its parameters, which a resumed run must match
+PROGRESS_FILE = "locating_progress.jsonl"  # while a run goes: one line per traced fact, scores included
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,16 @@ class SampleTrace:
     fact: Fact
     best_layer: int
     traces: dict[str, TraceResult]
+
+    def to_record(self) -> dict:
+        """Everything, scores included (a line of the progress file)."""
+        return {"index": self.index, **self.fact.to_dict(), "best_layer": self.best_layer,
+                "traces": {kind: trace.to_dict() for kind, trace in self.traces.items()}}
+
+    @classmethod
+    def from_record(cls, data: dict) -> "SampleTrace":
+        traces = {kind: TraceResult.from_dict(trace) for kind, trace in data["traces"].items()}
+        return cls(data["index"], Fact(data["s"], data["r"], data["o"]), data["best_layer"], traces)
 
     def to_dict(self) -> dict:
         first = next(iter(self.traces.values()))
@@ -137,16 +151,32 @@ def trace_file_name(index: int, fact: Fact) -> str:
     return f"trace_{index:03d}_{fact.s}_{fact.r}_{fact.o}.png"
 
 
-def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSummary | None:
+def run_identity(config: LocatingConfig) -> dict:
+    """What a resumed run must share with the run it continues: every parameter but where results go and whether
+    they are plotted, and the bytes of the KG and the model's files."""
+    data = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "plots")}
+    return {**data, "kinds": list(config.kinds), **input_digests(config.kg_file, config.model_dir)}
+
+
+def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = False) -> LocatingSummary | None:
     """Trace `num_samples` random facts that the model gets right; write the results directory.
+
+    Traced facts are appended to locating_progress.jsonl as each block of them is finished; resume: continue the
+    interrupted run in `config.output_dir` (same parameters) from them, to the same results. The progress files are
+    removed once the results are written.
 
     Under `torchrun --nproc-per-node N`, block i of FACTS_PER_FORWARD traced samples goes to rank i % N (each
     trace is seeded by its sample index, not by the rank); rank 0 gathers, writes the directory and returns the
     summary; the other ranks return None."""
     config = config.validate()
+    require_writable_dir(config.output_dir)
     with process_shard() as shard:
         started = time.perf_counter()
         graph = read_graph_jsonl(config.kg_file)
+        require_model_dir(config.model_dir)
+        identity, run = run_identity(config), ResumableRun(config.output_dir, RUN_FILE, PROGRESS_FILE)
+        if resume:
+            run.check_resumable(identity)
         device = shard.device(config.device)
         model, tokenizer = load_model(config.model_dir, device=device, dtype=config.dtype)
         facts = sample_facts(graph.facts, config.num_samples, config.seed)
@@ -166,16 +196,27 @@ def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSumma
         blocks = [requests[i : i + FACTS_PER_FORWARD] for i in range(0, len(requests), FACTS_PER_FORWARD)]
         mine = shard.take(blocks)
         kinds = config.kinds if "mlp" in config.kinds else (*config.kinds, "mlp")  # the best layer needs the MLP trace
-        samples = []
-        with tqdm(total=sum(map(len, mine)), desc="tracing", unit="fact",
+        if shard.is_main:
+            run.start(identity, resume)
+        shard.barrier()
+        finished = {record["index"]: SampleTrace.from_record(record) for record in run.read()} if resume else {}
+        samples = [finished[index] for block in mine for index, _ in block if index in finished]
+        with tqdm(total=sum(map(len, mine)), initial=len(samples), desc="tracing", unit="fact",
                   disable=not (progress and shard.is_main)) as bar:
-            for block in mine:
-                traced = tracer.trace_many([request for _, request in block], config.noise_level,
-                                           config.num_noise_samples, kinds, config.window)
-                for (index, _), traces in zip(block, traced):
-                    best_layer = traces["mlp"].best_layer(config.position)
-                    samples.append(SampleTrace(index, facts[index], best_layer, {k: traces[k] for k in config.kinds}))
-                bar.update(len(block))
+            try:
+                for block in mine:
+                    if all(index in finished for index, _ in block):
+                        continue
+                    traced = tracer.trace_many([request for _, request in block], config.noise_level,
+                                               config.num_noise_samples, kinds, config.window)
+                    done = [SampleTrace(index, facts[index], traces["mlp"].best_layer(config.position),
+                                        {k: traces[k] for k in config.kinds}) for (index, _), traces in zip(block, traced)]
+                    run.append([sample.to_record() for sample in done])
+                    samples += done
+                    bar.update(len(block))
+            except KeyboardInterrupt as exc:
+                raise note_kept(exc, f"{run.count()} traced facts in {run.records_path}",
+                                "to go on, run the same command with --resume") from None
         skipped = skipped if shard.is_main else []  # every process found the same ones
         gathered = shard.gather((samples, skipped))
         if not shard.is_main:
@@ -186,6 +227,7 @@ def run_locating(config: LocatingConfig, progress: bool = True) -> LocatingSumma
     summary = LocatingSummary(config, tuple(samples), tuple(skipped), averages, tracer.num_layers,
                               time.perf_counter() - started)
     write_results(summary, Path(config.output_dir), plots=config.plots, progress=progress)
+    run.finish()
     return summary
 
 

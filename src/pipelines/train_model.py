@@ -17,9 +17,10 @@ from src.kg.graph import read_graph_jsonl
 from src.lm.config import TrainConfig
 from src.lm.model import build_model
 from src.lm.tokenizer import build_kg_tokenizer, corpus_words
-from src.lm.train import TrainResult, train_model
+from src.lm.train import Checkpoints, TrainResult, train_model
 from src.utils.errors import InputError
-from src.utils.io import atomic_directory, atomic_write_json, sha256_file, sha256_json
+from src.utils.interrupts import note_kept
+from src.utils.io import atomic_directory, atomic_write_json, require_writable_dir, sha256_file, sha256_json
 from src.viz.training import plot_training_curve
 
 TRAIN_LOG = "train_log.json"
@@ -57,9 +58,23 @@ class TrainedModel:
     fingerprint: str
 
 
-def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress: bool = True) -> TrainedModel:
+def checkpoint_path(output_dir: Path) -> Path:
+    """Where a training to `output_dir` keeps its resumable state: beside the model directory, removed once the model
+    is saved."""
+    return output_dir.parent / f"{output_dir.name}.checkpoint.pt"
+
+
+def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress: bool = True,
+                   checkpoint_every: int | None = None, resume: bool = False) -> TrainedModel:
+    """Train a model from `config` and save it to `output_dir` (default the config's) as a whole, atomically.
+    checkpoint_every: save a resumable state every this many steps (None: never); resume: continue from it."""
     output_dir = Path(output_dir or config.output_dir)
+    require_writable_dir(output_dir.parent, "output directory's parent")
     fingerprint = training_fingerprint(config)
+    checkpoints = None
+    if checkpoint_every is not None or resume:
+        checkpoints = Checkpoints(checkpoint_path(output_dir), checkpoint_every or config.optim.eval_every,
+                                  fingerprint, resume)
     graph = read_graph_jsonl(config.kg_dir / GRAPH_FILE)
     lines = read_corpus(config.kg_dir / CORPUS_FILE)
     words = corpus_words(lines) | set(graph.entities) | set(graph.relations)
@@ -68,7 +83,15 @@ def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress
     torch.manual_seed(config.seed)
     model = build_model(config.model, tokenizer)
     started = time.time()
-    result = train_model(model, tokenizer, lines, list(graph.facts), config.optim, config.seed, progress=progress)
+    try:
+        result = train_model(model, tokenizer, lines, list(graph.facts), config.optim, config.seed, progress=progress,
+                             checkpoints=checkpoints)
+    except KeyboardInterrupt as exc:
+        if checkpoints is None or not checkpoints.path.is_file():
+            raise note_kept(exc, "nothing (no checkpoint was due yet)", None) from None
+        step = torch.load(checkpoints.path, map_location="cpu", weights_only=True, mmap=True)["step"]
+        raise note_kept(exc, f"the training state at step {step} in {checkpoints.path}",
+                        "to go on, run the same command with --resume") from None
     log = {
         "fingerprint": fingerprint,
         "seed": config.seed,
@@ -84,4 +107,6 @@ def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / TRAIN_LOG, log)
         plot_training_curve(result.history, tmp / CURVE_PNG, config.optim.target_accuracy)
+    if checkpoints is not None:
+        checkpoints.remove()
     return TrainedModel(model_dir=output_dir, result=result, fingerprint=fingerprint)

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from src.utils.errors import InputError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -67,3 +69,19 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def require_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Check that files can be written in `path`, or that it can be created (its nearest existing parent is a
+    writable directory), without creating anything; else one InputError line, before any work starts."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == path else f"is inside {existing}, which is"
+        raise InputError(f"{what} {path} {where} a file, not a directory; give a directory to write into")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (its parent {existing} is not writable)"
+        raise InputError(f"{what} {path} is not writable{where}; give one you can write to")
+    return path

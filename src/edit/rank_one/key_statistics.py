@@ -35,7 +35,8 @@ from src.kg.split import FactSplit
 from src.lm.token_ids import starts_with_bos
 from src.utils.batching import batches_by_key
 from src.utils.errors import InputError
-from src.utils.io import atomic_path, sha256_file
+from src.utils.cache import DEFAULT_LIMIT, TensorCache, parse_size
+from src.utils.io import sha256_file
 
 SOURCES = ("corpus", "fact_prompts", "both")
 
@@ -43,6 +44,13 @@ SOURCES = ("corpus", "fact_prompts", "both")
 def default_cache_dir() -> Path:
     """$KG_ROME_CACHE, else ~/.cache/kg_rome (never the working directory)."""
     return Path(os.environ.get("KG_ROME_CACHE", Path.home() / ".cache" / "kg_rome"))
+
+
+def statistics_cache(cache_dir: str | Path | None = None) -> TensorCache:
+    """The statistics cache: `<cache_dir>/mom2` (default `default_cache_dir()`), limited to $KG_ROME_CACHE_LIMIT
+    (a size such as 8G or 500M, or none; default 8G), least recently used entries evicted first."""
+    limit = parse_size(os.environ.get("KG_ROME_CACHE_LIMIT", DEFAULT_LIMIT))
+    return TensorCache(Path(cache_dir or default_cache_dir()) / "mom2", limit)
 
 
 def weights_fingerprint(model: PreTrainedModel) -> str:
@@ -194,9 +202,10 @@ def load_or_compute_second_moment(
         return (parts[0][0] + parts[1][0]) / 2, parts[0][1] and parts[1][1]
     corpus_path = require_corpus_file(corpus_path)
     key = stats_key(model, tokenizer, corpus_path, layer, n_samples, source, split)
-    cache_file = Path(cache_dir or default_cache_dir()) / "mom2" / f"{key}.pt"
-    if cache_file.is_file():
-        return torch.load(cache_file, map_location="cpu", weights_only=True)["mom2"], True
+    cache = statistics_cache(cache_dir)
+    cached = cache.load(key, {"mom2": (None, torch.float64)})
+    if cached is not None:
+        return cached["mom2"], True
     if source == "corpus":
         lines = [line.strip() for line in corpus_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
@@ -209,9 +218,9 @@ def load_or_compute_second_moment(
         remedy = "mom2_source 'corpus' or 'both' uses more keys" if source == "fact_prompts" else "a larger corpus helps"
         warnings.warn(f"key statistics from {count} {source} keys in {moment.shape[0]} dimensions are singular; "
                       f"solves fall back to least squares ({remedy})", stacklevel=2)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache_file) as tmp:
-        torch.save({"mom2": moment, "num_tokens": count, "layer": layer, "corpus": str(corpus_path), "source": source,
-                "split": split.to_dict() if split else None},
-                   tmp)
+    cache.store(key, {"mom2": moment}, {
+        "what": "key statistics C = E[k k^T]", "model": getattr(model.config, "_name_or_path", "") or "",
+        "weights_sha256": weights_fingerprint(model)[:16], "layer": layer, "corpus": str(corpus_path),
+        "source": source, "n_samples": n_samples, "num_keys": count,
+        "split": split.to_dict() if split and source == "fact_prompts" else None})
     return moment, False
