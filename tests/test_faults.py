@@ -119,6 +119,10 @@ def test_entries_list_clear_and_evict_least_recently_used(tmp_path):
     limited = TensorCache(tmp_path, limit_bytes=3 * size)
     limited.store("d", {"mom2": value})  # four entries over a limit of three: b, the least recently used, goes
     assert sorted(e.key for e in limited.entries()) == ["a", "c", "d"]
+    tiny = TensorCache(tmp_path / "tiny", limit_bytes=1)
+    tiny.store("old", {"mom2": value})
+    tiny.store("new", {"mom2": value})  # over any limit: the others go, never the entry just stored
+    assert [e.key for e in tiny.entries()] == ["new"]
     removed = cache.clear(older_than_days=0.5)
     assert [e.key for e in removed] == ["a"] and sorted(e.key for e in cache.entries()) == ["c", "d"]
     assert len(cache.clear()) == 2 and cache.entries() == []
@@ -126,9 +130,10 @@ def test_entries_list_clear_and_evict_least_recently_used(tmp_path):
 
 def test_sizes_parse_and_a_bad_size_is_one_line():
     assert parse_size("8G") == 8 << 30 and parse_size("500M") == 500 << 20 and parse_size("1.5k") == 1536
-    assert parse_size("none") == 0 and parse_size("1024") == 1024
-    with pytest.raises(InputError, match=r"cache size limit 'lots' is not a size"):
-        parse_size("lots")
+    assert parse_size("none") == 0 and parse_size("1024") == 1024 and parse_size("2GiB") == 2 << 30
+    for bad in ("lots", "8iB", "-1G", "G"):
+        with pytest.raises(InputError, match=f"cache size limit '{bad}' is not a size"):
+            parse_size(bad)
 
 
 def test_the_cache_command_lists_and_clears(tiny_model, tiny_kg, tmp_path, capsys, monkeypatch):
@@ -188,6 +193,7 @@ MEMIT = "layers: [1, 2]\nnum_context_prefixes: 3\nmom2_source: corpus\nmom2_upda
 @pytest.mark.parametrize("mode, methods, num_edits, stop_after", [
     ("independent", "rome", 4, 2),
     ("sequential", "memit", 5, 4),  # checkpoint 0, edits 0-1, checkpoint 2: stopped before edit 2
+    ("sequential", "memit", 5, 3),  # checkpoint 0, edits 0-1: stopped between edit 1 and its due checkpoint 2
     ("sequential", "memit", 5, 2),  # checkpoint 0, edit 0: stopped between an edit and nothing due
     ("batch", "memit,ft", 3, 4),  # memit's batch (3 records and a retention pass, one write) finished, ft's not
 ])
@@ -215,6 +221,52 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(tiny_trai
 
     assert run_cli(run_editing_eval.main, eval_args(tiny_trained, tiny_kg, parts, *extra, "--resume")) == 0
     assert run_contents(parts) == run_contents(whole)
+
+
+def test_a_batch_whose_retention_line_was_torn_is_redone_once(tiny_trained, tiny_kg, tmp_path, capsys, monkeypatch):
+    hparams = tmp_path / "memit.yaml"
+    hparams.write_text(MEMIT)
+    extra = ["--methods", "memit", "--mode", "batch", "--num-edits", "3", "--hparams", f"memit={hparams}"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_cli(run_editing_eval.main, eval_args(tiny_trained, tiny_kg, whole, *extra)) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(jsonl, "append", InterruptAfter(4))
+        assert run_cli(run_editing_eval.main, eval_args(tiny_trained, tiny_kg, parts, *extra)) == 130
+    log = parts / "eval_records.jsonl"
+    lines = log.read_text().splitlines()
+    assert [json.loads(line)["kind"] for line in lines] == ["edit"] * 3 + ["retention"]
+    log.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])  # the retention line torn by the kill
+    with monkeypatch.context() as patch:  # the redone batch is interrupted too: its records are written twice
+        patch.setattr(jsonl, "append", InterruptAfter(1))
+        assert run_cli(run_editing_eval.main, eval_args(tiny_trained, tiny_kg, parts, *extra, "--resume")) == 130
+    assert len(log.read_text().splitlines()) == 7
+    assert run_cli(run_editing_eval.main, eval_args(tiny_trained, tiny_kg, parts, *extra, "--resume")) == 0
+    assert run_contents(parts) == run_contents(whole)
+
+
+def test_a_bad_cache_limit_is_refused_before_a_run_begins(tiny_trained, tiny_kg, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "eval"
+    monkeypatch.setenv("KG_ROME_CACHE_LIMIT", "lots")
+    assert run_cli(run_editing_eval.main, eval_args(tiny_trained, tiny_kg, out, "--num-edits", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: $KG_ROME_CACHE_LIMIT: cache size limit 'lots' is not a size; allowed: a number of bytes "
+                   "with an optional unit K, M, G or T (e.g. 500M, 8G), or none"]
+    assert not out.exists()
+
+
+def test_resume_names_which_input_file_changed(tiny_trained, tiny_kg, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_trained[0], model)
+    args = ["--model-dir", str(model), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu", "--no-progress",
+            "--output-dir", str(tmp_path / "eval"), "--num-edits", "1"]
+    assert run_cli(run_editing_eval.main, args) == 0
+    log = json.loads((model / "train_log.json").read_text())
+    (model / "train_log.json").write_text(json.dumps({**log, "note": "changed"}))
+    capsys.readouterr()
+    assert run_cli(run_editing_eval.main, [*args, "--resume"]) == 2
+    assert "--resume: model_sha256.train_log.json is " in capsys.readouterr().err
 
 
 def test_resume_refuses_other_parameters_and_a_directory_without_a_run(tiny_trained, tiny_kg, tmp_path, capsys):
@@ -352,6 +404,9 @@ def test_an_interrupted_locating_run_resumes_to_the_same_results(tiny_trained, t
     assert {p.name for p in parts.iterdir()} == {"locating_run.json", "locating_progress.jsonl"}
     assert run_cli(run_locating_batch.main, [*args, "--output-dir", str(parts), "--seed", "1", "--resume"]) == 2
     assert "--resume: seed is 1 here but 42" in capsys.readouterr().err
+    progress = parts / "locating_progress.jsonl"
+    lines = progress.read_text().splitlines()
+    progress.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])  # the block's last line torn: it is redone
     assert run_cli(run_locating_batch.main, [*args, "--output-dir", str(parts), "--resume"]) == 0
     assert {p.name for p in parts.iterdir()} == {p.name for p in whole.iterdir()}  # the progress files are gone
     summaries = [json.loads((d / "locating_summary.json").read_text()) for d in (whole, parts)]

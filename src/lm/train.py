@@ -69,8 +69,8 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Checkpoints:
-    """A resumable training state at `path`, saved every `every` steps (atomically), for a training identified by
-    `fingerprint` (a checkpoint of another training is refused). resume: start from the saved state."""
+    """A resumable training state at `path`, saved every `every` steps (atomically; 0: never), for a training
+    identified by `fingerprint` (a checkpoint of another training is refused). resume: start from the saved state."""
 
     path: Path
     every: int = 100
@@ -78,8 +78,8 @@ class Checkpoints:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise InputError(f"--checkpoint-every must be >= 1, got {self.every}")
+        if self.every < 0:
+            raise InputError(f"--checkpoint-every must be >= 0, got {self.every}")
 
     def save(self, state: dict) -> None:
         with atomic_path(self.path) as tmp:
@@ -251,7 +251,7 @@ def train_model(
             bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{accuracy:.3f}")
             if accuracy >= config.target_accuracy:
                 break
-        if checkpoints is not None and step % checkpoints.every == 0 and step < config.max_steps:
+        if checkpoints is not None and checkpoints.every and step % checkpoints.every == 0 and step < config.max_steps:
             checkpoints.save({
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "order_rng": order_rng.bit_generator.state,

@@ -32,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.evaluation import estimates
 from src.edit.evaluation.metrics import CheckpointRecord, EditRecord, EvalCase, KGEvaluator, RetentionRecord
 from src.edit.evaluation.requests import EditRequest, draw_requests
+from src.edit.rank_one.key_statistics import statistics_cache_limit
 from src.edit.prompts.kg_context import KGContext
 from src.edit.methods import METHODS, EditEnvironment, build_editor, method_spec
 from src.edit.evaluation.prompt_probe import PromptProbe
@@ -46,7 +47,7 @@ from src.pipelines.distributed import process_shard
 from src.utils.errors import InputError
 from src.pipelines.resumable import ResumableRun, input_digests
 from src.utils.interrupts import note_kept
-from src.utils.io import atomic_path, atomic_write_json, require_writable_dir
+from src.utils.io import atomic_path, atomic_write_json, require_writable_dir, sha256_file
 
 MODES = ("independent", "batch", "sequential")
 SUMMARY_FILE = "eval_summary.json"
@@ -176,7 +177,7 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         raise InputError(f"unknown mode '{mode}'; allowed: {', '.join(MODES)}")
     finished = finished or MethodRun(method, ())
     emit = on_records or (lambda items: None)
-    if mode == "batch" and finished.retention is not None and len(finished.records) == len(requests):
+    if finished_in_full(finished, mode, indices):
         return finished
     work = copy.deepcopy(model)
     editor = build_editor(method, work, tokenizer, hparams, env)
@@ -185,7 +186,6 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     snapshot = {name: p.detach().clone().cpu() for name, p in work.named_parameters()}
     cases = [evaluator.case(q) for q in requests]
     done = {r.index: r for r in finished.records} if mode != "batch" else {}
-    bar = dict(desc=f"{method} ({mode})", unit="edit", disable=not progress, initial=len(done), total=len(requests))
 
     if mode == "batch":
         before = _bare_probabilities(evaluator, work, requests)
@@ -222,9 +222,11 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         if due is not None and due not in checkpoints:  # interrupted between an edit and its checkpoint
             checkpoints[due] = checkpoint(evaluator, work, method, cases[:due], used)
             emit([checkpoints[due]])
-    for i, (q, case) in enumerate(zip(requests, tqdm(cases, **bar))):
+    bar = tqdm(desc=f"{method} ({mode})", unit="edit", disable=not progress, initial=len(done), total=len(requests))
+    for i, (q, case) in enumerate(zip(requests, cases)):
         if indices[i] in done:
             continue
+        bar.update(1)
         before = _bare_probabilities(evaluator, work, [q])
         started = time.perf_counter()
         output = editor.edit([q])
@@ -247,8 +249,21 @@ def run_method(method: str, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         if mode == "sequential" and ((i + 1) % every == 0 or i + 1 == len(requests)):
             checkpoints[i + 1] = checkpoint(evaluator, work, method, cases[: i + 1], used)
             emit([checkpoints[i + 1]])
+    bar.close()
     records.sort(key=lambda r: r.index)
     return MethodRun(method, tuple(records), tuple(checkpoints[n] for n in sorted(checkpoints)))
+
+
+def finished_in_full(finished: MethodRun, mode: str, indices: Sequence[int]) -> bool:
+    """Whether an interrupted run kept everything of this method: every edit's record, and batch mode's retention
+    pass or sequential mode's last checkpoint."""
+    if sorted(r.index for r in finished.records) != sorted(indices):
+        return False
+    if mode == "batch":
+        return finished.retention is not None
+    if mode == "sequential":
+        return any(c.num_edits == len(indices) for c in finished.checkpoints)
+    return True
 
 
 def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, cases: Sequence[EvalCase],
@@ -398,20 +413,24 @@ def check_inputs(config: EvalConfig, repo_root: Path, world_size: int = 1) -> Ch
     graph = read_graph_jsonl(config.kg_file)
     require_model_dir(config.model_dir)
     require_writable_dir(config.output_dir)
+    statistics_cache_limit()  # a bad $KG_ROME_CACHE_LIMIT fails here, not at the first edit
     return CheckedInputs(files, hparams, corpus, graph)
 
 
 def run_identity(config: EvalConfig, inputs: CheckedInputs) -> dict:
     """What a resumed run must share with the run it continues: every parameter but where it is written and whether
-    bars show, the hyperparameters' values (not their file names), and the bytes of the KG and the model's files."""
+    bars show, the hyperparameters' values (not their file names), and the bytes of the KG, its corpus and the
+    model's files."""
     data = {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "progress", "hparams")}
     data["hparams"] = {m: h.to_dict() for m, h in inputs.hparams.items()}
-    return {**data, **input_digests(config.kg_file, config.model_dir)}
+    return {**data, "corpus_sha256": sha256_file(inputs.corpus), **input_digests(config.kg_file, config.model_dir)}
 
 
 def finished_runs(path: Path) -> dict[str, MethodRun]:
     """Per method, what the records file of an interrupted run holds."""
     edits, checkpoints, retention = read_records(path) if path.is_file() else ([], [], [])
+    edits = list({(r.method, r.index): r for r in edits}.values())  # a redone batch's records replace the first ones
+    checkpoints = list({(c.method, c.num_edits): c for c in checkpoints}.values())
     methods = dict.fromkeys([r.method for r in edits] + [c.method for c in checkpoints] + [p.method for p in retention])
     passes = {p.method: p for p in retention}
     return {m: MethodRun(m, tuple(r for r in edits if r.method == m), tuple(c for c in checkpoints if c.method == m),
@@ -442,7 +461,7 @@ def run_evaluation(config: EvalConfig, repo_root: Path, resume: bool = False) ->
                                 config.num_random, config.seed, split=config.split)
         requests = draw_requests(graph, config.num_edits, config.seed)
         if shard.is_main:  # every input is checked: the run begins
-            run.start(identity, resume, stale=[SUMMARY_FILE])
+            run.start(identity, resume, stale=[SUMMARY_FILE, "metrics_by_method.png", "sequential.png"])
         shard.barrier()
         finished = finished_runs(run.records_path) if resume else {}
         indices = shard.take(range(len(requests)))

@@ -197,9 +197,11 @@ def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = F
         mine = shard.take(blocks)
         kinds = config.kinds if "mlp" in config.kinds else (*config.kinds, "mlp")  # the best layer needs the MLP trace
         if shard.is_main:
-            run.start(identity, resume)
+            run.start(identity, resume, stale=[SUMMARY_FILE, TRACES_FILE])
         shard.barrier()
-        finished = {record["index"]: SampleTrace.from_record(record) for record in run.read()} if resume else {}
+        kept = {record["index"]: record for record in run.read()} if resume else {}
+        finished = {index: SampleTrace.from_record(kept[index]) for block in blocks
+                    if all(i in kept for i, _ in block) for index, _ in block}  # whole blocks: a torn one is redone
         samples = [finished[index] for block in mine for index, _ in block if index in finished]
         with tqdm(total=sum(map(len, mine)), initial=len(samples), desc="tracing", unit="fact",
                   disable=not (progress and shard.is_main)) as bar:

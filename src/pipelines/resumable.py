@@ -22,6 +22,21 @@ from src.utils.errors import InputError
 from src.utils.io import atomic_write_json, atomic_write_text, sha256_file
 
 
+def first_difference(here, there, path: str = "") -> tuple[str, str, str] | None:
+    """(where, value here, value there) of the first difference between two JSON values, descending into objects
+    (so that a changed file among many is named), values cut to 60 characters; None when equal."""
+    if isinstance(here, dict) and isinstance(there, dict):
+        for key in sorted(set(here) | set(there), key=str):
+            found = first_difference(here.get(key), there.get(key), f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        return None
+    if here == there:
+        return None
+    shown = [("absent" if v is None else str(v))[:60] for v in (here, there)]
+    return path, shown[0], shown[1]
+
+
 def input_digests(kg_file: str | Path, model_dir: str | Path) -> dict:
     """sha256 of the KG file and of every file in the model directory: a resumed run reads the same inputs."""
     files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
@@ -39,12 +54,11 @@ class ResumableRun:
             raise InputError(f"nothing to resume in {self.output_dir}: it has no {self.run_path.name} (start the run "
                              "without --resume)")
         saved = json.loads(self.run_path.read_text(encoding="utf-8"))
-        identity = json.loads(json.dumps(identity))  # the JSON form, as saved
-        for key in sorted(set(saved) | set(identity)):
-            if saved.get(key) != identity.get(key):
-                here, there = (str(v)[:60] if v is not None else "absent" for v in (identity.get(key), saved.get(key)))
-                raise InputError(f"--resume: {key} is {here} here but {there} in the run in {self.output_dir}; resume "
-                                 "with that run's parameters, or start a new run without --resume")
+        difference = first_difference(json.loads(json.dumps(identity)), saved)  # the JSON form, as saved
+        if difference is not None:
+            key, here, there = difference
+            raise InputError(f"--resume: {key} is {here} here but {there} in the run in {self.output_dir}; resume "
+                             "with that run's parameters, or start a new run without --resume")
 
     def start(self, identity: dict, resume: bool, stale: Sequence[str] = ()) -> None:
         """A fresh run: the run file written, an empty records file, the `stale` files of an earlier run removed.
@@ -62,15 +76,25 @@ class ResumableRun:
         jsonl.append(self.records_path, items)
 
     def read(self) -> list[dict]:
-        """The finished records, in the order they were appended."""
+        """The finished records, in the order they were appended; a line that is not JSON is one InputError line."""
         if not self.records_path.is_file():
             return []
-        return [json.loads(line) for line in self.records_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(self.records_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise InputError(f"{self.records_path}:{number}: not a record of this run (start the run without "
+                                 "--resume)") from None
+        return records
 
     def count(self) -> int:
         return len(self.read())
 
     def finish(self) -> None:
-        """Remove the run file and records once the run's results are written (a finished run is not resumed)."""
+        """Remove the run file and records once the run's results are written, for runs whose records are not among
+        their results (then a finished run is not resumed)."""
         self.run_path.unlink(missing_ok=True)
         self.records_path.unlink(missing_ok=True)

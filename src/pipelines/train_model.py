@@ -67,14 +67,13 @@ def checkpoint_path(output_dir: Path) -> Path:
 def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress: bool = True,
                    checkpoint_every: int | None = None, resume: bool = False) -> TrainedModel:
     """Train a model from `config` and save it to `output_dir` (default the config's) as a whole, atomically.
-    checkpoint_every: save a resumable state every this many steps (None: never); resume: continue from it."""
+    checkpoint_every: save a resumable state every this many steps (None or 0: never); resume: continue from it."""
     output_dir = Path(output_dir or config.output_dir)
     require_writable_dir(output_dir.parent, "output directory's parent")
     fingerprint = training_fingerprint(config)
-    checkpoints = None
-    if checkpoint_every is not None or resume:
-        checkpoints = Checkpoints(checkpoint_path(output_dir), checkpoint_every or config.optim.eval_every,
-                                  fingerprint, resume)
+    checkpoints = Checkpoints(checkpoint_path(output_dir), checkpoint_every or 0, fingerprint, resume)
+    if not resume:
+        checkpoints.remove()  # a new training: another one's state must not be taken for this one's
     graph = read_graph_jsonl(config.kg_dir / GRAPH_FILE)
     lines = read_corpus(config.kg_dir / CORPUS_FILE)
     words = corpus_words(lines) | set(graph.entities) | set(graph.relations)
@@ -87,8 +86,9 @@ def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress
         result = train_model(model, tokenizer, lines, list(graph.facts), config.optim, config.seed, progress=progress,
                              checkpoints=checkpoints)
     except KeyboardInterrupt as exc:
-        if checkpoints is None or not checkpoints.path.is_file():
-            raise note_kept(exc, "nothing (no checkpoint was due yet)", None) from None
+        if not checkpoints.path.is_file():
+            why = "no checkpoint was due yet" if checkpoints.every else "checkpoints are off: --checkpoint-every 0"
+            raise note_kept(exc, f"nothing ({why})", None) from None
         step = torch.load(checkpoints.path, map_location="cpu", weights_only=True, mmap=True)["step"]
         raise note_kept(exc, f"the training state at step {step} in {checkpoints.path}",
                         "to go on, run the same command with --resume") from None
@@ -107,6 +107,5 @@ def train_and_save(config: TrainConfig, output_dir: Path | None = None, progress
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / TRAIN_LOG, log)
         plot_training_curve(result.history, tmp / CURVE_PNG, config.optim.target_accuracy)
-    if checkpoints is not None:
-        checkpoints.remove()
+    checkpoints.remove()
     return TrainedModel(model_dir=output_dir, result=result, fingerprint=fingerprint)

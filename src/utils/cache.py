@@ -35,13 +35,13 @@ class CacheWarning(UserWarning):
 
 def parse_size(text: str) -> int:
     """Bytes of a size such as "500M", "8G", "1.5T" or "1048576" (binary units); "0" or "none": no limit (0)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(?:([KMGT])(?:i?B)?|B)?\s*", str(text), flags=re.IGNORECASE)
     if str(text).strip().lower() == "none":
         return 0
     if match is None:
         raise InputError(f"cache size limit '{text}' is not a size; allowed: a number of bytes with an optional unit "
                          "K, M, G or T (e.g. 500M, 8G), or none")
-    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
+    return int(float(match.group(1)) * UNITS[(match.group(2) or "").upper()])
 
 
 def checksum(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -137,13 +137,20 @@ class TensorCache:
         return listed
 
     def clear(self, older_than_days: float | None = None) -> list[CacheEntry]:
-        """Remove every entry, or those last used more than `older_than_days` ago; returns what was removed."""
+        """Remove every entry, or those last used more than `older_than_days` ago, and the temporary files of
+        stores that were killed (older than an hour); returns the entries removed."""
         if older_than_days is not None and older_than_days < 0:
             raise InputError(f"--older-than must be >= 0 days, got {older_than_days}")
         cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
         removed = [e for e in self.entries() if cutoff is None or e.last_used < cutoff]
         for entry in removed:
             _remove(Path(entry.path))
+        for stale in self.root.glob(".*.pt.*.tmp") if self.root.is_dir() else ():
+            try:
+                if stale.stat().st_mtime < time.time() - 3600:  # younger ones may be a store going on
+                    _remove(stale)
+            except FileNotFoundError:
+                pass
         return removed
 
     def evict(self, keep: Path | None = None) -> list[Path]:
@@ -198,3 +205,5 @@ def _remove(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+    except OSError as exc:  # a read-only cache: the entry stays, and is recomputed each time it is needed
+        warnings.warn(f"cache entry {path} cannot be removed ({exc.strerror or exc})", CacheWarning, stacklevel=3)

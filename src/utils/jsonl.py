@@ -20,7 +20,9 @@ def append(path: str | os.PathLike, items: Iterable[dict[str, Any]]) -> int:
         return 0
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # one write in practice; a short write (a full disk, a signal) goes on from where it stopped
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -87,6 +87,11 @@ class ModelLayout:
             return self.attn(layer)
         raise InputError(f"unknown kind '{kind}'; allowed: hidden, mlp, attn")
 
+    def key_size(self, layer: int) -> int:
+        """d_ff: the width of the keys k that `mlp_out(layer)` reads."""
+        module = self.mlp_out(layer)
+        return int(module.weight.shape[0 if mlp_out_weight_is_transposed(module) else 1])
+
     @property
     def hidden_size(self) -> int:
         return self.embed.weight.shape[1]

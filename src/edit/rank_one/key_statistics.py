@@ -46,11 +46,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KG_ROME_CACHE", Path.home() / ".cache" / "kg_rome"))
 
 
+def statistics_cache_limit() -> int:
+    """Bytes of $KG_ROME_CACHE_LIMIT (a size such as 8G or 500M, or none: 0, no limit; default 8G)."""
+    text = os.environ.get("KG_ROME_CACHE_LIMIT", DEFAULT_LIMIT)
+    try:
+        return parse_size(text)
+    except InputError as exc:
+        raise InputError(f"$KG_ROME_CACHE_LIMIT: {exc}") from None
+
+
 def statistics_cache(cache_dir: str | Path | None = None) -> TensorCache:
-    """The statistics cache: `<cache_dir>/mom2` (default `default_cache_dir()`), limited to $KG_ROME_CACHE_LIMIT
-    (a size such as 8G or 500M, or none; default 8G), least recently used entries evicted first."""
-    limit = parse_size(os.environ.get("KG_ROME_CACHE_LIMIT", DEFAULT_LIMIT))
-    return TensorCache(Path(cache_dir or default_cache_dir()) / "mom2", limit)
+    """The statistics cache: `<cache_dir>/mom2` (default `default_cache_dir()`), limited to $KG_ROME_CACHE_LIMIT,
+    least recently used entries evicted first."""
+    return TensorCache(Path(cache_dir or default_cache_dir()) / "mom2", statistics_cache_limit())
 
 
 def weights_fingerprint(model: PreTrainedModel) -> str:
@@ -203,7 +211,8 @@ def load_or_compute_second_moment(
     corpus_path = require_corpus_file(corpus_path)
     key = stats_key(model, tokenizer, corpus_path, layer, n_samples, source, split)
     cache = statistics_cache(cache_dir)
-    cached = cache.load(key, {"mom2": (None, torch.float64)})
+    size = ModelLayout.of(model).key_size(layer)
+    cached = cache.load(key, {"mom2": ((size, size), torch.float64)})
     if cached is not None:
         return cached["mom2"], True
     if source == "corpus":
