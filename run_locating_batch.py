@@ -28,6 +28,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
     p.add_argument("--num-noise-samples", type=int, default=defaults.num_noise_samples,
                    help="noise samples averaged per trace (default: %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="sampling and noise seed (default: %(default)s)")
+    p.add_argument("--corruption", default="gaussian", choices=["gaussian", "replace"],
+                   help="gaussian: noise on the subject's token embeddings (the original); replace: the subject's "
+                        "tokens replaced by another entity's with as many tokens whose answer differs, drawn with the "
+                        "seed (one corrupted run; --noise-level and --num-noise-samples do not apply)")
     p.add_argument("--kinds", default=",".join(defaults.kinds), help=f"comma-separated subset of {','.join(KINDS)}")
     p.add_argument("--window", type=int, default=None,
                    help="layers restored together for mlp/attn (default: num_layers*10/48, i.e. 2 for 8 layers; 10 = original)")
@@ -43,7 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
         model_dir=a.model_dir, kg_file=a.kg_file, num_samples=a.num_samples, output_dir=a.output_dir,
         noise_level=a.noise_level, num_noise_samples=a.num_noise_samples, seed=a.seed,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), window=a.window, position=a.position,
-        device=a.device, dtype=a.dtype, plots=not a.no_plots,
+        device=a.device, dtype=a.dtype, plots=not a.no_plots, corruption=a.corruption,
     )
 
 
@@ -53,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return 0
     data = summary.to_dict()
+    corrupted = ("the subject's tokens replaced by another entity's" if config.corruption == "replace" else
+                 f"Gaussian noise ({config.noise_level} sigma, {config.num_noise_samples} samples) on the subject")
     print(f"\nTraced {data['num_traced']} facts ({data['num_skipped']} skipped: the model gets them wrong) "
-          f"in {summary.seconds:.1f} s -> {config.output_dir}")
+          f"in {summary.seconds:.1f} s -> {config.output_dir}\n  corruption: {corrupted}")
     if data["num_traced"]:
         print(f"  mean best layer       {data['mean_best_layer']:.2f}   ({summary.best_layer_rule})")
         print(f"  mean clean p(answer)  {data['mean_clean_prob']:.3f}")

@@ -8,7 +8,8 @@ every implementation alike), and the script checks the scores are equal. CausalT
 one kind per call (`trace_important_states`, as notebooks and ROME's layer search call it), one fact and three kinds
 per call (`trace_kinds`) and many facts per call (`trace_many`, what run_locating.sh does); per kind, the one-kind
 call against the plain reference of that kind; and the one-kind and many-fact calls with `share_restorations` and
-`merge_passes` off (the suffix replay alone).
+`merge_passes` off (the suffix replay alone); and the many-fact call with corruption "replace" (a replacement drawn
+per fact, one corrupted run instead of the noise samples).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def main() -> None:
         sync()
         return value, time.perf_counter() - start
 
-    seconds = {"plain": 0.0, "kind": 0.0, "apart": 0.0, "one": 0.0, "many": 0.0, "many_apart": 0.0}
+    seconds = {"plain": 0.0, "kind": 0.0, "apart": 0.0, "one": 0.0, "many": 0.0, "many_apart": 0.0, "replace": 0.0}
+    replacing = [TraceRequest(q.s, q.r, q.o_target, seed=i) for i, q in enumerate(requests)]  # replacements drawn
     per_kind = {kind: {"plain": 0.0, "kind": 0.0, "apart": 0.0} for kind in KINDS}
     max_diff = 0.0
     for i in range(0, len(requests), args.facts_per_forward):
@@ -78,6 +80,9 @@ def main() -> None:
         _, elapsed = timed(lambda: apart.trace_many(group, num_samples=args.num_samples, window=window,
                                                     facts_per_forward=args.facts_per_forward))
         seconds["many_apart"] += elapsed
+        _, elapsed = timed(lambda: tracer.trace_many(replacing[i : i + args.facts_per_forward], window=window,
+                                                     facts_per_forward=args.facts_per_forward, corruption="replace"))
+        seconds["replace"] += elapsed
         for request, together in zip(group, many):
             alone, elapsed = timed(lambda: tracer.trace_kinds(request.s, request.r, request.o_target, window=window,
                                                               num_samples=args.num_samples, noise=request.noise))
@@ -114,7 +119,8 @@ def main() -> None:
             ("  the same, sharing and merging off", "apart"),
             ("CausalTracer.trace_kinds (1 fact per call)", "one"),
             (f"CausalTracer.trace_many ({args.facts_per_forward} facts per forward)", "many"),
-            ("  the same, sharing and merging off", "many_apart")]
+            ("  the same, sharing and merging off", "many_apart"),
+            ("  the same, corruption replace (one run)", "replace")]
     for label, key in rows:
         print(f"{label:<44}{seconds[key] / n:>10.4f}{seconds['plain'] / seconds[key]:>9.1f}x")
     for kind, t in per_kind.items():

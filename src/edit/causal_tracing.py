@@ -23,23 +23,25 @@ This implementation gives the numbers of the original one-forward-per-restoratio
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.model.layout import ModelLayout
 from src.edit.model.speedups import FAST, SpeedPaths
-from src.edit.prompts.encoding import encode_fact_prompt
+from src.edit.prompts.encoding import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
 from src.edit.tracing.replay import RestorationEngine
-from src.edit.tracing.results import (EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult, default_window,
-                                      normalize_kind, window_layers)
+from src.edit.tracing.results import (CORRUPTIONS, EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult,
+                                      default_window, normalize_kind, window_layers)
 from src.utils.batching import batches_by_key
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
-__all__ = ["EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "CausalTracer", "LocateResult", "TraceRequest",
+__all__ = ["CORRUPTIONS", "EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "CausalTracer", "LocateResult", "TraceRequest",
            "TraceResult", "default_window", "normalize_kind", "window_layers"]
 
 FACTS_PER_FORWARD = 8  # trace_many's default: 8 and 16 facts per forward measured alike (benchmarks/bench_tracing.py)
@@ -52,7 +54,8 @@ class CausalTracer:
         model, tokenizer: any supported family (see `src.edit.model.layout`); the model is moved to `device`.
         device: "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N".
         subjects: entity names whose token embeddings define sigma, the embedding std that `noise_level` multiplies
-            (the original pools the embeddings of subject tokens); default: all non-special vocabulary tokens.
+            (the original pools the embeddings of subject tokens), and among which corruption "replace" draws a
+            replacement; default: all non-special vocabulary tokens (and no draws).
         max_batch_tokens: memory bound for one forward (rows x tokens).
         suffix_replay: recompute only the tokens from the restored one on (default); False recomputes every token,
             as the original does (same numbers up to float32 rounding; kept to test one against the other).
@@ -89,6 +92,8 @@ class CausalTracer:
         self.engine = RestorationEngine(self.model, tokenizer, self.layout, self.device, max_batch_tokens, suffix_replay,
                                         share_restorations, merge_passes)
         self.embedding_std = self._embedding_std(subjects)
+        self.subjects = tuple(subjects) if subjects else ()
+        self._subject_sizes: dict[str, int] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -117,6 +122,8 @@ class CausalTracer:
         noise: torch.Tensor | None = None,
         seed: int = 0,
         prefix: str = "",
+        corruption: str = "gaussian",
+        replacement: str | None = None,
     ) -> TraceResult:
         """Trace `"{s} {r}"` -> o_target (default: the model's own prediction) for one kind of state.
 
@@ -124,9 +131,14 @@ class CausalTracer:
         layer restored together; window default `default_window(num_layers)`, 10 reproduces the original).
         noise: exact additive noise (num_samples, subject tokens, hidden size) instead of a seeded draw.
         prefix: context text before the prompt (e.g. another fact, `"E_417 R_02 E_077 ; "`).
+        corruption: "gaussian" (noise on the subject's token embeddings, the original) or "replace" (symmetric token
+            replacement: the subject's tokens replaced by those of `replacement`, an entity with as many tokens, or
+            by one drawn with `seed` among `subjects` that changes the model's answer; one corrupted run, no noise
+            samples).
         """
         kind = normalize_kind(kind)
-        return self.trace_kinds(s, r, o_target, noise_level, num_samples, (kind,), window, noise, seed, prefix)[kind]
+        return self.trace_kinds(s, r, o_target, noise_level, num_samples, (kind,), window, noise, seed, prefix,
+                                corruption, replacement)[kind]
 
     def trace_kinds(
         self,
@@ -140,10 +152,12 @@ class CausalTracer:
         noise: torch.Tensor | None = None,
         seed: int = 0,
         prefix: str = "",
+        corruption: str = "gaussian",
+        replacement: str | None = None,
     ) -> dict[str, TraceResult]:
         """Several kinds from one clean and one corrupted run (same noise for all): {kind: TraceResult}."""
-        request = TraceRequest(s, r, o_target, seed, noise, prefix)
-        return self.trace_many([request], noise_level, num_samples, kinds, window)[0]
+        request = TraceRequest(s, r, o_target, seed, noise, prefix, replacement)
+        return self.trace_many([request], noise_level, num_samples, kinds, window, corruption=corruption)[0]
 
     def trace_many(
         self,
@@ -154,13 +168,17 @@ class CausalTracer:
         window: int | None = None,
         facts_per_forward: int = FACTS_PER_FORWARD,
         progress: bool = False,
+        corruption: str = "gaussian",
     ) -> list[dict[str, TraceResult]]:
         """`trace_kinds` for many facts: one {kind: TraceResult} per request, in order.
 
         Facts whose prompts have the same number of tokens are traced together, `facts_per_forward` at a time, so the
-        fixed cost of a forward is shared; each keeps its own noise (its `noise` or a draw with its `seed`), and the
-        results equal tracing the facts one by one up to float32 rounding.
+        fixed cost of a forward is shared; each keeps its own noise (its `noise` or a draw with its `seed`; with
+        corruption "replace", its replacement), and the results equal tracing the facts one by one up to float32
+        rounding.
         """
+        if corruption not in CORRUPTIONS:
+            raise InputError(f"unknown corruption '{corruption}'; allowed: {', '.join(CORRUPTIONS)}")
         kinds = [normalize_kind(k) for k in kinds]
         window = default_window(self.num_layers) if window is None else int(window)
         if window < 1:
@@ -175,10 +193,17 @@ class CausalTracer:
         with tqdm(total=len(requests), desc="tracing", unit="fact", disable=not progress) as bar, \
                 self.speed.fused(self.model):
             for batch in batches:
-                noises = [self._noise(requests[i].noise, prompts[i].subject_range, num_samples, noise_level,
-                                      requests[i].seed) for i in batch]
+                if corruption == "replace":
+                    replaced = [self._replacement(requests[i], prompts[i]) for i in batch]
+                    noises = [(difference, std) for difference, std, _ in replaced]
+                else:
+                    noises = [self._noise(requests[i].noise, prompts[i].subject_range, num_samples, noise_level,
+                                          requests[i].seed) for i in batch]
                 runs = self.engine.runs([requests[i] for i in batch], [prompts[i] for i in batch], noises)
-                for index, traced in zip(batch, self.engine.trace(runs, kinds, window)):
+                for k, (index, traced) in enumerate(zip(batch, self.engine.trace(runs, kinds, window))):
+                    if corruption == "replace":
+                        traced = {kind: replace(t, corruption=corruption, replacement=replaced[k][2])
+                                  for kind, t in traced.items()}
                     results[index] = traced
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
@@ -206,6 +231,59 @@ class CausalTracer:
     def locate_important_layer(self, s: str, r: str, o_target: str | None = None, **kwargs) -> int:
         """`locate(...).layer`: the MLP layer to edit for this fact."""
         return self.locate(s, r, o_target, **kwargs).layer
+
+    @torch.no_grad()
+    def _replacement(self, request: TraceRequest, prompt: EncodedPrompt) -> tuple[torch.Tensor, float, str]:
+        """(difference (1, subject tokens, hidden) of the replacement's token embeddings and the subject's, added
+        where the noise goes, its std, the replacement): the corrupted run reads the replacement's tokens (to float32
+        rounding of the sum)."""
+        name = request.replacement or self._draw_replacement(request, prompt)
+        ids = self._replaced_ids(request, prompt, name)
+        b, e = prompt.subject_range
+        embedded = self.layout.embed(torch.tensor([list(prompt.input_ids[b:e]), ids[b:e]], device=self.device)).float()
+        difference = (embedded[1] - embedded[0])[None]
+        return difference, float(difference.std()), name
+
+    def _replaced_ids(self, request: TraceRequest, prompt: EncodedPrompt, name: str) -> list[int]:
+        """The prompt's token ids with the subject's replaced by `name`'s; one InputError line unless `name` is a known
+        word other than the subject with as many tokens."""
+        check_known_words(self.tokenizer, replacement=name)
+        if name == request.s:
+            raise InputError(f"replacement '{name}' is the subject itself; give another entity")
+        other = encode_fact_prompt(self.tokenizer, name, request.r, request.prefix)
+        b, e = prompt.subject_range
+        if len(other.input_ids) != len(prompt.input_ids) or other.subject_range != prompt.subject_range:
+            raise InputError(f"replacement '{name}' is {other.subject_range[1] - other.subject_range[0]} tokens but the "
+                             f"subject '{request.s}' is {e - b}; a replacement needs as many tokens as the subject")
+        return list(other.input_ids)
+
+    @torch.no_grad()
+    def _draw_replacement(self, request: TraceRequest, prompt: EncodedPrompt, chunk: int = 64) -> str:
+        """An entity of `subjects` with as many tokens as the subject, drawn with the request's seed, whose prompt
+        makes the model answer other than the clean answer (o_target, else the clean prediction)."""
+        if not self.subjects:
+            raise InputError("corruption replace needs a replacement, or CausalTracer(subjects=...) to draw one from")
+        b, e = prompt.subject_range
+        if self._subject_sizes is None:  # token counts of the subjects, once per tracer
+            encoded = self.tokenizer(list(self.subjects), add_special_tokens=False)["input_ids"]
+            self._subject_sizes = {name: len(ids) for name, ids in zip(self.subjects, encoded)}
+        candidates = [name for name in self.subjects if name != request.s and self._subject_sizes[name] == e - b]
+        order = [candidates[i] for i in np.random.default_rng(request.seed).permutation(len(candidates))]
+        clean = torch.tensor([list(prompt.input_ids)], device=self.device)
+        answer = (answer_token_id(self.tokenizer, request.o_target) if request.o_target is not None else
+                  int(self.model(input_ids=clean, use_cache=False).logits[0, -1].argmax()))
+        for start in range(0, len(order), chunk):
+            names = order[start : start + chunk]
+            rows = []
+            for name in names:
+                other = encode_fact_prompt(self.tokenizer, name, request.r, request.prefix)
+                rows.append(list(prompt.input_ids[:b]) + list(other.input_ids[b:e]) + list(prompt.input_ids[e:]))
+            predicted = self.model(input_ids=torch.tensor(rows, device=self.device), use_cache=False).logits[:, -1]
+            for name, top in zip(names, predicted.argmax(-1).tolist()):
+                if top != answer:
+                    return name
+        raise InputError(f"no entity of {e - b} tokens among the subjects changes the answer to '{request.s} "
+                         f"{request.r}'; give a replacement")
 
     def _noise(self, noise: torch.Tensor | None, subject_range: tuple[int, int], num_samples: int,
                noise_level: float, seed: int) -> tuple[torch.Tensor, float]:

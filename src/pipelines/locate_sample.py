@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.edit.causal_tracing import (FACTS_PER_FORWARD, KINDS, CausalTracer, TraceRequest, TraceResult,
+from src.edit.causal_tracing import (CORRUPTIONS, FACTS_PER_FORWARD, KINDS, CausalTracer, TraceRequest, TraceResult,
                                      default_window, normalize_kind)
 from src.edit.prompts.encoding import check_known_words
 from src.edit.tracing.stats import average_effects
@@ -56,6 +56,7 @@ class LocatingConfig:
     device: str = "auto"
     dtype: str = "float32"
     plots: bool = True
+    corruption: str = "gaussian"
 
     def validate(self) -> "LocatingConfig":
         if self.num_samples < 1:
@@ -68,6 +69,8 @@ class LocatingConfig:
             raise InputError(f"--window must be >= 1, got {self.window}")
         if self.position not in ("last", "subject_last"):
             raise InputError(f"--position must be last or subject_last, got {self.position}")
+        if self.corruption not in CORRUPTIONS:
+            raise InputError(f"unknown corruption '{self.corruption}'; allowed: {', '.join(CORRUPTIONS)}")
         kinds = tuple(normalize_kind(k) for k in self.kinds)
         if not kinds:
             raise InputError("--kinds needs at least one of hidden, mlp, attn")
@@ -113,6 +116,14 @@ class LocatingSummary:
     num_layers: int
     seconds: float
 
+    def parameters(self) -> dict:
+        """The run's parameters; `corruption` only when it is not the default gaussian noise (summaries of gaussian
+        runs keep the keys they have always had)."""
+        data = {**asdict(self.config), "kinds": list(self.config.kinds)}
+        if self.config.corruption == "gaussian":
+            data.pop("corruption")
+        return data
+
     @property
     def best_layer_rule(self) -> str:
         window = self.config.window or default_window(self.num_layers)
@@ -125,7 +136,7 @@ class LocatingSummary:
         corrupted = [t.low_score for t in first_traces]
         best = [s.best_layer for s in self.samples]
         return {
-            "parameters": {**asdict(self.config), "kinds": list(self.config.kinds)},
+            "parameters": self.parameters(),
             "num_layers": self.num_layers,
             "best_layer_rule": self.best_layer_rule,
             "num_traced": len(self.samples),
@@ -210,7 +221,8 @@ def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = F
                     if all(index in finished for index, _ in block):
                         continue
                     traced = tracer.trace_many([request for _, request in block], config.noise_level,
-                                               config.num_noise_samples, kinds, config.window)
+                                               config.num_noise_samples, kinds, config.window,
+                                               corruption=config.corruption)
                     done = [SampleTrace(index, facts[index], traces["mlp"].best_layer(config.position),
                                         {k: traces[k] for k in config.kinds}) for (index, _), traces in zip(block, traced)]
                     run.append([sample.to_record() for sample in done])

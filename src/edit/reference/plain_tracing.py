@@ -1,8 +1,9 @@
 """A deliberately plain causal tracer: the original ROME algorithm, one forward per restored (token, layer).
 
-Each forward has 1 + N rows: row 0 runs clean, rows 1..N get `noise` on the subject's token embeddings, and the
-restored states of rows 1..N are overwritten with row 0's. It exists to check `CausalTracer` (tests) and to measure
-its speed-up (benchmarks/bench_tracing.py); do not use it for real work.
+Each forward has 1 + N rows: row 0 runs clean, rows 1..N are corrupted (`plain_trace`: `noise` on the subject's token
+embeddings; `plain_replacement_trace`: one row that reads another subject's token ids), and the restored states of
+rows 1..N are overwritten with row 0's. It exists to check `CausalTracer` (tests) and to measure its speed-up
+(benchmarks/bench_tracing.py); do not use it for real work.
 """
 
 from __future__ import annotations
@@ -32,21 +33,43 @@ def plain_trace(
     window: int = 1,
 ) -> tuple[np.ndarray, float, float]:
     """(scores (T, L), low_score, high_score) for one prompt; noise is (N, e - b, hidden size), added as is."""
-    layout = ModelLayout.of(model)
-    num_layers, num_tokens = layout.num_layers, len(input_ids)
     b, e = subject_range
-    n = noise.shape[0]
-    batch = torch.tensor([input_ids] * (n + 1), device=next(model.parameters()).device)
+    batch = torch.tensor([input_ids] * (noise.shape[0] + 1), device=next(model.parameters()).device)
+
+    def add_noise(_m, _i, output):
+        output = output.clone()
+        output[1:, b:e] += noise.to(output.device, output.dtype)
+        return output
+
+    return _restorations(model, batch, answer_id, kind, window, add_noise)
+
+
+@torch.no_grad()
+def plain_replacement_trace(
+    model,
+    input_ids: list[int],
+    replaced_ids: list[int],
+    answer_id: int,
+    kind: str = "hidden",
+    window: int = 1,
+) -> tuple[np.ndarray, float, float]:
+    """(scores (T, L), low_score, high_score): the clean run reads `input_ids`, the corrupted run `replaced_ids` (the
+    prompt with another subject of as many tokens)."""
+    if len(replaced_ids) != len(input_ids):
+        raise ValueError("the replaced prompt must have as many tokens as the prompt")
+    batch = torch.tensor([input_ids, replaced_ids], device=next(model.parameters()).device)
+    return _restorations(model, batch, answer_id, kind, window, None)
+
+
+def _restorations(model, batch: torch.Tensor, answer_id: int, kind: str, window: int, embed_hook
+                  ) -> tuple[np.ndarray, float, float]:
+    """Row 0 of `batch` clean, rows 1.. corrupted (by `embed_hook` on the token embeddings, or by their own ids);
+    every (token, layer) restored from row 0 in one forward each."""
+    layout = ModelLayout.of(model)
+    num_layers, num_tokens = layout.num_layers, batch.shape[1]
 
     def run(patches: list[tuple[torch.nn.Module, int]]) -> torch.Tensor:
-        handles = []
-
-        def add_noise(_m, _i, output):
-            output = output.clone()
-            output[1:, b:e] += noise.to(output.device, output.dtype)
-            return output
-
-        handles.append(layout.embed.register_forward_hook(add_noise))
+        handles = [layout.embed.register_forward_hook(embed_hook)] if embed_hook is not None else []
         for module, token in patches:
             def patch(_m, _i, output, token=token):
                 h = _first(output).clone()

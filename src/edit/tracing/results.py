@@ -12,6 +12,7 @@ import torch
 from src.utils.errors import InputError
 
 KINDS = ("hidden", "mlp", "attn")
+CORRUPTIONS = ("gaussian", "replace")
 EDIT_POSITIONS = ("last", "subject_last")
 
 
@@ -39,7 +40,10 @@ class TraceResult:
     scores: (tokens, layers) float32, mean p(answer) over noise samples with that state restored.
     low_score: p(answer) with the subject corrupted and nothing restored; high_score: p(answer) in the clean run.
     subject_range: (b, e), e exclusive, token indices of the subject. window: layers restored together (1 for hidden).
-    noise_std: absolute std of the noise added to the subject's token embeddings.
+    noise_std: absolute std of the noise added to the subject's token embeddings (corruption "replace": of the
+    difference between the replacement's token embeddings and the subject's).
+    corruption: "gaussian" (noise on the subject's token embeddings) or "replace" (the subject's tokens replaced by
+    those of `replacement`, another entity with as many tokens: one corrupted run, num_samples 1).
     """
 
     subject: str
@@ -57,6 +61,8 @@ class TraceResult:
     window: int
     noise_std: float
     num_samples: int
+    corruption: str = "gaussian"
+    replacement: str | None = None
 
     @property
     def indirect_effect(self) -> np.ndarray:
@@ -104,6 +110,8 @@ class TraceResult:
             "input_ids": list(self.input_ids), "input_tokens": list(self.input_tokens),
             "subject_range": list(self.subject_range), "answer": self.answer, "answer_id": self.answer_id,
             "kind": self.kind, "window": self.window, "noise_std": self.noise_std, "num_samples": self.num_samples,
+            # gaussian traces keep the keys they have always had
+            **({"corruption": self.corruption, "replacement": self.replacement} if self.corruption != "gaussian" else {}),
         }
 
 
@@ -135,6 +143,7 @@ class TraceRequest:
     """One fact to trace: `"{prefix}{s} {r}"` -> o_target (None: the model's own prediction).
 
     noise: exact additive noise (num_samples, subject tokens, hidden size); None draws it with `seed`.
+    replacement: with corruption "replace", the entity whose tokens replace the subject's (None: drawn with `seed`).
     """
 
     s: str
@@ -143,3 +152,4 @@ class TraceRequest:
     seed: int = 0
     noise: torch.Tensor | None = field(default=None, repr=False)
     prefix: str = ""
+    replacement: str | None = None
