@@ -12,7 +12,7 @@ from typing import Sequence
 
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import repo_path
-from src.edit.causal_tracing import KINDS
+from src.edit.causal_tracing import CORRUPTIONS, KINDS
 from src.pipelines.locate_sample import LocatingConfig, run_locating
 
 
@@ -28,7 +28,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
     p.add_argument("--num-noise-samples", type=int, default=defaults.num_noise_samples,
                    help="noise samples averaged per trace (default: %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="sampling and noise seed (default: %(default)s)")
-    p.add_argument("--corruption", default="gaussian", choices=["gaussian", "replace"],
+    p.add_argument("--corruption", default="gaussian", choices=CORRUPTIONS,
                    help="gaussian: noise on the subject's token embeddings (the original); replace: the subject's "
                         "tokens replaced by another entity's with as many tokens whose answer differs, drawn with the "
                         "seed (one corrupted run; --noise-level and --num-noise-samples do not apply)")

@@ -39,6 +39,38 @@ def test_replacement_tracing_equals_the_plain_run_on_the_replaced_prompt(family,
         assert TraceResult.from_dict(result.to_dict()).replacement == request.replacement
 
 
+@pytest.mark.parametrize("bos", [False, True])
+def test_facts_with_different_replacements_in_one_forward_each_equal_the_plain_run(tiny_model, tiny_kg, bos):
+    """Prompts of one length go into the same forward, each with its own replacement (drawn or given); with BOS, on
+    a random GPT-2 over a tokenizer that puts <bos> first (the subject's range moves by one)."""
+    if bos:
+        tokenizer = tiny_tokenizer(bos=True)
+        model = tiny_gpt2(tokenizer)
+        words = ["a", "b", "c", "d", "q", "x", "y", "z"]
+        pairs = [(u, v) for u in words for v in words if u != v][:8]
+        requests = [TraceRequest(u, "r", None, replacement=v) for u, v in pairs]
+        tracer = CausalTracer(model, tokenizer, device="cpu")
+    else:
+        model, tokenizer = tiny_model
+        facts = tiny_kg.graph.facts[:8]
+        requests = [TraceRequest(f.s, f.r, None, seed=i, replacement=facts[(i + 3) % 8].s if i % 2 else None)
+                    for i, f in enumerate(facts)]
+        tracer = CausalTracer(model, tokenizer, device="cpu", subjects=tiny_kg.graph.entities)
+    traced = tracer.trace_many(requests, kinds=["mlp"], window=2, corruption="replace")
+    names = [t["mlp"].replacement for t in traced]
+    assert len(set(names)) > 2
+    for request, result, name in zip(requests, (t["mlp"] for t in traced), names):
+        prompt = encode_fact_prompt(tokenizer, request.s, request.r)
+        assert result.subject_range == prompt.subject_range and list(result.input_ids) == list(prompt.input_ids)
+        assert (prompt.input_ids[0] == tokenizer.bos_token_id) == bos
+        replaced = list(prompt.input_ids)
+        b, e = prompt.subject_range
+        replaced[b:e] = tokenizer(name, add_special_tokens=False)["input_ids"]  # built apart from the tracer
+        reference, low, high = plain_replacement_trace(model, list(prompt.input_ids), replaced, result.answer_id,
+                                                       "mlp", 2)
+        assert np.abs(result.scores - reference).max() <= TOL and abs(result.low_score - low) <= TOL
+
+
 def test_a_drawn_replacement_has_the_subjects_token_count_changes_the_answer_and_follows_the_seed(tiny_model,
                                                                                                     tiny_kg):
     import torch
@@ -65,7 +97,9 @@ def test_a_drawn_replacement_has_the_subjects_token_count_changes_the_answer_and
 @pytest.mark.parametrize("kwargs, message", [
     ({"corruption": "blur"}, "unknown corruption 'blur'; allowed: gaussian, replace"),
     ({"corruption": "replace", "replacement": "E_404"}, "unknown replacement 'E_404'"),
-    ({"corruption": "replace", "replacement": "q"}, "replacement 'q' is 1 tokens but the subject 'a x' is 2"),
+    ({"corruption": "replace", "replacement": "q"}, "replacement 'q' takes 1 token(s) in the prompt and the subject 'a x' 2"),
+    ({"corruption": "replace", "replacement": ""}, "empty replacement"),
+    ({"replacement": "q y"}, "replacement 'q y' is given but corruption is gaussian; use corruption replace"),
     ({"corruption": "replace", "replacement": "a x"}, "replacement 'a x' is the subject itself"),
     ({"corruption": "replace"}, "corruption replace needs a replacement, or CausalTracer(subjects=...)"),
 ])

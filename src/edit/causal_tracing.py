@@ -23,7 +23,7 @@ This implementation gives the numbers of the original one-forward-per-restoratio
 
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -91,8 +91,8 @@ class CausalTracer:
                              f"{sorted(set(layer_types))}")
         self.engine = RestorationEngine(self.model, tokenizer, self.layout, self.device, max_batch_tokens, suffix_replay,
                                         share_restorations, merge_passes)
-        self.embedding_std = self._embedding_std(subjects)
         self.subjects = tuple(subjects) if subjects else ()
+        self.embedding_std = self._embedding_std(self.subjects)
         self._subject_sizes: dict[str, int] | None = None
 
     @property
@@ -179,6 +179,13 @@ class CausalTracer:
         """
         if corruption not in CORRUPTIONS:
             raise InputError(f"unknown corruption '{corruption}'; allowed: {', '.join(CORRUPTIONS)}")
+        for q in requests:
+            if corruption == "replace" and q.noise is not None:
+                raise InputError(f"noise is given for '{q.s} {q.r}' but corruption replace adds none; drop it or use "
+                                 "corruption gaussian")
+            if corruption == "gaussian" and q.replacement is not None:
+                raise InputError(f"replacement '{q.replacement}' is given but corruption is gaussian; use corruption "
+                                 "replace")
         kinds = [normalize_kind(k) for k in kinds]
         window = default_window(self.num_layers) if window is None else int(window)
         if window < 1:
@@ -202,7 +209,7 @@ class CausalTracer:
                 runs = self.engine.runs([requests[i] for i in batch], [prompts[i] for i in batch], noises)
                 for k, (index, traced) in enumerate(zip(batch, self.engine.trace(runs, kinds, window))):
                     if corruption == "replace":
-                        traced = {kind: replace(t, corruption=corruption, replacement=replaced[k][2])
+                        traced = {kind: dataclasses.replace(t, corruption=corruption, replacement=replaced[k][2])
                                   for kind, t in traced.items()}
                     results[index] = traced
                 bar.update(len(batch))
@@ -235,9 +242,9 @@ class CausalTracer:
     @torch.no_grad()
     def _replacement(self, request: TraceRequest, prompt: EncodedPrompt) -> tuple[torch.Tensor, float, str]:
         """(difference (1, subject tokens, hidden) of the replacement's token embeddings and the subject's, added
-        where the noise goes, its std, the replacement): the corrupted run reads the replacement's tokens (to float32
-        rounding of the sum)."""
-        name = request.replacement or self._draw_replacement(request, prompt)
+        where the noise goes, its std, the replacement): the corrupted run reads the replacement's tokens (to the
+        rounding of that sum in the model's dtype)."""
+        name = self._draw_replacement(request, prompt) if request.replacement is None else request.replacement
         ids = self._replaced_ids(request, prompt, name)
         b, e = prompt.subject_range
         embedded = self.layout.embed(torch.tensor([list(prompt.input_ids[b:e]), ids[b:e]], device=self.device)).float()
@@ -251,11 +258,19 @@ class CausalTracer:
         if name == request.s:
             raise InputError(f"replacement '{name}' is the subject itself; give another entity")
         other = encode_fact_prompt(self.tokenizer, name, request.r, request.prefix)
-        b, e = prompt.subject_range
-        if len(other.input_ids) != len(prompt.input_ids) or other.subject_range != prompt.subject_range:
-            raise InputError(f"replacement '{name}' is {other.subject_range[1] - other.subject_range[0]} tokens but the "
-                             f"subject '{request.s}' is {e - b}; a replacement needs as many tokens as the subject")
+        if not self._same_but_subject(prompt, other):
+            (b, e), (ob, oe) = prompt.subject_range, other.subject_range
+            raise InputError(f"replacement '{name}' takes {oe - ob} token(s) in the prompt and the subject "
+                             f"'{request.s}' {e - b}, or changes the tokens around it; a replacement needs as many "
+                             "tokens as the subject and the same prompt around them")
         return list(other.input_ids)
+
+    @staticmethod
+    def _same_but_subject(prompt: EncodedPrompt, other: EncodedPrompt) -> bool:
+        """`other` is `prompt` with only the subject's tokens changed (same length, range and tokens around it)."""
+        b, e = prompt.subject_range
+        return (other.subject_range == prompt.subject_range and len(other.input_ids) == len(prompt.input_ids)
+                and other.input_ids[:b] == prompt.input_ids[:b] and other.input_ids[e:] == prompt.input_ids[e:])
 
     @torch.no_grad()
     def _draw_replacement(self, request: TraceRequest, prompt: EncodedPrompt, chunk: int = 64) -> str:
@@ -273,11 +288,12 @@ class CausalTracer:
         answer = (answer_token_id(self.tokenizer, request.o_target) if request.o_target is not None else
                   int(self.model(input_ids=clean, use_cache=False).logits[0, -1].argmax()))
         for start in range(0, len(order), chunk):
-            names = order[start : start + chunk]
-            rows = []
-            for name in names:
-                other = encode_fact_prompt(self.tokenizer, name, request.r, request.prefix)
-                rows.append(list(prompt.input_ids[:b]) + list(other.input_ids[b:e]) + list(prompt.input_ids[e:]))
+            others = {name: encode_fact_prompt(self.tokenizer, name, request.r, request.prefix)
+                      for name in order[start : start + chunk]}
+            names = [name for name, other in others.items() if self._same_but_subject(prompt, other)]
+            if not names:
+                continue
+            rows = [list(others[name].input_ids) for name in names]
             predicted = self.model(input_ids=torch.tensor(rows, device=self.device), use_cache=False).logits[:, -1]
             for name, top in zip(names, predicted.argmax(-1).tolist()):
                 if top != answer:

@@ -166,6 +166,8 @@ def run_identity(config: LocatingConfig) -> dict:
     """What a resumed run must share with the run it continues: every parameter but where results go and whether
     they are plotted, and the bytes of the KG and the model's files."""
     data = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "plots")}
+    if config.corruption == "gaussian":  # as in the summary's parameters: gaussian runs keep the keys they had
+        data.pop("corruption")
     return {**data, "kinds": list(config.kinds), **input_digests(config.kg_file, config.model_dir)}
 
 
