@@ -117,8 +117,7 @@ class LocatingSummary:
     seconds: float
 
     def parameters(self) -> dict:
-        """The run's parameters; `corruption` only when it is not the default gaussian noise (summaries of gaussian
-        runs keep the keys they have always had)."""
+        """The run's parameters; `corruption` only when it is not the default, gaussian noise."""
         data = {**asdict(self.config), "kinds": list(self.config.kinds)}
         if self.config.corruption == "gaussian":
             data.pop("corruption")
@@ -166,7 +165,7 @@ def run_identity(config: LocatingConfig) -> dict:
     """What a resumed run must share with the run it continues: every parameter but where results go and whether
     they are plotted, and the bytes of the KG and the model's files."""
     data = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "plots")}
-    if config.corruption == "gaussian":  # as in the summary's parameters: gaussian runs keep the keys they had
+    if config.corruption == "gaussian":  # as in the summary's parameters
         data.pop("corruption")
     return {**data, "kinds": list(config.kinds), **input_digests(config.kg_file, config.model_dir)}
 

@@ -110,7 +110,7 @@ class TraceResult:
             "input_ids": list(self.input_ids), "input_tokens": list(self.input_tokens),
             "subject_range": list(self.subject_range), "answer": self.answer, "answer_id": self.answer_id,
             "kind": self.kind, "window": self.window, "noise_std": self.noise_std, "num_samples": self.num_samples,
-            # gaussian traces keep the keys they have always had
+            # only traces corrupted otherwise than by gaussian noise name their corruption
             **({"corruption": self.corruption, "replacement": self.replacement} if self.corruption != "gaussian" else {}),
         }
 
