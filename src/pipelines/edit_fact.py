@@ -25,6 +25,7 @@ from src.kg.graph import Fact
 from src.lm.token_ids import object_token_ids
 from src.lm.model import load_model
 from src.utils.errors import InputError
+from src.edit.rank_one.key_statistics import statistics_cache_limit
 from src.utils.io import atomic_directory, atomic_write_json, require_writable_dir
 from src.viz.editing import plot_edit
 from src.viz.tracing import plot_trace
@@ -87,6 +88,7 @@ def top_predictions(model, tokenizer, prompt_ids: list[int], k: int, device) -> 
 
 def validate_output_paths(config: SingleEditConfig) -> None:
     require_writable_dir(config.output_dir)
+    statistics_cache_limit()  # a bad $KG_ROME_CACHE_LIMIT fails here, not after the statistics are computed
     if config.save_model is not None:
         require_writable_dir(Path(config.save_model).parent, "--save-model's parent directory")
     if config.save_model is not None and Path(config.save_model).resolve() == Path(config.model_dir).resolve():
