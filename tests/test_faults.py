@@ -441,3 +441,16 @@ def test_every_script_refuses_an_output_path_inside_a_file(tiny_trained, tiny_kg
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "a file, not a directory" in err[0], (main.__module__, err)
     assert blocker.read_text() == ""
+
+
+def test_warnings_under_the_cli_are_one_line_and_the_format_is_given_back(capsys):
+    def main(argv):
+        warnings.warn("cache entry x cannot be used (damaged); it is recomputed", CacheWarning)
+        return 0
+
+    before = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert run_cli(main, []) == 0
+    assert capsys.readouterr().err == "warning: cache entry x cannot be used (damaged); it is recomputed\n"
+    assert warnings.formatwarning is before

@@ -27,7 +27,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     """Run `main`; an InputError becomes `error: <message>` on stderr (with how to build what is missing) and exit
     status 2; Ctrl-C or SIGTERM becomes one line saying what was kept and how to resume, and exit status 130 or
     143."""
-    warnings.formatwarning = one_line_warning
+    previous_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         with terminate_as_interrupt():
             return main(argv)
@@ -39,6 +39,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         interrupted = exc if isinstance(exc, Interrupted) else Interrupted()
         print(interrupted.message(), file=sys.stderr)
         return interrupted.exit_status
+    finally:
+        warnings.formatwarning = previous_format
 
 
 def add_dtype_argument(parser) -> None:
