@@ -22,6 +22,7 @@ from src.utils.cache import CacheWarning, TensorCache, parse_size
 from src.utils.errors import InputError
 from src.utils.interrupts import Interrupted
 from tests.conftest import REPO_ROOT
+from tests.test_edit_eval import eval_args
 
 
 # ------------------------------------------------------------------ caches
@@ -151,11 +152,6 @@ def test_the_cache_command_lists_and_clears(tiny_model, tiny_kg, tmp_path, capsy
 
 
 # ------------------------------------------------------------------ runs that resume
-
-
-def eval_args(tiny_trained, tiny_kg, out, *extra):
-    return ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
-            "--output-dir", str(out), "--no-progress", *extra]
 
 
 def without_timings(value):
