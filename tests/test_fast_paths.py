@@ -181,8 +181,11 @@ def test_rome_reads_and_factorises_the_initial_statistics_once_per_layer(tiny_mo
         _, result = rome.apply_edit(fact.s, fact.r, target, copy_model=False)
         assert result.status == "edited"
     assert len(reads) == 1 and len(factorisations) == 1 and len(solves) == 3
-    for matrix, rhs, solution in solves:
-        torch.testing.assert_close(solution, torch.linalg.solve(matrix, rhs), atol=1e-8, rtol=1e-6)
+    for matrix, rhs, solution in solves:  # C is ill-conditioned here (few keys): the solve is checked by its residual,
+        # which does not depend on how a solver rounds, and against LU's solution within what the condition allows
+        residual = (matrix @ solution - rhs).norm() / rhs.norm()
+        assert residual < 1e-10, residual
+        torch.testing.assert_close(solution, torch.linalg.solve(matrix, rhs), atol=1e-6, rtol=1e-5)
 
 
 def test_shared_stems_in_bfloat16_predict_the_kg_as_whole_prompts_do(tiny_model, tiny_kg):
