@@ -34,15 +34,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.model.layout import ModelLayout
 from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.encoding import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
+from src.edit.tracing.attribution import attribution_traces
+from src.edit.tracing.metrics import METRICS, check_metric
 from src.edit.tracing.replay import RestorationEngine
-from src.edit.tracing.results import (CORRUPTIONS, EDIT_POSITIONS, KINDS, LocateResult, TraceRequest, TraceResult,
-                                      default_window, normalize_kind, window_layers)
+from src.edit.tracing.results import (CORRUPTIONS, EDIT_POSITIONS, KINDS, METHODS, LocateResult, TraceRequest,
+                                      TraceResult, default_window, normalize_kind, window_layers)
 from src.utils.batching import batches_by_key
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
-__all__ = ["CORRUPTIONS", "EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "CausalTracer", "LocateResult", "TraceRequest",
-           "TraceResult", "default_window", "normalize_kind", "window_layers"]
+__all__ = ["CORRUPTIONS", "EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "METHODS", "METRICS", "CausalTracer",
+           "LocateResult", "TraceRequest", "TraceResult", "default_window", "normalize_kind", "window_layers"]
 
 FACTS_PER_FORWARD = 8  # trace_many's default: 8 and 16 facts per forward measured alike (benchmarks/bench_tracing.py)
 
@@ -124,6 +126,8 @@ class CausalTracer:
         prefix: str = "",
         corruption: str = "gaussian",
         replacement: str | None = None,
+        metric: str = "prob",
+        method: str = "exact",
     ) -> TraceResult:
         """Trace `"{s} {r}"` -> o_target (default: the model's own prediction) for one kind of state.
 
@@ -135,10 +139,14 @@ class CausalTracer:
             replacement: the subject's tokens replaced by those of `replacement`, an entity with as many tokens, or
             by one drawn with `seed` among `subjects` that changes the model's answer; one corrupted run, no noise
             samples).
+        metric: "prob" (p(answer), the original) or "logit_diff" (logit of the answer minus that of the corrupted
+            runs' answer, `TraceResult.contrast`).
+        method: "exact" (every state restored, the original) or "attribution" (every cell estimated to first order
+            from one forward and one backward: attribution patching, `src.edit.tracing.attribution`).
         """
         kind = normalize_kind(kind)
         return self.trace_kinds(s, r, o_target, noise_level, num_samples, (kind,), window, noise, seed, prefix,
-                                corruption, replacement)[kind]
+                                corruption, replacement, metric, method)[kind]
 
     def trace_kinds(
         self,
@@ -154,10 +162,13 @@ class CausalTracer:
         prefix: str = "",
         corruption: str = "gaussian",
         replacement: str | None = None,
+        metric: str = "prob",
+        method: str = "exact",
     ) -> dict[str, TraceResult]:
         """Several kinds from one clean and one corrupted run (same noise for all): {kind: TraceResult}."""
         request = TraceRequest(s, r, o_target, seed, noise, prefix, replacement)
-        return self.trace_many([request], noise_level, num_samples, kinds, window, corruption=corruption)[0]
+        return self.trace_many([request], noise_level, num_samples, kinds, window, corruption=corruption,
+                               metric=metric, method=method)[0]
 
     def trace_many(
         self,
@@ -169,6 +180,8 @@ class CausalTracer:
         facts_per_forward: int = FACTS_PER_FORWARD,
         progress: bool = False,
         corruption: str = "gaussian",
+        metric: str = "prob",
+        method: str = "exact",
     ) -> list[dict[str, TraceResult]]:
         """`trace_kinds` for many facts: one {kind: TraceResult} per request, in order.
 
@@ -179,6 +192,9 @@ class CausalTracer:
         """
         if corruption not in CORRUPTIONS:
             raise InputError(f"unknown corruption '{corruption}'; allowed: {', '.join(CORRUPTIONS)}")
+        check_metric(metric)
+        if method not in METHODS:
+            raise InputError(f"unknown method '{method}'; allowed: {', '.join(METHODS)}")
         for q in requests:
             if corruption == "replace" and q.noise is not None:
                 raise InputError(f"noise is given for '{q.s} {q.r}' but corruption replace adds none; drop it or use "
@@ -206,8 +222,13 @@ class CausalTracer:
                 else:
                     noises = [self._noise(requests[i].noise, prompts[i].subject_range, num_samples, noise_level,
                                           requests[i].seed) for i in batch]
-                runs = self.engine.runs([requests[i] for i in batch], [prompts[i] for i in batch], noises)
-                for k, (index, traced) in enumerate(zip(batch, self.engine.trace(runs, kinds, window))):
+                chosen, encoded = [requests[i] for i in batch], [prompts[i] for i in batch]
+                if method == "attribution":
+                    traced_batch = attribution_traces(self.model, self.tokenizer, self.layout, self.device, chosen,
+                                                      encoded, noises, kinds, window, metric)
+                else:
+                    traced_batch = self.engine.trace(self.engine.runs(chosen, encoded, noises, metric), kinds, window)
+                for k, (index, traced) in enumerate(zip(batch, traced_batch)):
                     if corruption == "replace":
                         traced = {kind: dataclasses.replace(t, corruption=corruption, replacement=replaced[k][2])
                                   for kind, t in traced.items()}

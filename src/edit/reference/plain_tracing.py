@@ -2,7 +2,8 @@
 
 Each forward has 1 + N rows: row 0 runs clean, rows 1..N are corrupted (`plain_trace`: `noise` on the subject's token
 embeddings; `plain_replacement_trace`: one row that reads another subject's token ids), and the restored states of
-rows 1..N are overwritten with row 0's. It exists to check `CausalTracer` (tests) and to measure its speed-up
+rows 1..N are overwritten with row 0's. The score is p(answer) (metric "prob") or logits[answer] - logits[contrast]
+(metric "logit_diff", the contrast token given). It exists to check `CausalTracer` (tests) and to measure its speed-up
 (benchmarks/bench_tracing.py); do not use it for real work.
 """
 
@@ -31,6 +32,8 @@ def plain_trace(
     noise: torch.Tensor,
     kind: str = "hidden",
     window: int = 1,
+    metric: str = "prob",
+    contrast_id: int | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """(scores (T, L), low_score, high_score) for one prompt; noise is (N, e - b, hidden size), added as is."""
     b, e = subject_range
@@ -41,7 +44,7 @@ def plain_trace(
         output[1:, b:e] += noise.to(output.device, output.dtype)
         return output
 
-    return _restorations(model, batch, answer_id, kind, window, add_noise)
+    return _restorations(model, batch, answer_id, kind, window, add_noise, metric, contrast_id)
 
 
 @torch.no_grad()
@@ -52,17 +55,19 @@ def plain_replacement_trace(
     answer_id: int,
     kind: str = "hidden",
     window: int = 1,
+    metric: str = "prob",
+    contrast_id: int | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """(scores (T, L), low_score, high_score): the clean run reads `input_ids`, the corrupted run `replaced_ids` (the
     prompt with another subject of as many tokens)."""
     if len(replaced_ids) != len(input_ids):
         raise ValueError("the replaced prompt must have as many tokens as the prompt")
     batch = torch.tensor([input_ids, replaced_ids], device=next(model.parameters()).device)
-    return _restorations(model, batch, answer_id, kind, window, None)
+    return _restorations(model, batch, answer_id, kind, window, None, metric, contrast_id)
 
 
-def _restorations(model, batch: torch.Tensor, answer_id: int, kind: str, window: int, embed_hook
-                  ) -> tuple[np.ndarray, float, float]:
+def _restorations(model, batch: torch.Tensor, answer_id: int, kind: str, window: int, embed_hook, metric: str,
+                  contrast_id: int | None) -> tuple[np.ndarray, float, float]:
     """Row 0 of `batch` clean, rows 1.. corrupted (by `embed_hook` on the token embeddings, or by their own ids);
     every (token, layer) restored from row 0 in one forward each."""
     layout = ModelLayout.of(model)
@@ -82,6 +87,8 @@ def _restorations(model, batch: torch.Tensor, answer_id: int, kind: str, window:
         finally:
             for handle in handles:
                 handle.remove()
+        if metric == "logit_diff":
+            return logits[:, answer_id] - logits[:, contrast_id]
         return torch.softmax(logits, dim=-1)[:, answer_id]
 
     unpatched = run([])

@@ -14,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.model.block_call import BlockCall, RecordKeysValues, attention_takes_any_mask
 from src.edit.model.hooks import RecordCall, Trace, TraceDict
 from src.edit.model.layout import ModelLayout
-from src.edit.prompts.encoding import EncodedPrompt, answer_token_id
+from src.edit.prompts.encoding import EncodedPrompt
+from src.edit.tracing.metrics import metric_scores, run_metrics
 from src.edit.tracing.results import KINDS, TraceRequest, TraceResult, window_layers
 
 
@@ -33,8 +34,10 @@ class TracedRuns:
     requests: list[TraceRequest]
     prompts: list[EncodedPrompt]
     answer_ids: torch.Tensor  # (F,) long
-    high_scores: list[float]
-    low_scores: list[float]
+    metric: str  # "prob" or "logit_diff" (src.edit.tracing.metrics)
+    contrast_ids: torch.Tensor | None  # (F,) long, the corrupted runs' answers logit_diff contrasts with; None for prob
+    high_scores: list[float]  # the metric in the clean run
+    low_scores: list[float]  # its mean over the corrupted runs
     clean: dict[str, torch.Tensor]  # "hidden.l" / "mlp.l" / "attn.l" -> (F, T, d) clean outputs
     corrupted_inputs: list[torch.Tensor]  # block l input in the corrupted runs, (F, N, T, d); index L = final output
     call: BlockCall  # how the model called its blocks (mask, positions, ...), to call them again by hand
@@ -69,39 +72,30 @@ class RestorationEngine:
 
     @torch.no_grad()
     def runs(self, requests: list[TraceRequest], prompts: list[EncodedPrompt],
-             noises: list[tuple[torch.Tensor, float]]) -> TracedRuns:
+             noises: list[tuple[torch.Tensor, float]], metric: str = "prob") -> TracedRuns:
         """One forward of F x (1 + N) rows: per fact, row 0 clean and rows 1..N with its noise (N, subject tokens,
         hidden) added to its subject's token embeddings; noises hold (noise, its std). Every prompt has the same
-        length T."""
+        length T. metric: what the scores measure (`src.edit.tracing.metrics`)."""
         layout, L, F, N = self.layout, self.num_layers, len(requests), noises[0][0].shape[0]
         T, d, rows = len(prompts[0].input_ids), layout.hidden_size, 1 + N
 
-        def corrupt(embeddings: torch.Tensor) -> torch.Tensor:
-            embeddings = embeddings.clone()
-            for f, ((added, _), prompt) in enumerate(zip(noises, prompts)):
-                b, e = prompt.subject_range
-                embeddings[f * rows + 1 : (f + 1) * rows, b:e] += added.to(embeddings.dtype)
-            return embeddings
-
         input_ids = torch.tensor([p.input_ids for p in prompts for _ in range(rows)], device=self.device)
         modules = {f"{kind}.{l}": layout.sublayer(kind, l) for kind in KINDS for l in range(L)}
-        with Trace(layout.embed, edit_output=corrupt, retain_output=False), TraceDict(modules) as traces, \
+        with Trace(layout.embed, edit_output=lambda x: corrupt(x, noises, prompts), retain_output=False), TraceDict(modules) as traces, \
                 Trace(layout.block(0), retain_input=True, retain_output=False) as first, \
                 RecordCall(layout.block(0)) as block_call, \
                 RecordKeysValues([layout.attn(l) for l in range(L)] if self.suffix_replay else []) as keys_values:
             logits = self.model(input_ids=input_ids, use_cache=False).logits[:, -1].float().view(F, rows, -1)
-        answer_ids = torch.tensor([int(logits[f, 0].argmax()) if q.o_target is None else
-                                   answer_token_id(self.tokenizer, q.o_target) for f, q in enumerate(requests)],
-                                  device=self.device)
-        probabilities = torch.softmax(logits, dim=-1).gather(2, answer_ids.view(F, 1, 1).expand(F, rows, 1))[..., 0]
+        answer_ids, contrast_ids, measured = run_metrics(self.tokenizer, requests, logits, metric)
         clean = {name: trace.output.view(F, rows, T, -1)[:, 0] for name, trace in traces.items()}
         inputs = [first.input.view(F, rows, T, d)] + [traces[f"hidden.{l}"].output.view(F, rows, T, d) for l in range(L)]
         call = BlockCall.from_record(layout.block(0), block_call, num_tokens=T, batch=F * rows)
         suffix = self.suffix_replay and call.supports_suffix and attention_takes_any_mask(self.model)
         recorded = keys_values.recorded if suffix else None
         return TracedRuns(
-            requests=list(requests), prompts=list(prompts), answer_ids=answer_ids,
-            high_scores=[float(p) for p in probabilities[:, 0]], low_scores=[float(p.mean()) for p in probabilities[:, 1:]],
+            requests=list(requests), prompts=list(prompts), answer_ids=answer_ids, metric=metric,
+            contrast_ids=contrast_ids,
+            high_scores=[float(m) for m in measured[:, 0]], low_scores=[float(m.mean()) for m in measured[:, 1:]],
             clean=clean, corrupted_inputs=[x[:, 1:] for x in inputs], call=call,
             keys_values=None if recorded is None else [tuple(x.view(F, rows, *x.shape[1:]) for x in kv) for kv in recorded],
             noise_stds=[std for _, std in noises], num_samples=N,
@@ -141,22 +135,9 @@ class RestorationEngine:
                 for item, p in zip(chunk, self._replay(group, chunk).tolist()):
                     scores[item.fact][item.kind][item.token, item.layer] = p
 
-        results = []
-        for fact, (request, prompt) in enumerate(zip(group.requests, group.prompts)):
-            tokens = tuple(self.tokenizer.convert_ids_to_tokens(list(prompt.input_ids)))
-            answer_id = int(group.answer_ids[fact])
-            traced = {}
-            for kind in kinds:
-                scores[fact][kind].setflags(write=False)
-                traced[kind] = TraceResult(
-                    subject=request.s, relation=request.r, prompt=prompt.text, scores=scores[fact][kind],
-                    low_score=group.low_scores[fact], high_score=group.high_scores[fact], input_ids=prompt.input_ids,
-                    input_tokens=tokens, subject_range=prompt.subject_range,
-                    answer=self.tokenizer.convert_ids_to_tokens(answer_id), answer_id=answer_id, kind=kind,
-                    window=1 if kind == "hidden" else window, noise_std=group.noise_stds[fact], num_samples=N,
-                )
-            results.append(traced)
-        return results
+        return trace_results(self.tokenizer, group.requests, group.prompts, scores, group.answer_ids,
+                             group.contrast_ids, group.high_scores, group.low_scores, group.noise_stds, N, window,
+                             group.metric, "exact")
 
     def _cost(self, passes: list[list["_Restoration"]], num_tokens: int, num_samples: int) -> int:
         """Estimated cost of replaying `passes` (each a list of restorations with one `first`), in token-rows: per
@@ -174,7 +155,7 @@ class RestorationEngine:
         return item.node(layer, None if self.share_restorations else index)
 
     def _replay(self, group: TracedRuns, chunk: list["_Restoration"]) -> torch.Tensor:
-        """Mean p(answer) per restoration in `chunk` (one `first`), in one pass over the blocks.
+        """The mean metric (p(answer) or logit difference) per restoration in `chunk` (one `first`), in one pass over the blocks.
 
         At block l, restorations that have restored the same states so far (same fact, token and prefix, same
         restored (module, layer) pairs up to l) hold the same hidden state: they form one node of N rows (one per
@@ -240,10 +221,21 @@ class RestorationEngine:
             with TraceDict(modules, retain_output=False, edit_output=restore):
                 hidden = group.call(self.layout.block(layer), hidden, first, prefix)
         logits = self.layout.unembed(self.layout.final_norm(hidden[:, -1])).float()
-        answers = torch.tensor([int(group.answer_ids[owner[node].fact]) for node in nodes],
-                               device=device).repeat_interleave(N)
-        probabilities = torch.softmax(logits, dim=-1).gather(1, answers[:, None])[:, 0].view(len(nodes), N).mean(1)
-        return probabilities[[position[self._node(item, L, j)] for j, item in enumerate(chunk)]].cpu()
+        facts = torch.tensor([owner[node].fact for node in nodes], device=device).repeat_interleave(N)
+        contrasts = None if group.contrast_ids is None else group.contrast_ids[facts]
+        measured = metric_scores(logits, group.answer_ids[facts], contrasts, group.metric).view(len(nodes), N).mean(1)
+        return measured[[position[self._node(item, L, j)] for j, item in enumerate(chunk)]].cpu()
+
+
+def corrupt(embeddings: torch.Tensor, noises: Sequence[tuple[torch.Tensor, float]],
+            prompts: Sequence[EncodedPrompt]) -> torch.Tensor:
+    """Token embeddings (F x (1 + N), T, d) of F facts' runs with, per fact, rows 1..N's subject tokens plus its noise
+    (N, subject tokens, d) (a copy; row 0 stays clean)."""
+    embeddings, rows = embeddings.clone(), len(embeddings) // len(prompts)
+    for f, ((added, _), prompt) in enumerate(zip(noises, prompts)):
+        b, e = prompt.subject_range
+        embeddings[f * rows + 1 : (f + 1) * rows, b:e] += added.to(embeddings.dtype)
+    return embeddings
 
 
 def _first_recomputed_token(kind: str, token: int, subject_start: int, num_tokens: int) -> tuple[int, bool]:
@@ -285,3 +277,29 @@ class _Restoration:
         hold equal states. own: a number that keeps this restoration's node its own (no sharing)."""
         return (self.fact, self.token, self.clean_prefix, self.start, tuple(e for e in self.events if e[1] <= layer),
                 own)
+
+
+def trace_results(tokenizer: PreTrainedTokenizerBase, requests: Sequence[TraceRequest], prompts: Sequence[EncodedPrompt],
+                  scores: list[dict[str, np.ndarray]], answer_ids: torch.Tensor, contrast_ids: torch.Tensor | None,
+                  high_scores: Sequence[float], low_scores: Sequence[float], noise_stds: Sequence[float],
+                  num_samples: int, window: int, metric: str, method: str) -> list[dict[str, TraceResult]]:
+    """One {kind: TraceResult} per fact from its score arrays {kind: (T, L)} (made read-only here) and its runs."""
+    results = []
+    for fact, (request, prompt) in enumerate(zip(requests, prompts)):
+        tokens = tuple(tokenizer.convert_ids_to_tokens(list(prompt.input_ids)))
+        answer_id = int(answer_ids[fact])
+        contrast_id = None if contrast_ids is None else int(contrast_ids[fact])
+        traced = {}
+        for kind, array in scores[fact].items():
+            array.setflags(write=False)
+            traced[kind] = TraceResult(
+                subject=request.s, relation=request.r, prompt=prompt.text, scores=array,
+                low_score=low_scores[fact], high_score=high_scores[fact], input_ids=prompt.input_ids,
+                input_tokens=tokens, subject_range=prompt.subject_range,
+                answer=tokenizer.convert_ids_to_tokens(answer_id), answer_id=answer_id, kind=kind,
+                window=1 if kind == "hidden" else window, noise_std=noise_stds[fact], num_samples=num_samples,
+                metric=metric, contrast_id=contrast_id,
+                contrast=None if contrast_id is None else tokenizer.convert_ids_to_tokens(contrast_id), method=method,
+            )
+        results.append(traced)
+    return results

@@ -13,6 +13,7 @@ from src.utils.errors import InputError
 
 KINDS = ("hidden", "mlp", "attn")
 CORRUPTIONS = ("gaussian", "replace")
+METHODS = ("exact", "attribution")
 EDIT_POSITIONS = ("last", "subject_last")
 
 
@@ -37,8 +38,12 @@ def normalize_kind(kind: str | None) -> str:
 class TraceResult:
     """One causal trace.
 
-    scores: (tokens, layers) float32, mean p(answer) over noise samples with that state restored.
-    low_score: p(answer) with the subject corrupted and nothing restored; high_score: p(answer) in the clean run.
+    scores: (tokens, layers) float32, the metric with that state restored, mean over noise samples: p(answer)
+    (metric "prob") or logit(answer) - logit(contrast) (metric "logit_diff", contrast: the corrupted runs' answer,
+    `src.edit.tracing.metrics.contrast_answers`). Method "exact" restores each state; "attribution" estimates the
+    same to first order (attribution patching): low_score + (clean - corrupted state) . d metric / d state, taken in
+    the corrupted runs (for windowed kinds summed over the window's layers).
+    low_score: the metric with the subject corrupted and nothing restored; high_score: the metric in the clean run.
     subject_range: (b, e), e exclusive, token indices of the subject. window: layers restored together (1 for hidden).
     noise_std: absolute std of the noise added to the subject's token embeddings (corruption "replace": of the
     difference between the replacement's token embeddings and the subject's).
@@ -63,11 +68,24 @@ class TraceResult:
     num_samples: int
     corruption: str = "gaussian"
     replacement: str | None = None
+    metric: str = "prob"
+    contrast: str | None = None
+    contrast_id: int | None = None
+    method: str = "exact"
 
     @property
     def indirect_effect(self) -> np.ndarray:
         """(tokens, layers): scores - low_score."""
         return self.scores - self.low_score
+
+    @property
+    def normalized_effect(self) -> np.ndarray:
+        """(tokens, layers): (scores - low_score) / (high_score - low_score), 1 where a restoration recovers the clean
+        metric, 0 where it recovers nothing; NaN everywhere when the corruption did not change the metric."""
+        spread = self.high_score - self.low_score
+        if spread == 0:
+            return np.full_like(self.scores, np.nan)
+        return ((self.scores - self.low_score) / spread).astype(np.float32)
 
     @property
     def num_layers(self) -> int:
@@ -110,8 +128,11 @@ class TraceResult:
             "input_ids": list(self.input_ids), "input_tokens": list(self.input_tokens),
             "subject_range": list(self.subject_range), "answer": self.answer, "answer_id": self.answer_id,
             "kind": self.kind, "window": self.window, "noise_std": self.noise_std, "num_samples": self.num_samples,
-            # only traces corrupted otherwise than by gaussian noise name their corruption
+            # only traces that differ from the original's gaussian noise, p(answer) and exact restoration name it
             **({"corruption": self.corruption, "replacement": self.replacement} if self.corruption != "gaussian" else {}),
+            **({"metric": self.metric, "contrast": self.contrast, "contrast_id": self.contrast_id}
+               if self.metric != "prob" else {}),
+            **({"method": self.method} if self.method != "exact" else {}),
         }
 
 
