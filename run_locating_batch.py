@@ -12,7 +12,7 @@ from typing import Sequence
 
 from src.cli.common import add_dtype_argument, run_cli
 from src.cli.paths import repo_path
-from src.edit.causal_tracing import CORRUPTIONS, KINDS
+from src.edit.causal_tracing import CORRUPTIONS, KINDS, METHODS, METRICS
 from src.pipelines.locate_sample import LocatingConfig, run_locating
 
 
@@ -32,6 +32,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
                    help="gaussian: noise on the subject's token embeddings (the original); replace: the subject's "
                         "tokens replaced by another entity's with as many tokens whose answer differs, drawn with the "
                         "seed (one corrupted run; --noise-level and --num-noise-samples do not apply)")
+    p.add_argument("--metric", default="prob", choices=METRICS,
+                   help="prob: p(answer) (the original); logit_diff: logit of the answer minus that of the corrupted "
+                        "run's answer")
+    p.add_argument("--method", default="exact", choices=METHODS,
+                   help="exact: restore every state (the original); attribution: estimate every cell to first order "
+                        "from one forward and one backward (attribution patching)")
     p.add_argument("--kinds", default=",".join(defaults.kinds), help=f"comma-separated subset of {','.join(KINDS)}")
     p.add_argument("--window", type=int, default=None,
                    help="layers restored together for mlp/attn (default: num_layers*10/48, i.e. 2 for 8 layers; 10 = original)")
@@ -47,7 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
         model_dir=a.model_dir, kg_file=a.kg_file, num_samples=a.num_samples, output_dir=a.output_dir,
         noise_level=a.noise_level, num_noise_samples=a.num_noise_samples, seed=a.seed,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), window=a.window, position=a.position,
-        device=a.device, dtype=a.dtype, plots=not a.no_plots, corruption=a.corruption,
+        device=a.device, dtype=a.dtype, plots=not a.no_plots, corruption=a.corruption, metric=a.metric,
+        method=a.method,
     )
 
 
@@ -59,12 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = summary.to_dict()
     corrupted = ("the subject's tokens replaced by another entity's" if config.corruption == "replace" else
                  f"Gaussian noise ({config.noise_level} sigma, {config.num_noise_samples} samples) on the subject")
+    measured = ("p(answer)" if config.metric == "prob" else
+                "logit difference: logit of the answer minus that of the corrupted run's answer")
+    method = ("exact restorations" if config.method == "exact" else
+              "attribution patching (first-order estimates from one forward and one backward)")
     print(f"\nTraced {data['num_traced']} facts ({data['num_skipped']} skipped: the model gets them wrong) "
-          f"in {summary.seconds:.1f} s -> {config.output_dir}\n  corruption: {corrupted}")
+          f"in {summary.seconds:.1f} s -> {config.output_dir}\n  corruption: {corrupted}\n  metric:     {measured}"
+          f"\n  method:     {method}")
     if data["num_traced"]:
+        short = "p(answer)" if config.metric == "prob" else "logit diff"
         print(f"  mean best layer       {data['mean_best_layer']:.2f}   ({summary.best_layer_rule})")
-        print(f"  mean clean p(answer)  {data['mean_clean_prob']:.3f}")
-        print(f"  mean corrupted p      {data['mean_corrupted_prob']:.3f}")
+        print(f"  mean clean {short:10s} {data[f'mean_clean_{config.metric}']:.3f}")
+        print(f"  mean corrupted {short:6s} {data[f'mean_corrupted_{config.metric}']:.3f}")
         for kind, avg in summary.averages.items():
             last = avg.groups.get("last")
             subject = avg.groups.get("last_subject")

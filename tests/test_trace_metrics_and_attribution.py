@@ -202,3 +202,52 @@ def test_bad_metric_or_method_is_one_line(kwargs, message):
     with pytest.raises(InputError) as raised:
         tracer.trace_important_states("a x", "b r", **kwargs)
     assert str(raised.value) == message
+
+
+def test_rank_correlation_and_agreement_against_hand_computed_values():
+    from src.edit.tracing.stats import agreement, average_ranks, rank_correlation
+
+    assert average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+    a, b = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([2.0, 1.0, 4.0, 3.0, 5.0])
+    d = np.array([1, -1, 1, -1, 0])  # rank differences, no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1))
+    assert rank_correlation(a, b) == pytest.approx(1 - 6 * (d ** 2).sum() / (5 * 24))
+    assert rank_correlation(a, -a) == pytest.approx(-1) and np.isnan(rank_correlation(a, np.ones(5)))
+    tokenizer = tiny_tokenizer()
+    tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")
+    exact = tracer.trace_important_states("a x", "b r", kind="mlp", window=1, num_samples=2)
+    estimate = tracer.trace_important_states("a x", "b r", kind="mlp", window=1, num_samples=2, method="attribution")
+    found = agreement(exact, estimate)
+    cells = slice(exact.subject_range[0], None)
+    assert found.rank_correlation == pytest.approx(rank_correlation(exact.scores[cells].ravel(),
+                                                                    estimate.scores[cells].ravel()))
+    assert found.exact_best_layer == int(np.argmax(exact.scores[-1]))
+    assert found.max_difference == pytest.approx(np.abs(exact.scores - estimate.scores).max(), abs=1e-6)
+    assert agreement(exact, exact).rank_correlation == pytest.approx(1) and agreement(exact, exact).same_best_layer
+
+
+def test_locating_with_logit_diff_and_attribution_says_so_everywhere(tiny_trained, tiny_kg, tmp_path, capsys):
+    import json
+
+    import run_locating_batch
+    from src.cli.common import run_cli
+    from src.pipelines.locate_sample import load_results
+
+    out = tmp_path / "loc"
+    args = ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
+            "--num-samples", "3", "--output-dir", str(out), "--metric", "logit_diff", "--method", "attribution"]
+    assert run_cli(run_locating_batch.main, args) == 0
+    printed = capsys.readouterr().out
+    assert "metric:     logit difference" in printed and "method:     attribution patching" in printed
+    summary = json.loads((out / "locating_summary.json").read_text())
+    assert summary["parameters"]["metric"] == "logit_diff" and summary["parameters"]["method"] == "attribution"
+    assert summary["mean_clean_logit_diff"] > summary["mean_corrupted_logit_diff"]
+    _, samples, _ = load_results(out)
+    for sample in samples:
+        for trace in sample.traces.values():
+            assert (trace.metric, trace.method) == ("logit_diff", "attribution") and trace.contrast != trace.answer
+    assert (out / "average_indirect_effect.png").is_file() and len(list(out.glob("trace_*.png"))) == len(samples)
+    for flag, value in (("--metric", "kl"), ("--method", "guess")):
+        with pytest.raises(SystemExit) as raised:
+            run_locating_batch.parse_args([flag, value])
+        assert raised.value.code == 2
+        assert f"invalid choice: '{value}'" in capsys.readouterr().err

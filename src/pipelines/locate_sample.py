@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.edit.causal_tracing import (CORRUPTIONS, FACTS_PER_FORWARD, KINDS, CausalTracer, TraceRequest, TraceResult,
-                                     default_window, normalize_kind)
+from src.edit.causal_tracing import (CORRUPTIONS, FACTS_PER_FORWARD, KINDS, METHODS, METRICS, CausalTracer,
+                                     TraceRequest, TraceResult, default_window, normalize_kind)
 from src.edit.prompts.encoding import check_known_words
 from src.edit.tracing.stats import average_effects
 from src.kg.graph import Fact, read_graph_jsonl
@@ -33,7 +33,7 @@ from src.pipelines.resumable import ResumableRun, input_digests
 from src.utils.interrupts import note_kept
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json, require_writable_dir
-from src.viz.tracing import plot_average_effects, plot_best_layers, plot_traces
+from src.viz.tracing import how_traced, plot_average_effects, plot_best_layers, plot_traces
 
 SUMMARY_FILE = "locating_summary.json"
 TRACES_FILE = "traces.npz"
@@ -57,6 +57,8 @@ class LocatingConfig:
     dtype: str = "float32"
     plots: bool = True
     corruption: str = "gaussian"
+    metric: str = "prob"
+    method: str = "exact"
 
     def validate(self) -> "LocatingConfig":
         if self.num_samples < 1:
@@ -71,10 +73,22 @@ class LocatingConfig:
             raise InputError(f"--position must be last or subject_last, got {self.position}")
         if self.corruption not in CORRUPTIONS:
             raise InputError(f"unknown corruption '{self.corruption}'; allowed: {', '.join(CORRUPTIONS)}")
+        if self.metric not in METRICS:
+            raise InputError(f"unknown metric '{self.metric}'; allowed: {', '.join(METRICS)}")
+        if self.method not in METHODS:
+            raise InputError(f"unknown method '{self.method}'; allowed: {', '.join(METHODS)}")
         kinds = tuple(normalize_kind(k) for k in self.kinds)
         if not kinds:
             raise InputError("--kinds needs at least one of hidden, mlp, attn")
         return LocatingConfig(**{**asdict(self), "kinds": kinds})
+
+
+# choices written into the parameters only where they differ from the original's (so those runs keep their files)
+ORIGINAL_CHOICES = {"corruption": "gaussian", "metric": "prob", "method": "exact"}
+
+
+def without_original_choices(data: dict) -> dict:
+    return {k: v for k, v in data.items() if not (k in ORIGINAL_CHOICES and v == ORIGINAL_CHOICES[k])}
 
 
 @dataclass(frozen=True)
@@ -100,9 +114,10 @@ class SampleTrace:
         for kind, trace in self.traces.items():
             token, layer, effect = trace.peak()
             peaks[kind] = {"token": token, "token_str": trace.input_tokens[token], "layer": layer, "effect": effect}
+        name = first.metric  # clean_prob / clean_logit_diff, ...
         return {
-            "index": self.index, **self.fact.to_dict(), "clean_prob": first.high_score,
-            "corrupted_prob": first.low_score, "best_layer": self.best_layer, "peak": peaks,
+            "index": self.index, **self.fact.to_dict(), f"clean_{name}": first.high_score,
+            f"corrupted_{name}": first.low_score, "best_layer": self.best_layer, "peak": peaks,
             "traces": {kind: trace.to_dict(include_scores=False) for kind, trace in self.traces.items()},
         }
 
@@ -117,11 +132,8 @@ class LocatingSummary:
     seconds: float
 
     def parameters(self) -> dict:
-        """The run's parameters; `corruption` only when it is not the default, gaussian noise."""
-        data = {**asdict(self.config), "kinds": list(self.config.kinds)}
-        if self.config.corruption == "gaussian":
-            data.pop("corruption")
-        return data
+        """The run's parameters; corruption, metric and method only where they are not the original's."""
+        return without_original_choices({**asdict(self.config), "kinds": list(self.config.kinds)})
 
     @property
     def best_layer_rule(self) -> str:
@@ -134,6 +146,7 @@ class LocatingSummary:
         clean = [t.high_score for t in first_traces]
         corrupted = [t.low_score for t in first_traces]
         best = [s.best_layer for s in self.samples]
+        name = self.config.metric
         return {
             "parameters": self.parameters(),
             "num_layers": self.num_layers,
@@ -142,8 +155,8 @@ class LocatingSummary:
             "num_skipped": len(self.skipped),
             "skipped": list(self.skipped),
             "mean_best_layer": float(np.mean(best)) if best else None,
-            "mean_clean_prob": float(np.mean(clean)) if clean else None,
-            "mean_corrupted_prob": float(np.mean(corrupted)) if corrupted else None,
+            f"mean_clean_{name}": float(np.mean(clean)) if clean else None,
+            f"mean_corrupted_{name}": float(np.mean(corrupted)) if corrupted else None,
             "seconds": self.seconds,
             "average_effects": {kind: avg.to_dict() for kind, avg in self.averages.items()},
             "samples": [s.to_dict() for s in self.samples],
@@ -164,9 +177,7 @@ def trace_file_name(index: int, fact: Fact) -> str:
 def run_identity(config: LocatingConfig) -> dict:
     """What a resumed run must share with the run it continues: every parameter but where results go and whether
     they are plotted, and the bytes of the KG and the model's files."""
-    data = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "plots")}
-    if config.corruption == "gaussian":  # as in the summary's parameters
-        data.pop("corruption")
+    data = without_original_choices({k: v for k, v in asdict(config).items() if k not in ("output_dir", "plots")})
     return {**data, "kinds": list(config.kinds), **input_digests(config.kg_file, config.model_dir)}
 
 
@@ -223,7 +234,8 @@ def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = F
                         continue
                     traced = tracer.trace_many([request for _, request in block], config.noise_level,
                                                config.num_noise_samples, kinds, config.window,
-                                               corruption=config.corruption)
+                                               corruption=config.corruption, metric=config.metric,
+                                               method=config.method)
                     done = [SampleTrace(index, facts[index], traces["mlp"].best_layer(config.position),
                                         {k: traces[k] for k in config.kinds}) for (index, _), traces in zip(block, traced)]
                     run.append([sample.to_record() for sample in done])
@@ -264,7 +276,9 @@ def plot_results(samples: Sequence[SampleTrace], averages: dict, num_layers: int
             for sample in samples]
     plot_traces(jobs, progress=progress)
     if averages:
-        plot_average_effects(averages, output_dir / "average_indirect_effect.png")
+        first = next(iter(samples[0].traces.values())) if samples else None
+        plot_average_effects(averages, output_dir / "average_indirect_effect.png",
+                             None if first is None else how_traced(first, per_fact=False))
         plot_best_layers([s.best_layer for s in samples], num_layers, output_dir / "best_layers.png")
 
 

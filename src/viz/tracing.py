@@ -23,6 +23,26 @@ EFFECT_CMAP = LinearSegmentedColormap.from_list("effect", ["#1a9850", "#ffffff",
 KIND_TITLES = {"hidden": "hidden states (block outputs)", "mlp": "MLP outputs", "attn": "attention outputs"}
 
 
+def how_traced(trace: TraceResult, per_fact: bool = True) -> str:
+    """One line: corruption, metric, method (per_fact: with the fact's replacement and contrast token)."""
+    if trace.corruption == "replace":
+        corruption = f"subject replaced by {trace.replacement}" if per_fact else "subject replaced by another entity"
+    else:
+        corruption = f"gaussian noise on the subject, {trace.num_samples} samples"
+    if trace.metric == "prob":
+        metric = "p(answer)"
+    else:
+        metric = f"logit difference vs {trace.contrast}" if per_fact else "logit difference vs the corrupted answer"
+    method = "exact restorations" if trace.method == "exact" else "attribution patching (first-order estimate)"
+    return f"{corruption} · {metric} · {method}"
+
+
+def effect_label(trace: TraceResult) -> str:
+    """The colour bar's label: the metric minus its corrupted value (the title says against which token)."""
+    measured = f"p({trace.answer})" if trace.metric == "prob" else "logit diff"
+    return f"{'estimated ' if trace.method == 'attribution' else ''}{measured} - corrupted"
+
+
 def token_labels(trace: TraceResult) -> list[str]:
     b, e = trace.subject_range
     return [f"{tok}*" if b <= i < e else tok for i, tok in enumerate(trace.input_tokens)]
@@ -43,7 +63,7 @@ def draw_trace(ax, trace: TraceResult, best_layer: int | None = None, colorbar: 
         ax.axvline(best_layer, color="red", linewidth=2)
     if colorbar:
         bar = ax.figure.colorbar(image, ax=ax, fraction=0.05)
-        bar.set_label(f"p({trace.answer}) - corrupted", fontsize=8)
+        bar.set_label(effect_label(trace), fontsize=8)
 
 
 def plot_trace(traces: Mapping[str, TraceResult] | Sequence[TraceResult], path: str | Path,
@@ -87,19 +107,20 @@ class TraceFigure:
             image.set_data(effect)
             image.set_norm(TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit))
             bar.update_normal(image)
-            bar.set_label(f"p({trace.answer}) - corrupted", fontsize=8)
+            bar.set_label(effect_label(trace), fontsize=8)
             ax.set_yticks(range(len(trace.input_tokens)), token_labels(trace))
             window = f", window {trace.window}" if trace.kind != "hidden" else ""
             ax.set_title(f"{KIND_TITLES.get(trace.kind, trace.kind)}{window}", fontsize=9)
             line.set_visible(best_layer is not None)
             if best_layer is not None:
                 line.set_xdata([best_layer, best_layer])
-        self.fig.suptitle(title or f"{first.prompt} -> {first.answer}   (clean p={first.high_score:.3f}, "
-                          f"corrupted p={first.low_score:.3f})", fontsize=10)
+        score = "p" if first.metric == "prob" else "logit diff"
+        self.fig.suptitle(title or f"{first.prompt} -> {first.answer}   (clean {score}={first.high_score:.3f}, "
+                          f"corrupted {score}={first.low_score:.3f})\n{how_traced(first)}", fontsize=9)
         # fixed margins (inches) instead of tight_layout: a third of the drawing time, and these figures are many
         width, height = self.fig.get_figwidth(), self.fig.get_figheight()
         label_inches = 0.1 + 0.08 * max(len(label) for label in token_labels(first))
-        self.fig.subplots_adjust(left=label_inches / width, right=0.95, bottom=0.55 / height, top=1 - 0.6 / height,
+        self.fig.subplots_adjust(left=label_inches / width, right=0.95, bottom=0.55 / height, top=1 - 0.75 / height,
                                  wspace=0.55)
         save_figure(self.fig, path)
 
@@ -135,9 +156,11 @@ def plot_traces(jobs: Sequence[tuple], progress: bool = False, workers: int | No
     bar.close()
 
 
-def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Path) -> None:
-    """Mean indirect effect per layer, one line per token group, shaded 95% intervals; one panel per kind."""
-    fig = Figure(figsize=(4.6 * len(averages), 3.6))
+def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Path, description: str | None = None
+                         ) -> None:
+    """Mean indirect effect per layer, one line per token group, shaded 95% intervals; one panel per kind.
+    description: how the traces were made (`how_traced(..., per_fact=False)`), as the figure's title."""
+    fig = Figure(figsize=(4.6 * len(averages), 3.6 if description is None else 3.9))
     axes = fig.subplots(1, len(averages), squeeze=False, sharey=True)
     colors = dict(zip(TOKEN_GROUPS, matplotlib.colormaps['tab10'].colors))
     for ax, (kind, average) in zip(axes[0], averages.items()):
@@ -151,6 +174,8 @@ def plot_average_effects(averages: Mapping[str, AverageEffects], path: str | Pat
         ax.set_xlabel("layer")
     axes[0][0].set_ylabel("average indirect effect")
     axes[0][-1].legend(fontsize=7, loc="best")
+    if description is not None:
+        fig.suptitle(description, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 

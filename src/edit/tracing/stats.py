@@ -76,3 +76,64 @@ def average_effects(traces: Sequence[TraceResult]) -> AverageEffects:
         groups[name] = GroupEffect(mean=mean, ci95=ci95, count=len(stacked))
     kind, window = kinds.pop()
     return AverageEffects(kind=kind, window=window, num_traces=len(traces), groups=groups)
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of a 1-D array, tied values sharing the mean of their ranks."""
+    values = np.asarray(values)
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(inverse, ranks) / counts)[inverse]
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two equally long 1-D arrays (NaN if either is constant)."""
+    x, y = average_ranks(a), average_ranks(b)
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How well an estimated trace (attribution) agrees with the exact one of the same fact and kind.
+
+    rank_correlation: Spearman over the cells from the subject's first token on (before it both are the corrupted
+    score by construction); best layers at `position` of each, and whether they are the same; max_difference: the
+    largest |estimated - exact| indirect effect over those cells."""
+
+    kind: str
+    rank_correlation: float
+    exact_best_layer: int
+    estimated_best_layer: int
+    max_difference: float
+    position: str = "last"
+
+    @property
+    def same_best_layer(self) -> bool:
+        return self.exact_best_layer == self.estimated_best_layer
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "rank_correlation": self.rank_correlation, "exact_best_layer": self.exact_best_layer,
+                "estimated_best_layer": self.estimated_best_layer, "same_best_layer": self.same_best_layer,
+                "max_difference": self.max_difference, "position": self.position}
+
+
+def agreement(exact: TraceResult, estimated: TraceResult, position: str = "last") -> Agreement:
+    """Compare two traces of one fact, kind and window (e.g. method exact and attribution)."""
+    if (exact.input_ids, exact.kind, exact.window) != (estimated.input_ids, estimated.kind, estimated.window):
+        raise ValueError("agreement compares two traces of the same prompt, kind and window")
+    b = exact.subject_range[0]
+    cells_exact, cells_estimated = exact.indirect_effect[b:].ravel(), estimated.indirect_effect[b:].ravel()
+    return Agreement(kind=exact.kind, rank_correlation=rank_correlation(cells_exact, cells_estimated),
+                     exact_best_layer=exact.best_layer(position), estimated_best_layer=estimated.best_layer(position),
+                     max_difference=float(np.abs(cells_exact - cells_estimated).max()), position=position)
+
+
+def mean_agreement(agreements: Sequence[Agreement]) -> dict:
+    """Over many facts of one kind: mean rank correlation (NaNs left out), share of facts with the same best layer."""
+    correlations = [a.rank_correlation for a in agreements if not np.isnan(a.rank_correlation)]
+    return {"num_facts": len(agreements),
+            "mean_rank_correlation": float(np.mean(correlations)) if correlations else None,
+            "same_best_layer": float(np.mean([a.same_best_layer for a in agreements])) if agreements else None}
