@@ -34,17 +34,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.edit.model.layout import ModelLayout
 from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.encoding import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
+from src.edit.model.block_call import attention_takes_any_mask
 from src.edit.tracing.attribution import attribution_traces
+from src.edit.tracing.knockout import knockout_traces
 from src.edit.tracing.metrics import METRICS, check_metric
 from src.edit.tracing.replay import RestorationEngine
-from src.edit.tracing.results import (CORRUPTIONS, EDIT_POSITIONS, KINDS, METHODS, LocateResult, TraceRequest,
-                                      TraceResult, default_window, normalize_kind, window_layers)
+from src.edit.tracing.results import (CORRUPTIONS, EDIT_POSITIONS, KINDS, KNOCKOUT_TARGETS, METHODS, KnockoutResult,
+                                      LocateResult, TraceRequest, TraceResult, default_window, normalize_kind,
+                                      window_layers)
 from src.utils.batching import batches_by_key
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 
-__all__ = ["CORRUPTIONS", "EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "METHODS", "METRICS", "CausalTracer",
-           "LocateResult", "TraceRequest", "TraceResult", "default_window", "normalize_kind", "window_layers"]
+__all__ = ["CORRUPTIONS", "EDIT_POSITIONS", "FACTS_PER_FORWARD", "KINDS", "KNOCKOUT_TARGETS", "METHODS", "METRICS",
+           "CausalTracer", "KnockoutResult", "LocateResult", "TraceRequest", "TraceResult", "default_window",
+           "normalize_kind", "window_layers"]
 
 FACTS_PER_FORWARD = 8  # trace_many's default: 8 and 16 facts per forward measured alike (benchmarks/bench_tracing.py)
 
@@ -233,6 +237,37 @@ class CausalTracer:
                         traced = {kind: dataclasses.replace(t, corruption=corruption, replacement=replaced[k][2])
                                   for kind, t in traced.items()}
                     results[index] = traced
+                bar.update(len(batch))
+        return results  # type: ignore[return-value]
+
+    def knockout(self, s: str, r: str, o_target: str | None = None, window: int | None = None,
+                 prefix: str = "") -> KnockoutResult:
+        """Attention knockout for `"{prefix}{s} {r}"` -> o_target (default: the model's prediction): p(answer) with
+        the attention from the last token to the subject's positions, and apart to the relation's, blocked in the
+        `window` layers around each layer (default `default_window(num_layers)`); no corruption."""
+        return self.knockout_many([TraceRequest(s, r, o_target, prefix=prefix)], window)[0]
+
+    def knockout_many(self, requests: Sequence[TraceRequest], window: int | None = None,
+                      facts_per_forward: int = FACTS_PER_FORWARD, progress: bool = False) -> list[KnockoutResult]:
+        """`knockout` for many facts, in order; prompts of one length `facts_per_forward` at a time, every layer and
+        target of them in one pass over the blocks (a request's seed, noise and replacement play no part)."""
+        if not attention_takes_any_mask(self.model):
+            raise InputError(f"attention knockout needs eager or sdpa attention; the model uses "
+                             f"'{getattr(self.model.config, '_attn_implementation', None)}'")
+        window = default_window(self.num_layers) if window is None else int(window)
+        if window < 1:
+            raise InputError(f"window must be >= 1, got {window}")
+        if facts_per_forward < 1:
+            raise InputError(f"facts_per_forward must be >= 1, got {facts_per_forward}")
+        prompts = [encode_fact_prompt(self.tokenizer, q.s, q.r, q.prefix) for q in requests]
+        results: list[KnockoutResult | None] = [None] * len(requests)
+        with tqdm(total=len(requests), desc="knockout", unit="fact", disable=not progress) as bar, \
+                self.speed.fused(self.model):
+            for batch in batches_by_key([len(p.input_ids) for p in prompts], facts_per_forward):
+                knocked = knockout_traces(self.model, self.tokenizer, self.layout, self.device,
+                                          [requests[i] for i in batch], [prompts[i] for i in batch], window)
+                for index, result in zip(batch, knocked):
+                    results[index] = result
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
 

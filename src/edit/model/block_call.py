@@ -141,6 +141,21 @@ class BlockCall:
                                "trace with CausalTracer(..., suffix_replay=False)")
         return output
 
+    def masked(self, block: nn.Module, hidden: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        """block(hidden) on all T tokens (hidden: rows x T x d) with the attention edges `blocked` (rows, T queries,
+        T keys; True: that query does not see that key) removed, on top of the mask the block was called with (the
+        causal one where it was called with none). A query must keep at least one key."""
+        T, dtype = self.num_tokens, hidden.dtype
+        low = torch.finfo(dtype).min
+        mask = self.arguments.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            additive = torch.where(mask, 0.0, low).to(dtype) if mask.dtype == torch.bool else mask.to(dtype)
+        else:
+            future = torch.ones(T, T, dtype=torch.bool, device=hidden.device).triu(1)
+            additive = torch.zeros(T, T, dtype=dtype, device=hidden.device).masked_fill(future, low)[None, None]
+        additive = additive[..., -T:, -T:].expand(len(hidden), 1, T, T).masked_fill(blocked[:, None], low)
+        return primary(block(hidden, **{**self.arguments, "attention_mask": additive}))
+
     def through(self, blocks: Sequence[nn.Module], hidden: torch.Tensor, first: int = 0,
                 prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """A forward resumed at `blocks[0]`: each block in turn on `hidden` (tokens first..T-1), over the keys and

@@ -14,6 +14,7 @@ from src.utils.errors import InputError
 KINDS = ("hidden", "mlp", "attn")
 CORRUPTIONS = ("gaussian", "replace")
 METHODS = ("exact", "attribution")
+KNOCKOUT_TARGETS = ("subject", "relation")
 EDIT_POSITIONS = ("last", "subject_last")
 
 
@@ -157,6 +158,63 @@ class LocateResult:
     def to_dict(self) -> dict:
         return {"layer": self.layer, "position": self.position, "token_index": self.token_index,
                 "effects": list(self.effects), "kind": self.trace.kind, "window": self.trace.window}
+
+
+@dataclass(frozen=True)
+class KnockoutResult:
+    """Attention knockout (Geva et al. 2023, "Dissecting Recall of Factual Associations") for one fact.
+
+    scores: {target: (layers,) float32}, p(answer) in the clean run with the attention edges from the last token to
+    the target's positions (`positions[target]`: "subject", the subject's tokens; "relation", the tokens after the
+    subject, the last one included) blocked in the `window` layers around each layer (`window_layers`);
+    high_score: p(answer) with nothing blocked. `change(target)`: scores - high_score, negative where the last token
+    needs to read those positions there."""
+
+    subject: str
+    relation: str
+    prompt: str
+    input_ids: tuple[int, ...]
+    input_tokens: tuple[str, ...]
+    subject_range: tuple[int, int]
+    answer: str
+    answer_id: int
+    window: int
+    high_score: float
+    positions: dict[str, tuple[int, ...]]
+    scores: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def num_layers(self) -> int:
+        return int(next(iter(self.scores.values())).shape[0])
+
+    def change(self, target: str) -> np.ndarray:
+        """(layers,): p(answer) with the edges to `target` blocked minus p(answer) in the clean run."""
+        if target not in self.scores:
+            raise InputError(f"unknown knockout target '{target}'; allowed: {', '.join(self.scores)}")
+        return self.scores[target] - self.high_score
+
+    def relative_change(self, target: str) -> np.ndarray:
+        """(layers,): change / clean p(answer), Geva et al.'s measure."""
+        return self.change(target) / self.high_score
+
+    def to_dict(self) -> dict:
+        return {"subject": self.subject, "relation": self.relation, "prompt": self.prompt,
+                "input_ids": list(self.input_ids), "input_tokens": list(self.input_tokens),
+                "subject_range": list(self.subject_range), "answer": self.answer, "answer_id": self.answer_id,
+                "window": self.window, "high_score": self.high_score,
+                "positions": {k: list(v) for k, v in self.positions.items()},
+                "scores": {k: v.tolist() for k, v in self.scores.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "KnockoutResult":
+        fields = dict(data)
+        for key in ("input_ids", "input_tokens", "subject_range"):
+            fields[key] = tuple(fields[key])
+        fields["positions"] = {k: tuple(v) for k, v in fields["positions"].items()}
+        scores = {k: np.asarray(v, dtype=np.float32) for k, v in fields.pop("scores").items()}
+        for array in scores.values():
+            array.setflags(write=False)
+        return cls(scores=scores, **fields)
 
 
 @dataclass(frozen=True, eq=False)
