@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
     p.add_argument("--method", default="exact", choices=METHODS,
                    help="exact: restore every state (the original); attribution: estimate every cell to first order "
                         "from one forward and one backward (attribution patching)")
+    p.add_argument("--knockout", action="store_true",
+                   help="also attention knockout: p(answer) with the last token's attention to the subject, and apart "
+                        "to the relation, blocked in the --window layers around each layer (attention_knockout.png)")
     p.add_argument("--kinds", default=",".join(defaults.kinds), help=f"comma-separated subset of {','.join(KINDS)}")
     p.add_argument("--window", type=int, default=None,
                    help="layers restored together for mlp/attn (default: num_layers*10/48, i.e. 2 for 8 layers; 10 = original)")
@@ -54,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[bool, LocatingConfig]:
         noise_level=a.noise_level, num_noise_samples=a.num_noise_samples, seed=a.seed,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), window=a.window, position=a.position,
         device=a.device, dtype=a.dtype, plots=not a.no_plots, corruption=a.corruption, metric=a.metric,
-        method=a.method,
+        method=a.method, knockout=a.knockout,
     )
 
 
@@ -84,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if last is not None and subject is not None:
                 print(f"  {kind:6s} peak avg effect: last token {last.mean.max():.3f} (layer {int(last.mean.argmax())}), "
                       f"last subject token {subject.mean.max():.3f} (layer {int(subject.mean.argmax())})")
+        for target, avg in summary.knockout_averages.items():
+            print(f"  knockout last token -> {target:8s} largest mean drop of p(answer) {-avg.mean.min():.3f} "
+                  f"(window centred on layer {int(avg.mean.argmin())})")
     return 0
 
 

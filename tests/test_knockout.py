@@ -109,3 +109,30 @@ def test_knockout_results_round_trip_and_bad_input_is_one_line():
     tracer.model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(InputError, match="attention knockout needs eager or sdpa attention"):
         tracer.knockout("a x", "b r")
+
+
+def test_locating_with_knockout_writes_curves_arrays_and_a_plot(tiny_trained, tiny_kg, tmp_path, capsys):
+    import json
+
+    import run_locating_batch
+    from src.cli.common import run_cli
+    from src.pipelines.locate_sample import load_results
+
+    out = tmp_path / "loc"
+    args = ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
+            "--num-samples", "4", "--output-dir", str(out), "--knockout", "--kinds", "mlp"]
+    assert run_cli(run_locating_batch.main, args) == 0
+    assert "knockout last token -> subject" in capsys.readouterr().out
+    summary = json.loads((out / "locating_summary.json").read_text())
+    assert summary["parameters"]["knockout"] is True
+    _, samples, _ = load_results(out)
+    arrays = np.load(out / "traces.npz")
+    changes = []
+    for sample in samples:
+        knocked = sample.knockout
+        assert knocked is not None and knocked.subject == sample.fact.s
+        assert np.array_equal(arrays[f"{sample.index:03d}/knockout_subject"], knocked.scores["subject"])
+        changes.append(knocked.change("subject"))
+    average = summary["average_knockout"]["subject"]
+    assert np.allclose(average["mean"], np.mean(changes, axis=0)) and average["count"] == len(samples)
+    assert (out / "attention_knockout.png").is_file()

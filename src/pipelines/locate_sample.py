@@ -6,6 +6,8 @@ Results directory:
   traces.npz                 raw score arrays, key "NNN/<kind>" (tokens x layers), so plots never need recomputing
   trace_NNN_<s>_<r>_<o>.png  heatmap per sample (one panel per kind, red line at the best layer)
   average_indirect_effect.png, best_layers.png
+  attention_knockout.png     with knockout: the mean change of p(answer) with the last token's attention to the
+                             subject / the relation blocked, per layer (arrays "NNN/knockout_<target>")
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from src.edit.causal_tracing import (CORRUPTIONS, FACTS_PER_FORWARD, KINDS, METHODS, METRICS, CausalTracer,
-                                     TraceRequest, TraceResult, default_window, normalize_kind)
+                                     KnockoutResult, TraceRequest, TraceResult, default_window, normalize_kind)
 from src.edit.prompts.encoding import check_known_words
-from src.edit.tracing.stats import average_effects
+from src.edit.tracing.stats import average_effects, average_knockout
 from src.kg.graph import Fact, read_graph_jsonl
 from src.lm.fact_accuracy import object_predictions
 from src.lm.model import load_model, require_model_dir
@@ -33,7 +35,7 @@ from src.pipelines.resumable import ResumableRun, input_digests
 from src.utils.interrupts import note_kept
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json, require_writable_dir
-from src.viz.tracing import how_traced, plot_average_effects, plot_best_layers, plot_traces
+from src.viz.tracing import how_traced, plot_average_effects, plot_best_layers, plot_knockout, plot_traces
 
 SUMMARY_FILE = "locating_summary.json"
 TRACES_FILE = "traces.npz"
@@ -59,6 +61,7 @@ class LocatingConfig:
     corruption: str = "gaussian"
     metric: str = "prob"
     method: str = "exact"
+    knockout: bool = False
 
     def validate(self) -> "LocatingConfig":
         if self.num_samples < 1:
@@ -84,7 +87,7 @@ class LocatingConfig:
 
 
 # choices written into the parameters only where they differ from the original's (so those runs keep their files)
-ORIGINAL_CHOICES = {"corruption": "gaussian", "metric": "prob", "method": "exact"}
+ORIGINAL_CHOICES = {"corruption": "gaussian", "metric": "prob", "method": "exact", "knockout": False}
 
 
 def without_original_choices(data: dict) -> dict:
@@ -97,16 +100,19 @@ class SampleTrace:
     fact: Fact
     best_layer: int
     traces: dict[str, TraceResult]
+    knockout: KnockoutResult | None = None
 
     def to_record(self) -> dict:
         """Everything, scores included (a line of the progress file)."""
         return {"index": self.index, **self.fact.to_dict(), "best_layer": self.best_layer,
-                "traces": {kind: trace.to_dict() for kind, trace in self.traces.items()}}
+                "traces": {kind: trace.to_dict() for kind, trace in self.traces.items()},
+                **({"knockout": self.knockout.to_dict()} if self.knockout is not None else {})}
 
     @classmethod
     def from_record(cls, data: dict) -> "SampleTrace":
         traces = {kind: TraceResult.from_dict(trace) for kind, trace in data["traces"].items()}
-        return cls(data["index"], Fact(data["s"], data["r"], data["o"]), data["best_layer"], traces)
+        knockout = KnockoutResult.from_dict(data["knockout"]) if "knockout" in data else None
+        return cls(data["index"], Fact(data["s"], data["r"], data["o"]), data["best_layer"], traces, knockout)
 
     def to_dict(self) -> dict:
         first = next(iter(self.traces.values()))
@@ -119,6 +125,7 @@ class SampleTrace:
             "index": self.index, **self.fact.to_dict(), f"clean_{name}": first.high_score,
             f"corrupted_{name}": first.low_score, "best_layer": self.best_layer, "peak": peaks,
             "traces": {kind: trace.to_dict(include_scores=False) for kind, trace in self.traces.items()},
+            **({"knockout": self.knockout.to_dict()} if self.knockout is not None else {}),
         }
 
 
@@ -132,8 +139,14 @@ class LocatingSummary:
     seconds: float
 
     def parameters(self) -> dict:
-        """The run's parameters; corruption, metric and method only where they are not the original's."""
+        """The run's parameters; corruption, metric, method and knockout only where they are not the original's."""
         return without_original_choices({**asdict(self.config), "kinds": list(self.config.kinds)})
+
+    @property
+    def knockout_averages(self) -> dict:
+        """{target: GroupEffect} of the samples' knockouts; empty without them."""
+        knocked = [s.knockout for s in self.samples if s.knockout is not None]
+        return average_knockout(knocked) if knocked else {}
 
     @property
     def best_layer_rule(self) -> str:
@@ -159,6 +172,8 @@ class LocatingSummary:
             f"mean_corrupted_{name}": float(np.mean(corrupted)) if corrupted else None,
             "seconds": self.seconds,
             "average_effects": {kind: avg.to_dict() for kind, avg in self.averages.items()},
+            **({"average_knockout": {target: avg.to_dict() for target, avg in self.knockout_averages.items()}}
+               if self.config.knockout else {}),
             "samples": [s.to_dict() for s in self.samples],
         }
 
@@ -236,8 +251,11 @@ def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = F
                                                config.num_noise_samples, kinds, config.window,
                                                corruption=config.corruption, metric=config.metric,
                                                method=config.method)
+                    knocked = (tracer.knockout_many([request for _, request in block], config.window)
+                               if config.knockout else [None] * len(block))
                     done = [SampleTrace(index, facts[index], traces["mlp"].best_layer(config.position),
-                                        {k: traces[k] for k in config.kinds}) for (index, _), traces in zip(block, traced)]
+                                        {k: traces[k] for k in config.kinds}, knockout)
+                            for (index, _), traces, knockout in zip(block, traced, knocked)]
                     run.append([sample.to_record() for sample in done])
                     samples += done
                     bar.update(len(block))
@@ -261,6 +279,8 @@ def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = F
 def write_results(summary: LocatingSummary, output_dir: Path, plots: bool = True, progress: bool = False) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     arrays = {f"{s.index:03d}/{kind}": t.scores for s in summary.samples for kind, t in s.traces.items()}
+    arrays.update({f"{s.index:03d}/knockout_{target}": scores for s in summary.samples if s.knockout is not None
+                   for target, scores in s.knockout.scores.items()})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     with atomic_path(output_dir / TRACES_FILE) as tmp:
@@ -280,6 +300,9 @@ def plot_results(samples: Sequence[SampleTrace], averages: dict, num_layers: int
         plot_average_effects(averages, output_dir / "average_indirect_effect.png",
                              None if first is None else how_traced(first, per_fact=False))
         plot_best_layers([s.best_layer for s in samples], num_layers, output_dir / "best_layers.png")
+    knocked = [s.knockout for s in samples if s.knockout is not None]
+    if knocked:
+        plot_knockout(average_knockout(knocked), knocked[0].window, output_dir / "attention_knockout.png")
 
 
 def load_results(output_dir: str | Path) -> tuple[dict, list[SampleTrace], dict]:
@@ -296,7 +319,8 @@ def load_results(output_dir: str | Path) -> tuple[dict, list[SampleTrace], dict]
         traces = {kind: TraceResult.from_dict(data, arrays[f"{record['index']:03d}/{kind}"])
                   for kind, data in record["traces"].items()}
         fact = Fact(record["s"], record["r"], record["o"])
-        samples.append(SampleTrace(record["index"], fact, record["best_layer"], traces))
+        knockout = KnockoutResult.from_dict(record["knockout"]) if "knockout" in record else None
+        samples.append(SampleTrace(record["index"], fact, record["best_layer"], traces, knockout))
     kinds = summary["parameters"]["kinds"]
     averages = {kind: average_effects([s.traces[kind] for s in samples]) for kind in kinds} if samples else {}
     return summary, samples, averages

@@ -15,7 +15,7 @@ from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
 from tqdm.auto import tqdm
 
 from src.edit.causal_tracing import TraceResult
-from src.edit.tracing.stats import TOKEN_GROUPS, AverageEffects
+from src.edit.tracing.stats import TOKEN_GROUPS, AverageEffects, GroupEffect
 from src.viz.figures import save_figure
 
 # green = negative indirect effect, white = none, red = positive (the usage guide's convention)
@@ -189,5 +189,24 @@ def plot_best_layers(best_layers: Sequence[int], num_layers: int, path: str | Pa
     ax.set_xlabel(label)
     ax.set_ylabel("facts")
     ax.set_title(f"{label} over {len(best_layers)} facts", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_knockout(averages: Mapping[str, GroupEffect], window: int, path: str | Path) -> None:
+    """Mean change of p(answer) per layer when the last token's attention to each target (subject, relation) is
+    blocked in the `window` layers around the layer, shaded 95% intervals."""
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.subplots()
+    for (target, average), color in zip(averages.items(), ("#d73027", "#4575b4")):
+        layers = np.arange(len(average.mean))
+        ax.plot(layers, average.mean, label=f"last token -> {target} (n={average.count})", color=color)
+        ax.fill_between(layers, average.mean - average.ci95, average.mean + average.ci95, color=color, alpha=0.2)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xticks(range(len(next(iter(averages.values())).mean)))
+    ax.set_xlabel("layer (centre of the blocked window)")
+    ax.set_ylabel("change of p(answer)")
+    ax.set_title(f"attention knockout, window {window}", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, path)
