@@ -78,9 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"\n  method:     {method}")
     if data["num_traced"]:
         short = "p(answer)" if config.metric == "prob" else "logit diff"
-        print(f"  mean best layer       {data['mean_best_layer']:.2f}   ({summary.best_layer_rule})")
-        print(f"  mean clean {short:10s} {data[f'mean_clean_{config.metric}']:.3f}")
-        print(f"  mean corrupted {short:6s} {data[f'mean_corrupted_{config.metric}']:.3f}")
+        rows = [("mean best layer", f"{data['mean_best_layer']:.2f}   ({summary.best_layer_rule})"),
+                (f"mean clean {short}", f"{data[f'mean_clean_{config.metric}']:.3f}"),
+                (f"mean corrupted {short}", f"{data[f'mean_corrupted_{config.metric}']:.3f}")]
+        width = max(len(label) for label, _ in rows) + 2
+        for label, value in rows:
+            print(f"  {label:<{width}}{value}")
         for kind, avg in summary.averages.items():
             last = avg.groups.get("last")
             subject = avg.groups.get("last_subject")

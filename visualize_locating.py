@@ -3,6 +3,7 @@
 
     python visualize_locating.py --results-dir outputs/locating_results        # re-plot, nothing recomputed
     python visualize_locating.py -s E_000 -r R_04 -o E_001 --output trace.png    # one fact, three kinds
+    python visualize_locating.py --results-dir DIR_A --compare DIR_B [--plot-dir D]  # two runs side by side
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from src.utils.io import require_writable_dir
 from src.cli.paths import repo_path
 from src.edit.causal_tracing import KINDS, CausalTracer
 from src.pipelines import defaults
+from src.pipelines.compare_locating import compare_results
 from src.pipelines.locate_sample import load_results, plot_results
 from src.kg.graph import read_graph_jsonl
 from src.lm.model import load_model
@@ -28,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Plot causal traces.")
     p.add_argument("--results-dir", default=None, help="re-plot this run_locating output directory")
     p.add_argument("--plot-dir", default=None, help="where re-plotted figures go (default: the results dir)")
+    p.add_argument("--compare", default=None, metavar="OTHER_DIR",
+                   help="compare --results-dir with this results directory (e.g. gaussian vs replace, exact vs "
+                        "attribution): comparison.png and comparison.json in --plot-dir")
     p.add_argument("-s", "--subject", help="trace one fact: subject")
     p.add_argument("-r", "--relation", help="relation")
     p.add_argument("-o", "--target", default=None, help="answer to trace (default: the model's prediction)")
@@ -56,6 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not a.results_dir:
         raise InputError("give --results-dir DIR to re-plot, or -s/-r to trace one fact")
+    if a.compare:
+        comparison = compare_results(a.results_dir, a.compare, a.plot_dir or a.results_dir)
+        print(f"{comparison.labels[0]}\n  against {comparison.labels[1]}: {comparison.num_common_facts} facts in both")
+        for label, peaks in comparison.peaks.items():
+            print(f"  {label}: last-token peaks " + ", ".join(f"{kind} {p['effect']:.3f} (layer {p['layer']})"
+                                                            for kind, p in peaks.items()))
+        for kind, found in comparison.agreement.items():
+            correlation = found["mean_rank_correlation"]
+            correlation = "n/a" if correlation is None else f"{correlation:.3f}"
+            print(f"  {kind}: mean rank correlation {correlation}, same best layer "
+                  f"{found['same_best_layer']:.2f} of {found['num_facts']} facts")
+        return 0
     summary, samples, averages = load_results(a.results_dir)
     plot_dir = require_writable_dir(Path(a.plot_dir or a.results_dir), "plot directory")
     plot_dir.mkdir(parents=True, exist_ok=True)

@@ -251,3 +251,29 @@ def test_locating_with_logit_diff_and_attribution_says_so_everywhere(tiny_traine
             run_locating_batch.parse_args([flag, value])
         assert raised.value.code == 2
         assert f"invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_comparing_two_locating_runs_writes_agreement_and_a_figure(tiny_trained, tiny_kg, tmp_path, capsys):
+    import json
+
+    import run_locating_batch
+    import visualize_locating
+    from src.cli.common import run_cli
+    from src.edit.tracing.stats import agreement
+    from src.pipelines.locate_sample import load_results
+
+    common = ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
+              "--num-samples", "4", "--no-plots"]
+    assert run_cli(run_locating_batch.main, common + ["--output-dir", str(tmp_path / "exact")]) == 0
+    assert run_cli(run_locating_batch.main, common + ["--output-dir", str(tmp_path / "attr"), "--method",
+                                                      "attribution"]) == 0
+    capsys.readouterr()
+    assert run_cli(visualize_locating.main, ["--results-dir", str(tmp_path / "exact"), "--compare",
+                                             str(tmp_path / "attr"), "--plot-dir", str(tmp_path / "cmp")]) == 0
+    assert "mlp: mean rank correlation" in capsys.readouterr().out
+    written = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    _, exact, _ = load_results(tmp_path / "exact")
+    _, estimated, _ = load_results(tmp_path / "attr")
+    by_hand = np.mean([agreement(a.traces["mlp"], b.traces["mlp"]).same_best_layer for a, b in zip(exact, estimated)])
+    assert written["num_common_facts"] == len(exact) and written["agreement"]["mlp"]["same_best_layer"] == by_hand
+    assert "attribution patching" in written["labels"][1] and (tmp_path / "cmp" / "comparison.png").is_file()

@@ -210,3 +210,34 @@ def plot_knockout(averages: Mapping[str, GroupEffect], window: int, path: str | 
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_comparison(first: Mapping[str, AverageEffects], second: Mapping[str, AverageEffects], labels: Sequence[str],
+                    path: str | Path, groups: Sequence[str] = ("last", "last_subject")) -> None:
+    """Average indirect effects of two runs side by side, one panel per kind both have: `groups` of the first run
+    solid, of the second dashed, shaded 95% intervals."""
+    kinds = [kind for kind in first if kind in second]
+    fig = Figure(figsize=(4.6 * len(kinds), 4.0))
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    colors = dict(zip(TOKEN_GROUPS, matplotlib.colormaps['tab10'].colors))
+    for ax, kind in zip(axes, kinds):
+        for averages, style in ((first, "-"), (second, "--")):
+            for name in groups:
+                group = averages[kind].groups.get(name)
+                if group is None:
+                    continue
+                layers = np.arange(len(group.mean))
+                ax.plot(layers, group.mean, style, color=colors[name],  # one legend entry per group
+                        label=name.replace("_", " ") if style == "-" else None)
+                ax.fill_between(layers, group.mean - group.ci95, group.mean + group.ci95, color=colors[name],
+                                alpha=0.12)
+        ax.axhline(0, color="black", linewidth=0.5)
+        window = f", window {first[kind].window}" if kind != "hidden" else ""
+        ax.set_title(f"{KIND_TITLES.get(kind, kind)}{window}", fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_xticks(range(len(next(iter(first[kind].groups.values())).mean)))
+    axes[0].set_ylabel("average indirect effect")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"solid: {labels[0]}\ndashed: {labels[1]}", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
