@@ -14,7 +14,7 @@ from typing import Sequence
 
 from src.cli.common import run_cli
 from src.cli.paths import repo_path
-from src.pipelines.localization_study import OUTCOME, StudyConfig, run_study
+from src.pipelines.localization_study import OUTCOMES, StudyConfig, run_study
 
 
 def parse_args(argv: Sequence[str] | None) -> StudyConfig:
@@ -44,16 +44,22 @@ def parse_args(argv: Sequence[str] | None) -> StudyConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     summary = run_study(config, Path(__file__).resolve().parent)
-    table = summary["explained_beyond_layer"]
-    first = next(iter(table.values()))
+    tables = summary["explained_beyond_layer"]
     print(f"\n{summary['num_requests']} requests edited at each of {summary['num_layers']} layers in "
-          f"{summary['seconds']:.0f} s -> {config.output_dir}")
-    print(f"  {OUTCOME} explained by the layer alone: R^2 = {first['r2_layer']:.3f}")
-    print(f"  {'trace (corruption/method/kind)':34s}{'R^2 gain':>10}{'R^2 alone':>11}{'rank corr.':>12}")
-    for name, row in table.items():
-        correlation = row["mean_rank_correlation_across_layers"]
-        print(f"  {name:34s}{row['r2_gain']:>10.3f}{row['r2_effect_alone']:>11.3f}"
-              f"{'n/a' if correlation is None else format(correlation, '.3f'):>12}")
+          f"{summary['seconds']:.0f} s ({summary['num_failed_edits']} of {summary['num_requests'] * summary['num_layers']} "
+          f"edits failed) -> {config.output_dir}")
+    outcomes = [name for name in OUTCOMES if tables.get(name)]
+    print("  R^2 explained by the edited layer alone: "
+          + ", ".join(f"{name} {next(iter(tables[name].values()))['r2_layer']:.3f}" for name in outcomes))
+    print("  R^2 gained by adding the traced effect at that layer (rank correlation across layers, mean per request):")
+    print(f"  {'trace (corruption/method/kind)':34s}" + "".join(f"{name:>28s}" for name in outcomes))
+    for variant in tables[outcomes[0]]:
+        cells = []
+        for name in outcomes:
+            row = tables[name][variant]
+            correlation = row["mean_rank_correlation_across_layers"]
+            cells.append(f"{row['r2_gain']:.3f} ({'n/a' if correlation is None else format(correlation, '+.2f')})")
+        print(f"  {variant:34s}" + "".join(f"{cell:>28s}" for cell in cells))
     return 0
 
 

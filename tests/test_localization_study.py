@@ -35,7 +35,7 @@ def test_study_edits_every_layer_and_reads_effects_off_the_traces(tiny_trained, 
             "--num-facts", "3", "--output-dir", str(out)]
     assert run_cli(run_localization_study.main, args) == 0
     printed = capsys.readouterr().out
-    assert "explained by the layer alone" in printed and "gaussian/exact/mlp" in printed
+    assert "explained by the edited layer alone" in printed and "gaussian/exact/mlp" in printed
     summary = json.loads((out / "study_summary.json").read_text())
     records = [json.loads(line) for line in (out / "study_records.jsonl").read_text().splitlines()]
     num_layers = summary["num_layers"]
@@ -50,13 +50,16 @@ def test_study_edits_every_layer_and_reads_effects_off_the_traces(tiny_trained, 
     trace = tracer.trace_important_states(first["s"], first["r"], first["o"], kind="mlp", seed=first["index"])
     assert first["effects"]["gaussian/exact/mlp"] == pytest.approx(float(trace.indirect_effect[-1, first["layer"]]),
                                                                    abs=1e-6)
-    table = summary["explained_beyond_layer"]
+    table = summary["explained_beyond_layer"]["efficacy_margin"]
     assert set(table) == {f"{c}/{m}/{k}" for c in ("gaussian", "replace") for m in ("exact", "attribution")
                           for k in ("hidden", "mlp", "attn")}
     outcome = np.array([r["metrics"]["efficacy_margin"] for r in records])
     layers = np.eye(num_layers)[[r["layer"] for r in records]]
     assert table["replace/exact/mlp"]["r2_layer"] == pytest.approx(r_squared(layers, outcome))
     assert all(row["r2_gain"] >= -1e-9 for row in table.values())
+    norms = summary["explained_beyond_layer"]["update_norm"]["gaussian/exact/hidden"]
+    assert norms["r2_layer"] == pytest.approx(r_squared(layers, np.array([r["metrics"]["update_norm"]
+                                                                          for r in records])))
 
 
 def test_study_bad_input_is_one_line(tiny_trained, tiny_kg, tmp_path, capsys):

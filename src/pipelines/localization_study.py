@@ -6,8 +6,9 @@ efficacy and its margin, paraphrase, specificity); the true fact is traced with 
 replacement, exactly and by attribution, and each trace's indirect effect is read at the layer edited and the edit
 position (ROME's `fact_token`). The question: how much of edit success does the traced effect explain beyond the
 layer itself? For each trace variant and kind, the efficacy margin is regressed on the layer (one indicator per layer)
-and on the layer plus the effect; the gain in R^2 is the answer (Hase et al. found it near zero on GPT-J). Also the
-per-fact rank correlation across layers of effect and margin.
+and on the layer plus the effect; the gain in R^2 is the answer (Hase et al. found it near zero on GPT-J); the same for
+the paraphrase and neighbourhood margins and the update norm. Also the per-fact rank correlation across layers of
+effect and outcome.
 
 Results directory:
   study_records.jsonl          one line per (request, layer): the edit's metrics and the effects at that layer
@@ -41,9 +42,13 @@ from src.utils.io import atomic_path, atomic_write_json
 from src.viz.localization import plot_localization_vs_editing
 
 RECORDS_FILE, SUMMARY_FILE, PLOT_FILE = "study_records.jsonl", "study_summary.json", "localization_vs_editing.png"
-EDIT_METRICS = ("efficacy", "efficacy_margin", "paraphrase", "specificity_neighbourhood", "specificity_random")
+EDIT_METRICS = ("efficacy", "efficacy_margin", "paraphrase", "paraphrase_margin", "specificity_neighbourhood",
+                "neighbourhood_margin", "specificity_random", "update_norm")
 TRACE_VARIANTS = (("gaussian", "exact"), ("replace", "exact"), ("gaussian", "attribution"), ("replace", "attribution"))
-OUTCOME = "efficacy_margin"  # what the regressions explain: p(o*) - p(o) after the edit
+# what the regressions explain: p(o*) - p(o) after the edit (the main one), the same on the paraphrase, on the
+# neighbourhood p(o) - p(o*) (specificity), and the Frobenius norm of the weight change (the edit's cost)
+OUTCOMES = ("efficacy_margin", "paraphrase_margin", "neighbourhood_margin", "update_norm")
+OUTCOME = OUTCOMES[0]
 
 
 def variant_name(corruption: str, method: str, kind: str) -> str:
@@ -111,25 +116,29 @@ def r_squared(design: np.ndarray, outcome: np.ndarray) -> float:
     return float(1 - (residual ** 2).sum() / total) if total > 0 else float("nan")
 
 
-def explained_beyond_layer(records: list[StudyRecord], num_layers: int) -> dict:
-    """Per effect: R^2 of the outcome on layer indicators, on layer indicators + the effect, and their difference;
-    and the mean over requests of the rank correlation across layers of effect and outcome."""
-    outcome = np.array([r.metrics[OUTCOME] for r in records], dtype=np.float64)
+def explained_beyond_layer(records: list[StudyRecord], num_layers: int, outcome: str = OUTCOME) -> dict:
+    """Per effect: R^2 of `outcome` on layer indicators, on layer indicators + the effect, their difference, and on
+    the effect alone; the mean over requests of the rank correlation across layers of effect and outcome. Records
+    where the outcome was not measured (None) are left out."""
+    records = [r for r in records if r.metrics[outcome] is not None]
+    if not records:
+        return {}
+    measured = np.array([r.metrics[outcome] for r in records], dtype=np.float64)
     layers = np.eye(num_layers)[[r.layer for r in records]]  # one indicator per layer: constant included
-    layer_only = r_squared(layers, outcome)
+    layer_only = r_squared(layers, measured)
     by_request: dict[int, list[StudyRecord]] = {}
     for record in records:
         by_request.setdefault(record.index, []).append(record)
     table = {}
     for name in records[0].effects:
         effect = np.array([r.effects[name] for r in records], dtype=np.float64)
-        with_effect = r_squared(np.column_stack([layers, effect]), outcome)
+        with_effect = r_squared(np.column_stack([layers, effect]), measured)
         correlations = [rank_correlation(np.array([r.effects[name] for r in rows]),
-                                         np.array([r.metrics[OUTCOME] for r in rows])) for rows in by_request.values()]
+                                         np.array([r.metrics[outcome] for r in rows])) for rows in by_request.values()]
         correlations = [c for c in correlations if not np.isnan(c)]
         table[name] = {"r2_layer": layer_only, "r2_layer_and_effect": with_effect,
                        "r2_gain": with_effect - layer_only,
-                       "r2_effect_alone": r_squared(np.column_stack([np.ones(len(effect)), effect]), outcome),
+                       "r2_effect_alone": r_squared(np.column_stack([np.ones(len(effect)), effect]), measured),
                        "mean_rank_correlation_across_layers": float(np.mean(correlations)) if correlations else None}
     return table
 
@@ -187,9 +196,11 @@ def run_study(config: StudyConfig, repo_root: Path, progress: bool = True) -> di
     summary = {
         "parameters": {**asdict(config), "hparams": config.hparams or str(inputs.files["rome"]),
                        "edit_position": position},
-        "num_requests": len(requests), "num_layers": num_layers, "outcome": OUTCOME,
+        "num_requests": len(requests), "num_layers": num_layers, "outcomes": list(OUTCOMES),
+        "num_failed_edits": sum(not r.metrics["efficacy"] for r in records),
         "per_layer": per_layer_means(records, num_layers),
-        "explained_beyond_layer": explained_beyond_layer(records, num_layers),
+        "explained_beyond_layer": {outcome: explained_beyond_layer(records, num_layers, outcome)
+                                   for outcome in OUTCOMES},
         "seconds": time.perf_counter() - started,
     }
     write_study(Path(config.output_dir), records, summary, num_layers)
