@@ -14,6 +14,7 @@ from typing import Sequence
 
 from src.cli.common import run_cli
 from src.cli.paths import repo_path
+from src.edit.causal_tracing import METRICS
 from src.pipelines.localization_study import OUTCOMES, StudyConfig, run_study
 
 
@@ -32,13 +33,18 @@ def parse_args(argv: Sequence[str] | None) -> StudyConfig:
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--allowed-fraction", type=float, default=defaults.allowed_fraction,
                    help="share of the KG's facts ROME may use; the rest are scored (default: %(default)s)")
+    p.add_argument("--noise-level", type=float, default=defaults.noise_level,
+                   help="gaussian corruption: noise std in units of the entity-embedding std (default: %(default)s)")
+    p.add_argument("--num-noise-samples", type=int, default=defaults.num_noise_samples,
+                   help="gaussian corruption: noise samples per trace (default: %(default)s)")
     p.add_argument("--window", type=int, default=None, help="layers restored together for mlp/attn traces")
-    p.add_argument("--metric", default="prob", choices=["prob", "logit_diff"],
+    p.add_argument("--metric", default="prob", choices=METRICS,
                    help="what the traces measure: p(answer) (the original) or the logit difference")
     a = p.parse_args(argv)
     return StudyConfig(model_dir=a.model_dir, kg_file=a.kg_file, kg_corpus=a.kg_corpus, hparams=a.hparams,
                        num_facts=a.num_facts, seed=a.seed, output_dir=a.output_dir, device=a.device,
-                       allowed_fraction=a.allowed_fraction, window=a.window, metric=a.metric)
+                       allowed_fraction=a.allowed_fraction, noise_level=a.noise_level,
+                       num_noise_samples=a.num_noise_samples, window=a.window, metric=a.metric)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{summary['seconds']:.0f} s ({summary['num_failed_edits']} of {summary['num_requests'] * summary['num_layers']} "
           f"edits failed) -> {config.output_dir}")
     outcomes = [name for name in OUTCOMES if tables.get(name)]
+    if not outcomes:
+        print("  no outcome was measured")
+        return 0
     print("  R^2 explained by the edited layer alone: "
           + ", ".join(f"{name} {next(iter(tables[name].values()))['r2_layer']:.3f}" for name in outcomes))
     print("  R^2 gained by adding the traced effect at that layer (rank correlation across layers, mean per request):")

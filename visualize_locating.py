@@ -64,14 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.compare:
         comparison = compare_results(a.results_dir, a.compare, a.plot_dir or a.results_dir)
         print(f"{comparison.labels[0]}\n  against {comparison.labels[1]}: {comparison.num_common_facts} facts in both")
-        for label, peaks in comparison.peaks.items():
+        for label, peaks in zip(comparison.labels, comparison.peaks):
             print(f"  {label}: last-token peaks " + ", ".join(f"{kind} {p['effect']:.3f} (layer {p['layer']})"
                                                             for kind, p in peaks.items()))
         for kind, found in comparison.agreement.items():
-            correlation = found["mean_rank_correlation"]
-            correlation = "n/a" if correlation is None else f"{correlation:.3f}"
+            correlation = "n/a" if found.mean_rank_correlation is None else f"{found.mean_rank_correlation:.3f}"
             print(f"  {kind}: mean rank correlation {correlation}, same best layer "
-                  f"{found['same_best_layer']:.2f} of {found['num_facts']} facts")
+                  f"{found.same_best_layer:.2f} of {found.num_facts} facts")
         return 0
     summary, samples, averages = load_results(a.results_dir)
     plot_dir = require_writable_dir(Path(a.plot_dir or a.results_dir), "plot directory")

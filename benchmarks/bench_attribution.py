@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.edit.causal_tracing import KINDS, CausalTracer, TraceRequest  # noqa: E402
+from src.edit.causal_tracing import KINDS, METRICS, CausalTracer, TraceRequest  # noqa: E402
 from src.edit.prompts.encoding import encode_fact_prompt  # noqa: E402
 from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.edit.tracing.stats import agreement, mean_agreement  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--prefixes", default="0,2,5", help="context prefixes per prompt, comma-separated")
     parser.add_argument("--num-samples", type=int, default=10)
     parser.add_argument("--window", type=int, default=None, help="MLP/attention window (default: the tracer's)")
-    parser.add_argument("--metric", default="prob", choices=["prob", "logit_diff"])
+    parser.add_argument("--metric", default="prob", choices=METRICS)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -105,7 +105,7 @@ def main() -> None:
                                      for kind in KINDS}, max_difference)
     print("\nattribution vs exact: mean rank correlation over cells / share of facts with the same best layer")
     for num_prefixes, (per_kind, max_difference) in agreements.items():
-        cells = "   ".join(f"{kind} {a['mean_rank_correlation']:.3f} / {a['same_best_layer']:.2f}"
+        cells = "   ".join(f"{kind} {a.mean_rank_correlation:.3f} / {a.same_best_layer:.2f}"
                            for kind, a in per_kind.items())
         print(f"  {num_prefixes} prefixes: {cells}   (exact tracer vs plain: max |difference| {max_difference:.1e})")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

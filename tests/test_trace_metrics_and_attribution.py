@@ -4,6 +4,8 @@ Exact tracing with logit_diff is checked against the plain one-forward-per-resto
 a plain autograd computation that differentiates one layer's state at a time, and, on a model whose every block is
 affine, against exact restorations, which the first-order estimate must then equal."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -85,19 +87,10 @@ def test_normalized_effect_is_one_where_the_clean_state_is_back_and_zero_before_
                                            prefix=f"{context.s} {context.r} {context.o} ; ")
     assert result.subject_range[0] == 4
     normalized = result.normalized_effect
-    expected = (result.scores - result.low_score) / (result.high_score - result.low_score)
-    assert np.allclose(normalized, expected, atol=1e-6)
     spread = abs(result.high_score - result.low_score)
     assert spread > 1e-3 and abs(normalized[-1, -1] - 1) * spread <= 1e-5 * max(1.0, abs(result.high_score))
-    assert np.abs(normalized[: result.subject_range[0]]).max() == 0
-    flat = dataclass_with(result, high_score=result.low_score)
-    assert np.isnan(flat.normalized_effect).all()
-
-
-def dataclass_with(result, **changes):
-    import dataclasses
-
-    return dataclasses.replace(result, **changes)
+    assert np.abs(normalized[: result.subject_range[0]]).max() <= 1e-6  # tokens before the subject never see noise
+    assert np.isnan(dataclasses.replace(result, high_score=result.low_score + 1e-12).normalized_effect).all()
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -119,6 +112,39 @@ def test_attribution_equals_a_plain_autograd_computation(family, kind, window, m
     assert np.abs(result.scores - reference).max() <= TOL * scale
     assert abs(result.low_score - low) <= TOL * scale and abs(result.high_score - high) <= TOL * scale
     assert np.ptp(reference[0:]) > 1e-3  # the estimates are not all zero
+
+
+@pytest.mark.parametrize("method", ["exact", "attribution"])
+def test_facts_batched_with_their_own_noise_each_equal_the_plain_computations(method):
+    """Three facts of one length in one forward, 3 noise samples each, logit_diff: each fact's contrast and scores
+    as computed for it alone by the plain references."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    tracer = CausalTracer(model, tokenizer, device="cpu")
+    subjects = ["a x", "q y", "x a"]
+    requests = [TraceRequest(s, "b r", noise=noise_for(tokenizer, s, "b r", samples=3, seed=i))
+                for i, s in enumerate(subjects)]
+    traced = tracer.trace_many(requests, num_samples=3, kinds=["hidden", "mlp"], window=2, metric="logit_diff",
+                               method=method)
+    for request, traces in zip(requests, traced):
+        ids = list(encode_fact_prompt(tokenizer, request.s, request.r).input_ids)
+        with torch.no_grad():
+            embedded = model.get_input_embeddings()(torch.tensor([ids] * 4)).clone()
+            embedded[1:, 0:2] += request.noise
+            logits = model(inputs_embeds=embedded).logits[:, -1].float()
+        answer = int(logits[0].argmax())
+        probabilities = torch.softmax(logits[1:], -1).mean(0)
+        probabilities[answer] = -1
+        contrast = int(probabilities.argmax())
+        for kind, result in traces.items():
+            assert (result.answer_id, result.contrast_id) == (answer, contrast)
+            if method == "exact":
+                reference, low, _ = plain_trace(model, ids, (0, 2), answer, request.noise, kind, result.window,
+                                                "logit_diff", contrast)
+            else:
+                reference, low, _ = plain_attribution(model, ids, answer, kind, result.window, "logit_diff", contrast,
+                                                      noise=request.noise, subject_range=(0, 2))
+            assert np.abs(result.scores - reference).max() <= 1e-4 and abs(result.low_score - low) <= 1e-4
 
 
 @pytest.mark.parametrize("kind, window", CASES)
@@ -214,15 +240,21 @@ def test_rank_correlation_and_agreement_against_hand_computed_values():
     assert rank_correlation(a, -a) == pytest.approx(-1) and np.isnan(rank_correlation(a, np.ones(5)))
     tokenizer = tiny_tokenizer()
     tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")
-    exact = tracer.trace_important_states("a x", "b r", kind="mlp", window=1, num_samples=2)
-    estimate = tracer.trace_important_states("a x", "b r", kind="mlp", window=1, num_samples=2, method="attribution")
-    found = agreement(exact, estimate)
-    cells = slice(exact.subject_range[0], None)
-    assert found.rank_correlation == pytest.approx(rank_correlation(exact.scores[cells].ravel(),
-                                                                    estimate.scores[cells].ravel()))
-    assert found.exact_best_layer == int(np.argmax(exact.scores[-1]))
-    assert found.max_difference == pytest.approx(np.abs(exact.scores - estimate.scores).max(), abs=1e-6)
-    assert agreement(exact, exact).rank_correlation == pytest.approx(1) and agreement(exact, exact).same_best_layer
+    base = tracer.trace_important_states("a", "b r", kind="mlp", window=1, num_samples=2, prefix="y ; ")
+    assert base.subject_range == (2, 3) and base.scores.shape == (5, 5)
+    first = np.zeros((5, 5), np.float32)  # cells from the subject on (rows 2..4), ranks written out by hand
+    first[2:] = np.arange(15).reshape(3, 5)
+    second = first.copy()
+    second[4, 4], second[4, 3] = first[4, 3], first[4, 4]  # one adjacent swap among 15 ranks: 1 - 6*2/(15*224)
+    second[0, 0] = 99.0  # before the subject: left out
+    a = dataclasses.replace(base, scores=first, low_score=0.0)
+    b = dataclasses.replace(base, scores=second, low_score=0.0, method="attribution")
+    found = agreement(a, b)
+    assert found.rank_correlation == pytest.approx(1 - 6 * 2 / (15 * 224))
+    assert (found.exact_best_layer, found.estimated_best_layer, found.same_best_layer) == (4, 3, False)
+    assert found.max_difference == pytest.approx(1.0)
+    with pytest.raises(InputError, match="the metric is 'prob' in one and 'logit_diff' in the other"):
+        agreement(a, dataclasses.replace(b, metric="logit_diff"))
 
 
 def test_locating_with_logit_diff_and_attribution_says_so_everywhere(tiny_trained, tiny_kg, tmp_path, capsys):

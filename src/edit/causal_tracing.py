@@ -40,8 +40,8 @@ from src.edit.tracing.knockout import knockout_traces
 from src.edit.tracing.metrics import METRICS, check_metric
 from src.edit.tracing.replay import RestorationEngine
 from src.edit.tracing.results import (CORRUPTIONS, EDIT_POSITIONS, KINDS, KNOCKOUT_TARGETS, METHODS, KnockoutResult,
-                                      LocateResult, TraceRequest, TraceResult, default_window, normalize_kind,
-                                      window_layers)
+                                      LocateResult, TraceRequest, TraceResult, check_method, default_window,
+                                      normalize_kind, window_layers)
 from src.utils.batching import batches_by_key
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
@@ -197,8 +197,7 @@ class CausalTracer:
         if corruption not in CORRUPTIONS:
             raise InputError(f"unknown corruption '{corruption}'; allowed: {', '.join(CORRUPTIONS)}")
         check_metric(metric)
-        if method not in METHODS:
-            raise InputError(f"unknown method '{method}'; allowed: {', '.join(METHODS)}")
+        check_method(method)
         for q in requests:
             if corruption == "replace" and q.noise is not None:
                 raise InputError(f"noise is given for '{q.s} {q.r}' but corruption replace adds none; drop it or use "

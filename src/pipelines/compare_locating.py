@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.edit.tracing.stats import agreement, mean_agreement
+from src.edit.tracing.stats import MeanAgreement, agreement, mean_agreement
 from src.pipelines.locate_sample import load_results
 from src.utils.io import atomic_write_json, require_writable_dir
 from src.viz.tracing import how_traced, plot_comparison
@@ -19,19 +19,21 @@ COMPARISON_PLOT, COMPARISON_FILE = "comparison.png", "comparison.json"
 
 @dataclass(frozen=True)
 class LocatingComparison:
-    """labels: how each run traced; agreement: {kind: mean_agreement(...)} over the facts both traced, the second run
-    read as the estimate of the first (empty when they share no fact); peaks: {run label: {kind: (layer, effect)}} of
-    the last token's average effect."""
+    """labels: how each run traced; agreement: per kind, over the facts both traced, the second run read as the
+    estimate of the first (empty when they share no fact); peaks: per run (first, second), per kind, the layer and
+    value of the last token's peak average effect."""
 
     directories: tuple[str, str]
     labels: tuple[str, str]
     num_common_facts: int
-    agreement: dict
-    peaks: dict
+    agreement: dict[str, MeanAgreement]
+    peaks: tuple[dict[str, dict], dict[str, dict]]
 
     def to_dict(self) -> dict:
         return {"directories": list(self.directories), "labels": list(self.labels),
-                "num_common_facts": self.num_common_facts, "agreement": self.agreement, "peaks": self.peaks}
+                "num_common_facts": self.num_common_facts,
+                "agreement": {kind: found.to_dict() for kind, found in self.agreement.items()},
+                "peaks": {"first": self.peaks[0], "second": self.peaks[1]}}
 
 
 def compare_results(first_dir: str | Path, second_dir: str | Path, plot_dir: str | Path) -> LocatingComparison:
@@ -47,11 +49,9 @@ def compare_results(first_dir: str | Path, second_dir: str | Path, plot_dir: str
     position = runs[0][0]["parameters"].get("position", "last")
     agreements = {kind: mean_agreement([agreement(a.traces[kind], b.traces[kind], position) for a, b in common])
                   for kind in kinds} if common else {}
-    peaks = {}
-    for label, averages in zip(labels, (first_averages, second_averages)):
-        peaks[label] = {kind: {"layer": int(avg.groups["last"].mean.argmax()),
-                               "effect": float(avg.groups["last"].mean.max())}
-                        for kind, avg in averages.items() if "last" in avg.groups}
+    peaks = tuple({kind: {"layer": int(avg.groups["last"].mean.argmax()), "effect": float(avg.groups["last"].mean.max())}
+                   for kind, avg in averages.items() if "last" in avg.groups}
+                  for averages in (first_averages, second_averages))
     comparison = LocatingComparison((str(first_dir), str(second_dir)), labels, len(common), agreements, peaks)
     plot_dir.mkdir(parents=True, exist_ok=True)
     if kinds:

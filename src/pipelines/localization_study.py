@@ -78,6 +78,9 @@ class StudyConfig:
                           hparams={"rome": self.hparams} if self.hparams else {},
                           allowed_fraction=self.allowed_fraction, progress=False)
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
     def validate(self) -> None:
         if self.num_facts < 2:
             raise InputError(f"--num-facts must be >= 2 (correlations need two facts), got {self.num_facts}")
@@ -194,7 +197,7 @@ def run_study(config: StudyConfig, repo_root: Path, progress: bool = True) -> di
                 metrics={name: getattr(record, name) for name in EDIT_METRICS},
                 effects={name: values[layer] for name, values in effects[record.index].items()}))
     summary = {
-        "parameters": {**asdict(config), "hparams": config.hparams or str(inputs.files["rome"]),
+        "parameters": {**config.to_dict(), "hparams": config.hparams or str(inputs.files["rome"]),
                        "edit_position": position},
         "num_requests": len(requests), "num_layers": num_layers, "outcomes": list(OUTCOMES),
         "num_failed_edits": sum(not r.metrics["efficacy"] for r in records),

@@ -22,8 +22,11 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.edit.causal_tracing import (CORRUPTIONS, FACTS_PER_FORWARD, KINDS, METHODS, METRICS, CausalTracer,
-                                     KnockoutResult, TraceRequest, TraceResult, default_window, normalize_kind)
+from src.edit.causal_tracing import (CORRUPTIONS, FACTS_PER_FORWARD, KINDS, CausalTracer, KnockoutResult, TraceRequest,
+                                     TraceResult, default_window, normalize_kind)
+from src.edit.model.block_call import attention_takes_any_mask
+from src.edit.tracing.metrics import check_metric
+from src.edit.tracing.results import check_method
 from src.edit.prompts.encoding import check_known_words
 from src.edit.tracing.stats import average_effects, average_knockout
 from src.kg.graph import Fact, read_graph_jsonl
@@ -76,10 +79,8 @@ class LocatingConfig:
             raise InputError(f"--position must be last or subject_last, got {self.position}")
         if self.corruption not in CORRUPTIONS:
             raise InputError(f"unknown corruption '{self.corruption}'; allowed: {', '.join(CORRUPTIONS)}")
-        if self.metric not in METRICS:
-            raise InputError(f"unknown metric '{self.metric}'; allowed: {', '.join(METRICS)}")
-        if self.method not in METHODS:
-            raise InputError(f"unknown method '{self.method}'; allowed: {', '.join(METHODS)}")
+        check_metric(self.metric)
+        check_method(self.method)
         kinds = tuple(normalize_kind(k) for k in self.kinds)
         if not kinds:
             raise InputError("--kinds needs at least one of hidden, mlp, attn")
@@ -222,6 +223,9 @@ def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = F
             check_known_words(tokenizer, entity=fact.s, relation=fact.r, object=fact.o)
         predicted_ids, object_ids = object_predictions(model, tokenizer, facts)
         tracer = CausalTracer(model, tokenizer, device=device, subjects=graph.entities)
+        if config.knockout and not attention_takes_any_mask(model):  # refused before the run begins
+            raise InputError("--knockout needs eager or sdpa attention; the model uses "
+                             f"'{getattr(model.config, '_attn_implementation', None)}'")
 
         requests, skipped = [], []
         for index, fact in enumerate(facts):

@@ -23,7 +23,7 @@ from src.edit.model.hooks import Trace, TraceDict
 from src.edit.model.layout import ModelLayout
 from src.edit.prompts.encoding import EncodedPrompt
 from src.edit.tracing.metrics import run_metrics
-from src.edit.tracing.replay import corrupt, trace_results
+from src.edit.tracing.rows import corrupt, trace_results
 from src.edit.tracing.results import TraceRequest, TraceResult, window_layers
 
 

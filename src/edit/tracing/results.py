@@ -28,6 +28,12 @@ def window_layers(layer: int, window: int, num_layers: int) -> range:
     return range(max(0, layer - window // 2), min(num_layers, layer - (-window // 2)))
 
 
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}'; allowed: {', '.join(METHODS)}")
+    return method
+
+
 def normalize_kind(kind: str | None) -> str:
     kind = "hidden" if kind is None else kind
     if kind not in KINDS:
@@ -82,9 +88,10 @@ class TraceResult:
     @property
     def normalized_effect(self) -> np.ndarray:
         """(tokens, layers): (scores - low_score) / (high_score - low_score), 1 where a restoration recovers the clean
-        metric, 0 where it recovers nothing; NaN everywhere when the corruption did not change the metric."""
+        metric, 0 where it recovers nothing; NaN everywhere when the corruption did not change the metric (by more than
+        1e-8 of its size)."""
         spread = self.high_score - self.low_score
-        if spread == 0:
+        if abs(spread) <= 1e-8 * max(1.0, abs(self.high_score)):
             return np.full_like(self.scores, np.nan)
         return ((self.scores - self.low_score) / spread).astype(np.float32)
 

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from src.edit.tracing.results import KnockoutResult, TraceResult
+from src.utils.errors import InputError
 from src.utils.intervals import mean_and_ci95
 
 TOKEN_GROUPS = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
@@ -122,9 +123,11 @@ class Agreement:
 
 
 def agreement(exact: TraceResult, estimated: TraceResult, position: str = "last") -> Agreement:
-    """Compare two traces of one fact, kind and window (e.g. method exact and attribution)."""
-    if (exact.input_ids, exact.kind, exact.window) != (estimated.input_ids, estimated.kind, estimated.window):
-        raise ValueError("agreement compares two traces of the same prompt, kind and window")
+    """Compare two traces of one fact, kind, window and metric (e.g. method exact and attribution)."""
+    for name in ("prompt", "kind", "window", "metric"):
+        if getattr(exact, name) != getattr(estimated, name):
+            raise InputError(f"agreement compares traces of one prompt, kind, window and metric; the {name} is "
+                             f"'{getattr(exact, name)}' in one and '{getattr(estimated, name)}' in the other")
     b = exact.subject_range[0]
     cells_exact, cells_estimated = exact.indirect_effect[b:].ravel(), estimated.indirect_effect[b:].ravel()
     return Agreement(kind=exact.kind, rank_correlation=rank_correlation(cells_exact, cells_estimated),
@@ -132,12 +135,24 @@ def agreement(exact: TraceResult, estimated: TraceResult, position: str = "last"
                      max_difference=float(np.abs(cells_exact - cells_estimated).max()), position=position)
 
 
-def mean_agreement(agreements: Sequence[Agreement]) -> dict:
-    """Over many facts of one kind: mean rank correlation (NaNs left out), share of facts with the same best layer."""
+@dataclass(frozen=True)
+class MeanAgreement:
+    """Agreement over many facts of one kind: mean rank correlation (facts where it is undefined left out; None if
+    none), share of facts with the same best layer (None without facts)."""
+
+    num_facts: int
+    mean_rank_correlation: float | None
+    same_best_layer: float | None
+
+    def to_dict(self) -> dict:
+        return {"num_facts": self.num_facts, "mean_rank_correlation": self.mean_rank_correlation,
+                "same_best_layer": self.same_best_layer}
+
+
+def mean_agreement(agreements: Sequence[Agreement]) -> MeanAgreement:
     correlations = [a.rank_correlation for a in agreements if not np.isnan(a.rank_correlation)]
-    return {"num_facts": len(agreements),
-            "mean_rank_correlation": float(np.mean(correlations)) if correlations else None,
-            "same_best_layer": float(np.mean([a.same_best_layer for a in agreements])) if agreements else None}
+    return MeanAgreement(len(agreements), float(np.mean(correlations)) if correlations else None,
+                         float(np.mean([a.same_best_layer for a in agreements])) if agreements else None)
 
 
 def average_knockout(results: Sequence[KnockoutResult]) -> dict[str, GroupEffect]:
