@@ -188,6 +188,46 @@ def test_rome_reads_and_factorises_the_initial_statistics_once_per_layer(tiny_mo
         torch.testing.assert_close(solution, torch.linalg.solve(matrix, rhs), atol=1e-6, rtol=1e-5)
 
 
+def test_edits_from_the_same_weights_read_and_factorise_c_once_and_again_when_the_weights_change(tiny_model, tiny_kg,
+                                                                                                 tmp_path, monkeypatch):
+    """reuse_statistics: independent edits (copy_model=True) at one layer read C once and factorise it once, with
+    updates bit-identical to reading and factorising it for every edit; an in-place edit changes the weights, and
+    the next edit reads C again."""
+    import src.edit.rank_one.covariance as rome_module
+    import src.edit.rank_one.linalg as linalg
+
+    model, tokenizer = tiny_model
+    reads, factorisations = [], []
+    original_read, original_solver = rome_module.load_or_compute_second_moment, rome_module.PSDSolver
+
+    class CountingSolver(original_solver):
+        def __init__(self, matrix):
+            factorisations.append(1)
+            super().__init__(matrix)
+
+    monkeypatch.setattr(rome_module, "load_or_compute_second_moment",
+                        lambda *a, **k: reads.append(1) or original_read(*a, **k))
+    monkeypatch.setattr(rome_module, "PSDSolver", CountingSolver)
+    monkeypatch.setattr(linalg, "PSDSolver", CountingSolver)  # what solve_psd factorises with
+    facts = list(tiny_kg.graph.facts)[:3]
+    targets = [next(e for e in tiny_kg.graph.entities if e not in (f.o, f.s)) for f in facts]
+    updates = {}
+    for reuse in (True, False):
+        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                    hparams={"layer": 1}, progress=False, speed=SpeedPaths(reuse_statistics=reuse))
+        reads.clear(), factorisations.clear()
+        updates[reuse] = [rome.apply_edit(f.s, f.r, t, copy_model=True)[1]._update for f, t in zip(facts, targets)]
+        assert (len(reads), len(factorisations)) == ((1, 1) if reuse else (3, 3))
+    for kept, fresh in zip(updates[True], updates[False]):
+        assert torch.equal(kept.u, fresh.u) and torch.equal(kept.delta, fresh.delta)
+    rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                hparams={"layer": 1}, progress=False)
+    reads.clear()
+    rome.apply_edit(facts[0].s, facts[0].r, targets[0], copy_model=False)  # the weights change in place
+    rome.apply_edit(facts[1].s, facts[1].r, targets[1], copy_model=True)
+    assert len(reads) == 2
+
+
 def test_shared_stems_in_bfloat16_predict_the_kg_as_whole_prompts_do(tiny_model, tiny_kg):
     """The cache path in half precision (the CUDA dtypes; bfloat16 runs on the CPU): same top-1 on every KG fact."""
     model, tokenizer = tiny_model

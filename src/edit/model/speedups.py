@@ -88,6 +88,9 @@ class SpeedPaths:
     every prompt whole).
     share_prefixes: key statistics take each distinct token prefix's key once, weighted by its count, and skip lines
     that are prefixes of others (`src.edit.rank_one.key_statistics.KeyPlan`; False: every key of every line).
+    reuse_statistics: `KeyCovariance` keeps the C it last read for each layer, factorised, and uses it again while
+    the cache key (the weights, tokenizer, corpus and settings) is the same (False: every edit reads C from the
+    cache and factorises it).
     """
 
     fuse_gelu: bool = True
@@ -96,11 +99,12 @@ class SpeedPaths:
     resume_forward: bool = True
     share_stems: bool = True
     share_prefixes: bool = True
+    reuse_statistics: bool = True
 
     @classmethod
     def plain(cls) -> "SpeedPaths":
         return cls(fuse_gelu=False, freeze_weights=False, activation_budget=None, resume_forward=False,
-                   share_stems=False, share_prefixes=False)
+                   share_stems=False, share_prefixes=False, reuse_statistics=False)
 
     def fused(self, model: nn.Module) -> AbstractContextManager:
         return fused_activations(model) if self.fuse_gelu else nullcontext(0)

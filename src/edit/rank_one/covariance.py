@@ -3,7 +3,8 @@
 `KeyCovariance` holds, for one ROME: where C comes from (the statistics cache on the weights being edited, or a
 private copy of the initial weights, read and factorised once per layer), the keys of earlier in-place edits added to
 it (past_keys_weight), and the preconditioner an edit applies to its keys: C^-1, the null-space projector of C, or
-the identity without statistics.
+the identity without statistics. The C last read for each layer is kept factorised while its cache key is the same
+(`SpeedPaths.reuse_statistics`): edits from the same weights share one read and one factorisation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.rank_one.hparams import ROMEHyperParams
-from src.edit.rank_one.key_statistics import load_or_compute_second_moment
+from src.edit.rank_one.key_statistics import load_or_compute_second_moment, stats_key
+from src.kg.corpus import require_corpus_file
 from src.edit.rank_one.linalg import PSDSolver, null_space_projector, solve_psd
 from src.kg.split import FactSplit
 from src.utils.errors import InputError
@@ -45,6 +47,7 @@ class KeyCovariance:
         self.stats_dir, self.progress, self.split, self.speed = stats_dir, progress, split, speed
         self._initial_model = copy.deepcopy(model) if statistics_from == "initial" else None
         self._initial: dict[int, PSDSolver] = {}  # layer -> the initial weights' C, factorised
+        self._current: dict[int, tuple[str, PSDSolver]] = {}  # layer -> (cache key, C factorised): the last C read
         self.past_keys: dict[int, list[torch.Tensor]] = {}  # layer -> k* of in-place edits (past_keys_weight > 0)
 
     def preconditioner(self, model: PreTrainedModel, layer: int, size: int) -> Preconditioner:
@@ -56,9 +59,9 @@ class KeyCovariance:
         if self.hparams.null_space_threshold > 0:
             projector = null_space_projector(moment, self.hparams.null_space_threshold)
             return lambda x: projector @ x
-        initial = self._initial.get(layer)
-        if initial is not None and moment is initial.matrix:  # C's factorisation is kept while no past keys are added
-            return initial.solve
+        kept = self._initial.get(layer) or (self._current[layer][1] if layer in self._current else None)
+        if kept is not None and moment is kept.matrix:  # C's factorisation is kept while no past keys are added
+            return kept.solve
         return lambda x: solve_psd(moment, x)
 
     def remember(self, layer: int, keys: torch.Tensor) -> None:
@@ -75,6 +78,13 @@ class KeyCovariance:
         if layer in self._initial:
             return self._initial[layer].matrix
         hp = self.hparams
+        reuse = self._initial_model is None and self.speed.reuse_statistics
+        if reuse:
+            sources = ("corpus", "fact_prompts") if hp.mom2_source == "both" else (hp.mom2_source,)
+            key = "|".join(stats_key(model, self.tokenizer, require_corpus_file(self.corpus_path), layer,
+                                     hp.mom2_n_samples, source, self.split) for source in sources)
+            if layer in self._current and self._current[layer][0] == key:
+                return self._current[layer][1].matrix
         moment, _ = load_or_compute_second_moment(
             self._initial_model or model, self.tokenizer, self.corpus_path, layer, hp.mom2_n_samples,
             self.stats_dir, self.progress, hp.mom2_source, self.split, self.speed)
@@ -83,6 +93,9 @@ class KeyCovariance:
         if self._initial_model is not None:
             self._initial[layer] = PSDSolver(moment)
             return self._initial[layer].matrix
+        if reuse:
+            self._current[layer] = (key, PSDSolver(moment))
+            return self._current[layer][1].matrix
         return moment
 
     def _with_past_keys(self, moment: torch.Tensor | None, layer: int, size: int) -> torch.Tensor | None:
