@@ -38,6 +38,9 @@ RECIPES = {
     # 800 steps reach 99% at step 750 on the default model; 600 decay too soon (80.6% at step 600)
     "horizon_600": {"max_steps": 600, "eval_every": 50},
     "horizon_800": {"max_steps": 800, "eval_every": 50},
+    # 700: 97.3% at step 700 (short of 99%); 800 with half the warm-up: 46.2% at step 800 (docs/results.md)
+    "horizon_700": {"max_steps": 700, "eval_every": 50},
+    "horizon_800_warm50": {"max_steps": 800, "warmup_steps": 50, "eval_every": 50},
 }
 
 
