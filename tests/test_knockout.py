@@ -94,6 +94,16 @@ def test_the_plain_knockout_and_the_tracer_equal_a_hand_written_gpt2(attention):
             assert np.ptp(by_hand) > 1e-4
 
 
+def test_trace_many_with_knockout_holds_the_same_knockouts_beside_the_traces():
+    tokenizer = tiny_tokenizer()
+    tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")
+    traced = tracer.trace_many(REQUESTS, num_samples=2, kinds=["mlp"], window=2, knockout=True)
+    alone = tracer.knockout_many(REQUESTS, window=2)
+    for traces, knocked in zip(traced, alone):
+        assert set(traces) == {"mlp", "knockout"} and traces["knockout"].subject == knocked.subject
+        assert all(np.array_equal(traces["knockout"].scores[k], knocked.scores[k]) for k in knocked.scores)
+
+
 def test_knockout_results_round_trip_and_bad_input_is_one_line():
     tokenizer = tiny_tokenizer()
     tracer = CausalTracer(tiny_gpt2(tokenizer), tokenizer, device="cpu")

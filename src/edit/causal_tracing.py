@@ -186,8 +186,10 @@ class CausalTracer:
         corruption: str = "gaussian",
         metric: str = "prob",
         method: str = "exact",
-    ) -> list[dict[str, TraceResult]]:
-        """`trace_kinds` for many facts: one {kind: TraceResult} per request, in order.
+        knockout: bool = False,
+    ) -> list[dict[str, TraceResult | KnockoutResult]]:
+        """`trace_kinds` for many facts: one {kind: TraceResult} per request, in order; knockout: each dict also holds
+        the fact's attention knockout under "knockout" (`knockout_many`, same window).
 
         Facts whose prompts have the same number of tokens are traced together, `facts_per_forward` at a time, so the
         fixed cost of a forward is shared; each keeps its own noise (its `noise` or a draw with its `seed`; with
@@ -237,6 +239,9 @@ class CausalTracer:
                                   for kind, t in traced.items()}
                     results[index] = traced
                 bar.update(len(batch))
+        if knockout:
+            for traced, knocked in zip(results, self.knockout_many(requests, window, facts_per_forward)):
+                traced["knockout"] = knocked
         return results  # type: ignore[return-value]
 
     def knockout(self, s: str, r: str, o_target: str | None = None, window: int | None = None,

@@ -254,12 +254,10 @@ def run_locating(config: LocatingConfig, progress: bool = True, resume: bool = F
                     traced = tracer.trace_many([request for _, request in block], config.noise_level,
                                                config.num_noise_samples, kinds, config.window,
                                                corruption=config.corruption, metric=config.metric,
-                                               method=config.method)
-                    knocked = (tracer.knockout_many([request for _, request in block], config.window)
-                               if config.knockout else [None] * len(block))
+                                               method=config.method, knockout=config.knockout)
                     done = [SampleTrace(index, facts[index], traces["mlp"].best_layer(config.position),
-                                        {k: traces[k] for k in config.kinds}, knockout)
-                            for (index, _), traces, knockout in zip(block, traced, knocked)]
+                                        {k: traces[k] for k in config.kinds}, traces.get("knockout"))
+                            for (index, _), traces in zip(block, traced)]
                     run.append([sample.to_record() for sample in done])
                     samples += done
                     bar.update(len(block))
