@@ -19,6 +19,10 @@ This implementation gives the numbers of the original one-forward-per-restoratio
   the subject's first token's block output makes every token up to it clean, so only the tokens after it are
   recomputed, over the clean run's keys and values (`src.edit.model.block_call`; the engine: `src.edit.tracing.replay`);
 - GPT-2's "gelu_new" activation runs as torch's fused tanh-GELU kernel while tracing (same formula).
+
+Beside the original: corruption "replace" (another subject's tokens instead of noise), metric "logit_diff"
+(`src.edit.tracing.metrics`), method "attribution" (every cell to first order from one forward and one backward,
+`src.edit.tracing.attribution`) and attention knockout (`knockout`, `src.edit.tracing.knockout`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.edit.model.block_call import attention_takes_any_mask
 from src.edit.model.layout import ModelLayout
 from src.edit.model.speedups import FAST, SpeedPaths
 from src.edit.prompts.encoding import EncodedPrompt, answer_token_id, check_known_words, encode_fact_prompt
-from src.edit.model.block_call import attention_takes_any_mask
 from src.edit.tracing.attribution import attribution_traces
 from src.edit.tracing.knockout import knockout_traces
 from src.edit.tracing.metrics import METRICS, check_metric

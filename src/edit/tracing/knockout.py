@@ -81,4 +81,3 @@ def knockout_traces(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             subject_range=prompt.subject_range, answer=tokenizer.convert_ids_to_tokens(answer_id), answer_id=answer_id,
             window=window, high_score=float(measured[f, 0]), positions=positions[f], scores=scores))
     return results
-
