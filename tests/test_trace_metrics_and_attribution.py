@@ -31,10 +31,16 @@ def noise_for(tokenizer, s, r, samples=4, seed=1):
     return torch.randn(samples, e - b, 32, generator=torch.Generator().manual_seed(seed)) * 3
 
 
-def contrast_by_hand(model, rows):
-    """The corrupted rows' most probable token other than the clean row's top one."""
+def contrast_by_hand(model, ids, noise=None, replaced=None):
+    """(answer, contrast) built apart from the tracer: the clean row's top token, and the corrupted rows' most
+    probable other token; the corrupted rows add `noise` at the subject (tokens 0-1) or read `replaced`."""
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor(rows), use_cache=False).logits[:, -1].float()
+        if noise is None:
+            logits = model(input_ids=torch.tensor([ids, replaced]), use_cache=False).logits[:, -1].float()
+        else:
+            embedded = model.get_input_embeddings()(torch.tensor([ids] * (1 + len(noise)))).clone()
+            embedded[1:, 0:2] += noise
+            logits = model(inputs_embeds=embedded).logits[:, -1].float()
     answer = int(logits[0].argmax())
     probabilities = torch.softmax(logits[1:], -1).mean(0)
     probabilities[answer] = -1
@@ -54,20 +60,13 @@ def test_logit_diff_tracing_equals_the_plain_reference(family, kind, window, cor
         noise = noise_for(tokenizer, s, r)
         result = tracer.trace_important_states(s, r, kind=kind, window=window, noise=noise, num_samples=4,
                                                metric="logit_diff")
-        with torch.no_grad():  # the noisy rows, built apart from the tracer
-            embedded = model.get_input_embeddings()(torch.tensor([ids] * 5)).clone()
-            embedded[1:, 0:2] += noise
-            logits = model(inputs_embeds=embedded).logits[:, -1].float()
-        answer = int(logits[0].argmax())
-        probabilities = torch.softmax(logits[1:], -1).mean(0)
-        probabilities[answer] = -1
-        contrast = int(probabilities.argmax())
+        answer, contrast = contrast_by_hand(model, ids, noise=noise)
         reference, low, high = plain_trace(model, ids, (0, 2), answer, noise, kind, window, "logit_diff", contrast)
     else:
         replaced = list(encode_fact_prompt(tokenizer, "q y", r).input_ids)
         result = tracer.trace_important_states(s, r, kind=kind, window=window, corruption="replace",
                                                replacement="q y", metric="logit_diff")
-        answer, contrast = contrast_by_hand(model, [ids, replaced])
+        answer, contrast = contrast_by_hand(model, ids, replaced=replaced)
         reference, low, high = plain_replacement_trace(model, ids, replaced, answer, kind, window, "logit_diff",
                                                        contrast)
     assert result.metric == "logit_diff" and (result.answer_id, result.contrast_id) == (answer, contrast)
@@ -128,14 +127,7 @@ def test_facts_batched_with_their_own_noise_each_equal_the_plain_computations(me
                                method=method)
     for request, traces in zip(requests, traced):
         ids = list(encode_fact_prompt(tokenizer, request.s, request.r).input_ids)
-        with torch.no_grad():
-            embedded = model.get_input_embeddings()(torch.tensor([ids] * 4)).clone()
-            embedded[1:, 0:2] += request.noise
-            logits = model(inputs_embeds=embedded).logits[:, -1].float()
-        answer = int(logits[0].argmax())
-        probabilities = torch.softmax(logits[1:], -1).mean(0)
-        probabilities[answer] = -1
-        contrast = int(probabilities.argmax())
+        answer, contrast = contrast_by_hand(model, ids, noise=request.noise)
         for kind, result in traces.items():
             assert (result.answer_id, result.contrast_id) == (answer, contrast)
             if method == "exact":

@@ -36,6 +36,7 @@ from src.edit.tracing.stats import rank_correlation
 from src.lm.model import load_model
 from src.pipelines import defaults
 from src.pipelines.evaluate_methods import EvalConfig, check_inputs, run_method
+from src.pipelines.locate_sample import check_noise_and_window
 from src.utils.device import resolve_device
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, atomic_write_json
@@ -84,12 +85,7 @@ class StudyConfig:
     def validate(self) -> None:
         if self.num_facts < 2:
             raise InputError(f"--num-facts must be >= 2 (correlations need two facts), got {self.num_facts}")
-        if self.noise_level <= 0:
-            raise InputError(f"--noise-level must be > 0, got {self.noise_level}")
-        if self.num_noise_samples < 1:
-            raise InputError(f"--num-noise-samples must be >= 1, got {self.num_noise_samples}")
-        if self.window is not None and self.window < 1:
-            raise InputError(f"--window must be >= 1, got {self.window}")
+        check_noise_and_window(self.noise_level, self.num_noise_samples, self.window)
         check_metric(self.metric)
 
 

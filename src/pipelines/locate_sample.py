@@ -69,12 +69,7 @@ class LocatingConfig:
     def validate(self) -> "LocatingConfig":
         if self.num_samples < 1:
             raise InputError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if self.noise_level <= 0:
-            raise InputError(f"--noise-level must be > 0, got {self.noise_level}")
-        if self.num_noise_samples < 1:
-            raise InputError(f"--num-noise-samples must be >= 1, got {self.num_noise_samples}")
-        if self.window is not None and self.window < 1:
-            raise InputError(f"--window must be >= 1, got {self.window}")
+        check_noise_and_window(self.noise_level, self.num_noise_samples, self.window)
         if self.position not in ("last", "subject_last"):
             raise InputError(f"--position must be last or subject_last, got {self.position}")
         if self.corruption not in CORRUPTIONS:
@@ -85,6 +80,16 @@ class LocatingConfig:
         if not kinds:
             raise InputError("--kinds needs at least one of hidden, mlp, attn")
         return LocatingConfig(**{**asdict(self), "kinds": kinds})
+
+
+def check_noise_and_window(noise_level: float, num_noise_samples: int, window: int | None) -> None:
+    """The tracing flags every script shares: one line naming the bad value."""
+    if noise_level <= 0:
+        raise InputError(f"--noise-level must be > 0, got {noise_level}")
+    if num_noise_samples < 1:
+        raise InputError(f"--num-noise-samples must be >= 1, got {num_noise_samples}")
+    if window is not None and window < 1:
+        raise InputError(f"--window must be >= 1, got {window}")
 
 
 # choices written into the parameters only where they differ from the original's (so those runs keep their files)
