@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Key statistics C = E[k k^T] of one MLP layer over the KG corpus: shared prefixes against every key, side by side.
+"""Key statistics C = E[k k^T] of one MLP layer over the KG corpus: each speed path against the plain path, side by side.
 
     python benchmarks/bench_key_statistics.py [--model-dir outputs/models/gpt_small] [--layers 0,1,4,7]
 
-Per layer, `compute_second_moment` runs with `SpeedPaths.share_prefixes` on (each distinct token prefix's key once,
-weighted) and off (every key of every line: the plain path), alternately, no cache; printed: seconds of each, the
-ratio, the keys run through the GEMM, and the largest difference between the two C relative to C's largest entry.
+Per layer, `compute_second_moment` runs with every speed path on ("fast": each distinct token prefix's key once,
+weighted, and C's symmetric product), with `SpeedPaths.symmetric_product` off ("full": the whole product keys^T
+keys) and with both off ("plain": every key of every line, the whole product), in turn, no cache; printed: seconds
+of each, plain's over fast's, and the largest difference of each C from plain's relative to C's largest entry.
 """
 
 from __future__ import annotations
@@ -39,16 +40,19 @@ def main() -> None:
     keys_shared = shared.num_distinct
     print(f"{len(lines)} corpus lines, {plain.num_keys} keys; shared prefixes: {len(shared.lines)} lines run, "
           f"{keys_shared} distinct keys in the GEMM ({plain.num_keys / keys_shared:.2f}x fewer)")
-    print(f"{'layer':>5}{'shared s':>10}{'plain s':>10}{'speed-up':>10}{'max |diff| / max |C|':>22}")
+    settings = {"fast": SpeedPaths(), "full": SpeedPaths(symmetric_product=False), "plain": SpeedPaths.plain()}
+    print(f"{'layer':>5}" + "".join(f"{name + ' s':>10}" for name in settings) + f"{'plain/fast':>12}"
+          f"{'max |fast - plain| / max |C|':>30}{'full':>10}")
     for layer in [int(x) for x in args.layers.split(",")]:
-        results = {}
-        for name, speed in (("shared", SpeedPaths()), ("plain", SpeedPaths.plain())):
+        seconds, moments = {}, {}
+        for name, speed in settings.items():
             start = time.perf_counter()
-            moment, _ = compute_second_moment(model, tokenizer, lines, layer, progress=False, speed=speed)
-            results[name] = (time.perf_counter() - start, moment)
-        (fast, a), (slow, b) = results["shared"], results["plain"]
-        difference = float((a - b).abs().max() / b.abs().max())
-        print(f"{layer:>5}{fast:>10.2f}{slow:>10.2f}{slow / fast:>9.2f}x{difference:>22.1e}")
+            moments[name], _ = compute_second_moment(model, tokenizer, lines, layer, progress=False, speed=speed)
+            seconds[name] = time.perf_counter() - start
+        scale = moments["plain"].abs().max()
+        differences = [float((moments[name] - moments["plain"]).abs().max() / scale) for name in ("fast", "full")]
+        print(f"{layer:>5}" + "".join(f"{seconds[name]:>10.2f}" for name in settings)
+              + f"{seconds['plain'] / seconds['fast']:>11.2f}x{differences[0]:>30.1e}{differences[1]:>10.1e}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
           f"torch threads: {torch.get_num_threads()}")
 

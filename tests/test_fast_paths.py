@@ -308,3 +308,20 @@ def test_statistics_lines_are_tokenized_as_prompts_are(bos):
     tokenizer = tiny_tokenizer(bos=bos)
     lines = ["a r b", "c q d ; x r y", "z"]
     assert encode_lines(tokenizer, lines) == [encode_prompt(tokenizer, line) for line in lines]
+
+
+@pytest.mark.parametrize("block", [1, 4, 10, 512, None])
+def test_weighted_gram_blocks_equal_a_sum_of_outer_products(block):
+    """C's symmetric product (blocks on and above the diagonal, mirrored; widths that divide d and that do not)
+    against sum_i w_i k_i k_i^T written out row by row."""
+    from src.edit.rank_one.key_statistics import add_weighted_gram
+
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(7, 10, generator=generator, dtype=torch.float64)
+    weights = torch.tensor([1.0, 3.0, 2.0, 1.0, 5.0, 1.0, 4.0], dtype=torch.float64)
+    expected = torch.full((10, 10), 0.5, dtype=torch.float64)  # what `total` held before
+    for k, w in zip(keys, weights):
+        expected += w * torch.outer(k, k)
+    total = torch.full((10, 10), 0.5, dtype=torch.float64)
+    add_weighted_gram(total, keys, weights, block)
+    torch.testing.assert_close(total, expected, rtol=1e-13, atol=1e-13)

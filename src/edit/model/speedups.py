@@ -91,6 +91,8 @@ class SpeedPaths:
     reuse_statistics: `KeyCovariance` keeps the C it last read for each layer, factorised, and uses it again while
     the cache key (the weights, tokenizer, corpus and settings) is the same (False: every edit reads C from the
     cache and factorises it).
+    symmetric_product: key statistics compute C's blocks on and above its diagonal and mirror them (False: the whole
+    product keys^T keys).
     """
 
     fuse_gelu: bool = True
@@ -100,11 +102,13 @@ class SpeedPaths:
     share_stems: bool = True
     share_prefixes: bool = True
     reuse_statistics: bool = True
+    symmetric_product: bool = True
 
     @classmethod
     def plain(cls) -> "SpeedPaths":
         return cls(fuse_gelu=False, freeze_weights=False, activation_budget=None, resume_forward=False,
-                   share_stems=False, share_prefixes=False, reuse_statistics=False)
+                   share_stems=False, share_prefixes=False, reuse_statistics=False,
+                   symmetric_product=False)
 
     def fused(self, model: nn.Module) -> AbstractContextManager:
         return fused_activations(model) if self.fuse_gelu else nullcontext(0)
