@@ -200,6 +200,19 @@ def test_suffix_replay_is_used_and_can_be_turned_off():
         handle.remove()
 
 
+def test_the_runs_record_the_clean_outputs_of_the_kinds_traced_only():
+    from src.edit.prompts.encoding import encode_fact_prompt
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    tracer = CausalTracer(model, tokenizer, device="cpu")
+    runs = tracer.engine.runs([TraceRequest("a", "r")], [encode_fact_prompt(tokenizer, "a", "r")],
+                              [(torch.zeros(2, 1, 32), 0.0)], kinds=("mlp",))
+    assert sorted({name.split(".")[0] for name in runs.clean}) == ["hidden", "mlp"]  # block outputs always
+    with pytest.raises(ValueError, match="not attn"):
+        tracer.engine.trace(runs, ["attn"], window=2)
+
+
 def test_restorations_that_restored_the_same_states_share_their_rows():
     tokenizer = tiny_tokenizer()
     model = tiny_gpt2(tokenizer)  # 5 layers

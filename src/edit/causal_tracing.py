@@ -236,7 +236,8 @@ class CausalTracer:
                     traced_batch = attribution_traces(self.model, self.tokenizer, self.layout, self.device, chosen,
                                                       encoded, noises, kinds, window, metric)
                 else:
-                    traced_batch = self.engine.trace(self.engine.runs(chosen, encoded, noises, metric), kinds, window)
+                    traced_batch = self.engine.trace(self.engine.runs(chosen, encoded, noises, metric, kinds), kinds,
+                                                     window)
                 for k, (index, traced) in enumerate(zip(batch, traced_batch)):
                     if corruption == "replace":
                         traced = {kind: dataclasses.replace(t, corruption=corruption, replacement=replaced[k][2])

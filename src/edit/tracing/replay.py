@@ -5,6 +5,7 @@ restoration replayed from its first changed block and token, many restorations p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ class TracedRuns:
     contrast_ids: torch.Tensor | None  # (F,) long, the corrupted runs' answers logit_diff contrasts with; None for prob
     high_scores: list[float]  # the metric in the clean run
     low_scores: list[float]  # its mean over the corrupted runs
+    kinds: tuple[str, ...]  # the kinds whose clean outputs `clean` holds
     clean: dict[str, torch.Tensor]  # "hidden.l" / "mlp.l" / "attn.l" -> (F, T, d) clean outputs
     corrupted_inputs: list[torch.Tensor]  # block l input in the corrupted runs, (F, N, T, d); index L = final output
     call: BlockCall  # how the model called its blocks (mask, positions, ...), to call them again by hand
@@ -73,15 +75,18 @@ class RestorationEngine:
 
     @torch.no_grad()
     def runs(self, requests: list[TraceRequest], prompts: list[EncodedPrompt],
-             noises: list[tuple[torch.Tensor, float]], metric: str = "prob") -> TracedRuns:
+             noises: list[tuple[torch.Tensor, float]], metric: str = "prob",
+             kinds: Sequence[str] = KINDS) -> TracedRuns:
         """One forward of F x (1 + N) rows: per fact, row 0 clean and rows 1..N with its noise (N, subject tokens,
         hidden) added to its subject's token embeddings; noises hold (noise, its std). Every prompt has the same
-        length T. metric: what the scores measure (`src.edit.tracing.metrics`)."""
+        length T. metric: what the scores measure (`src.edit.tracing.metrics`); kinds: the kinds `trace` may
+        restore (the clean outputs recorded: block outputs always, MLP and attention outputs when asked for)."""
         layout, L, F, N = self.layout, self.num_layers, len(requests), noises[0][0].shape[0]
         T, d, rows = len(prompts[0].input_ids), layout.hidden_size, 1 + N
 
         input_ids = torch.tensor([p.input_ids for p in prompts for _ in range(rows)], device=self.device)
-        modules = {f"{kind}.{l}": layout.sublayer(kind, l) for kind in KINDS for l in range(L)}
+        recorded = ("hidden",) + tuple(kind for kind in KINDS if kind != "hidden" and kind in kinds)
+        modules = {f"{kind}.{l}": layout.sublayer(kind, l) for kind in recorded for l in range(L)}
         with Trace(layout.embed, edit_output=lambda x: corrupt(x, noises, prompts), retain_output=False), TraceDict(modules) as traces, \
                 Trace(layout.block(0), retain_input=True, retain_output=False) as first, \
                 RecordCall(layout.block(0)) as block_call, \
@@ -92,18 +97,22 @@ class RestorationEngine:
         inputs = [first.input.view(F, rows, T, d)] + [traces[f"hidden.{l}"].output.view(F, rows, T, d) for l in range(L)]
         call = BlockCall.from_record(layout.block(0), block_call, num_tokens=T, batch=F * rows)
         suffix = self.suffix_replay and call.supports_suffix and attention_takes_any_mask(self.model)
-        recorded = keys_values.recorded if suffix else None
+        recorded_keys_values = keys_values.recorded if suffix else None
         return TracedRuns(
             requests=list(requests), prompts=list(prompts), answer_ids=answer_ids, metric=metric,
-            contrast_ids=contrast_ids,
+            contrast_ids=contrast_ids, kinds=recorded,
             high_scores=[float(m) for m in measured[:, 0]], low_scores=[float(m.mean()) for m in measured[:, 1:]],
             clean=clean, corrupted_inputs=[x[:, 1:] for x in inputs], call=call,
-            keys_values=None if recorded is None else [tuple(x.view(F, rows, *x.shape[1:]) for x in kv) for kv in recorded],
+            keys_values=None if recorded_keys_values is None else
+            [tuple(x.view(F, rows, *x.shape[1:]) for x in kv) for kv in recorded_keys_values],
             noise_stds=[std for _, std in noises], num_samples=N,
         )
 
     @torch.no_grad()
     def trace(self, group: TracedRuns, kinds: Sequence[str], window: int) -> list[dict[str, TraceResult]]:
+        missing = [kind for kind in kinds if kind not in group.kinds]
+        if missing:
+            raise ValueError(f"the runs recorded the clean outputs of {', '.join(group.kinds)}, not {missing[0]}")
         T, L, N = group.num_tokens, self.num_layers, group.num_samples
         suffix = group.keys_values is not None
         scores = [{kind: np.full((T, L), low, dtype=np.float32) for kind in kinds} for low in group.low_scores]
@@ -254,7 +263,7 @@ class _Restoration:
     first: int
     clean_prefix: bool
 
-    @property
+    @cached_property
     def events(self) -> tuple[tuple[str, int], ...]:
         """The states written, as (kind, block): ("hidden", l + 1) writes block l's output as block l + 1's input
         (none when the clean prefix carries it); ("mlp" | "attn", l) writes that sublayer's output in block l."""
