@@ -172,3 +172,45 @@ def test_flop_counter_counts_block_matrices_attention_and_the_output_layer():
     forward = 2 * 2 * per_block * lines * length + 4 * 2 * 32 * length * lines * length + 2 * 32 * vocab * selected
     assert counter.forward(lines, length, selected) == forward
     assert counter.step(lines, length, selected) == 3 * forward
+
+
+def test_an_optimiser_option_at_its_default_keeps_the_training_fingerprint(tiny_train_config):
+    """The tiny config's fingerprint as the code computed it before embedding_lr_scale could be named (a model
+    trained then is not retrained); setting the option gives another fingerprint."""
+    import dataclasses
+
+    from src.pipelines.train_model import training_fingerprint
+
+    assert training_fingerprint(tiny_train_config) == \
+        "bf711a3e54bba3de6b71d57e96e310a8f9f9ed3ad3a630f0e8c68cbc21679c14"
+    scaled = dataclasses.replace(tiny_train_config,
+                                 optim=dataclasses.replace(tiny_train_config.optim, embedding_lr_scale=3.0))
+    assert training_fingerprint(scaled) != training_fingerprint(tiny_train_config)
+
+
+def test_embedding_lr_scale_multiplies_the_embeddings_first_adam_step(tiny_train_config, tmp_path):
+    """Adam's first step moves every weight with a gradient by lr x warm-up factor (1 / warmup_steps) up to eps:
+    the embeddings by embedding_lr_scale times that, every other matrix by that."""
+    import dataclasses
+
+    from src.lm.model import build_model
+    from src.lm.tokenizer import build_kg_tokenizer, corpus_words
+    from src.kg.corpus import read_corpus
+    from src.lm.train import train_model
+
+    kg = tiny_train_config.kg_dir
+    lines = read_corpus(kg / "corpus.train.txt")
+    tokenizer = build_kg_tokenizer("word", lines, corpus_words(lines), 0, False)
+    optim = dataclasses.replace(tiny_train_config.optim, max_steps=1, embedding_lr_scale=3.0, warmup_steps=4)
+    torch.manual_seed(0)
+    model = build_model(tiny_train_config.model, tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_model(model, tokenizer, lines, list(read_graph_jsonl(kg / "graph.jsonl").facts), optim, seed=0,
+                progress=False)
+    step = optim.lr / optim.warmup_steps
+    moved = {name: float((p.detach() - before[name]).abs().max()) for name, p in model.named_parameters()}
+    assert moved["transformer.wte.weight"] == pytest.approx(3 * step, rel=1e-3)
+    assert moved["transformer.wpe.weight"] == pytest.approx(3 * step, rel=1e-3)
+    assert moved["transformer.h.0.mlp.c_fc.weight"] == pytest.approx(step, rel=1e-3)
+    with pytest.raises(InputError, match="embedding_lr_scale must be > 0, got 0"):
+        dataclasses.replace(optim, embedding_lr_scale=0.0)

@@ -32,7 +32,9 @@ from src.utils.io import atomic_path
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimisation settings. `loss_on`: "objects" (object tokens only) or "all" (every next token)."""
+    """Optimisation settings. `loss_on`: "objects" (object tokens only) or "all" (every next token).
+    `embedding_lr_scale`: the embeddings' (token, position and a tied output embedding) learning rate as a multiple
+    of `lr`."""
 
     batch_size: int = 512
     lr: float = 3e-3
@@ -45,12 +47,15 @@ class OptimConfig:
     eval_every: int = 100
     target_accuracy: float = 0.99
     loss_on: str = "objects"
+    embedding_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.loss_on not in ("objects", "all"):
             raise InputError(f"unknown loss_on '{self.loss_on}'; allowed: objects, all")
         if self.batch_size < 1 or self.max_steps < 1 or self.eval_every < 1:
             raise InputError("batch_size, max_steps and eval_every must be >= 1")
+        if self.embedding_lr_scale <= 0:
+            raise InputError(f"embedding_lr_scale must be > 0, got {self.embedding_lr_scale}")
         object.__setattr__(self, "betas", tuple(self.betas))
 
 
@@ -186,15 +191,17 @@ def train_model(
     data = encode_corpus(corpus_lines, tokenizer, config.loss_on, model.config.max_position_embeddings)
     device = next(model.parameters()).device
     buckets = {n: (i.to(device), t.to(device)) for n, (i, t) in data.buckets.items()}
-    decay, no_decay = [], []
+    decay, no_decay, embedding = [], [], []
     embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     for param in model.parameters():  # no weight decay on embeddings, biases and norms
-        (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=config.betas,
-    )
+        if id(param) in embeddings and config.embedding_lr_scale != 1.0:
+            embedding.append(param)
+        else:
+            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if embedding:
+        groups.append({"params": embedding, "weight_decay": 0.0, "lr": config.lr * config.embedding_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     order_rng = np.random.default_rng(seed)
     history: list[dict] = []

@@ -25,6 +25,9 @@ from src.viz.training import plot_training_curve
 
 TRAIN_LOG = "train_log.json"
 CURVE_PNG = "training_curve.png"
+# Optimiser settings hashed only where they differ from these values, at which they change nothing: a config that
+# does not use them keeps the fingerprint of a config that cannot name them.
+HASHED_WHEN_SET = {"embedding_lr_scale": 1.0}
 
 
 def training_fingerprint(config: TrainConfig) -> str:
@@ -36,6 +39,9 @@ def training_fingerprint(config: TrainConfig) -> str:
     settings = config.to_dict()
     settings.pop("kg_dir")
     settings.pop("output_dir")
+    for name, default in HASHED_WHEN_SET.items():
+        if settings["optim"].get(name) == default:
+            del settings["optim"][name]
     return sha256_json({"settings": settings, "graph": sha256_file(graph_path), "corpus": sha256_file(corpus_path)})
 
 
