@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Key statistics C = E[k k^T] of one MLP layer over the KG corpus: each speed path against the plain path, side by side.
+"""Key statistics C = E[k k^T] of one MLP layer over the KG corpus: speed paths against the plain path, side by side.
 
     python benchmarks/bench_key_statistics.py [--model-dir outputs/models/gpt_small] [--layers 0,1,4,7]
 
