@@ -175,8 +175,8 @@ def test_flop_counter_counts_block_matrices_attention_and_the_output_layer():
 
 
 def test_an_optimiser_option_at_its_default_keeps_the_training_fingerprint(tiny_train_config):
-    """The tiny config's fingerprint as the code computed it before embedding_lr_scale could be named (a model
-    trained then is not retrained); setting the option gives another fingerprint."""
+    """An option at its default is left out of the fingerprint (the literal: the tiny config's fingerprint hashed
+    without embedding_lr_scale), so a model trained from the config is not retrained; set, it changes it."""
     import dataclasses
 
     from src.pipelines.train_model import training_fingerprint
@@ -188,7 +188,7 @@ def test_an_optimiser_option_at_its_default_keeps_the_training_fingerprint(tiny_
     assert training_fingerprint(scaled) != training_fingerprint(tiny_train_config)
 
 
-def test_embedding_lr_scale_multiplies_the_embeddings_first_adam_step(tiny_train_config, tmp_path):
+def test_embedding_lr_scale_multiplies_the_embeddings_first_adam_step(tiny_train_config):
     """Adam's first step moves every weight with a gradient by lr x warm-up factor (1 / warmup_steps) up to eps:
     the embeddings by embedding_lr_scale times that, every other matrix by that."""
     import dataclasses

@@ -25,8 +25,8 @@ from src.viz.training import plot_training_curve
 
 TRAIN_LOG = "train_log.json"
 CURVE_PNG = "training_curve.png"
-# Optimiser settings hashed only where they differ from these values, at which they change nothing: a config that
-# does not use them keeps the fingerprint of a config that cannot name them.
+# Optimiser settings hashed only where they differ from these values, at which they change nothing: adding such an
+# option to OptimConfig leaves the fingerprints of trained models, and so the models, as they are.
 HASHED_WHEN_SET = {"embedding_lr_scale": 1.0}
 
 
