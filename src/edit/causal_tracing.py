@@ -212,13 +212,9 @@ class CausalTracer:
                 raise InputError(f"replacement '{q.replacement}' is given but corruption is gaussian; use corruption "
                                  "replace")
         kinds = [normalize_kind(k) for k in kinds]
-        window = default_window(self.num_layers) if window is None else int(window)
-        if window < 1:
-            raise InputError(f"window must be >= 1, got {window}")
+        window = self._checked_window(window, facts_per_forward)
         if num_samples < 1:
             raise InputError(f"num_samples must be >= 1, got {num_samples}")
-        if facts_per_forward < 1:
-            raise InputError(f"facts_per_forward must be >= 1, got {facts_per_forward}")
         prompts = [encode_fact_prompt(self.tokenizer, q.s, q.r, q.prefix) for q in requests]
         batches = batches_by_key([len(p.input_ids) for p in prompts], facts_per_forward)
         results: list[dict[str, TraceResult] | None] = [None] * len(requests)
@@ -263,11 +259,7 @@ class CausalTracer:
         if not attention_takes_any_mask(self.model):
             raise InputError(f"attention knockout needs eager or sdpa attention; the model uses "
                              f"'{getattr(self.model.config, '_attn_implementation', None)}'")
-        window = default_window(self.num_layers) if window is None else int(window)
-        if window < 1:
-            raise InputError(f"window must be >= 1, got {window}")
-        if facts_per_forward < 1:
-            raise InputError(f"facts_per_forward must be >= 1, got {facts_per_forward}")
+        window = self._checked_window(window, facts_per_forward)
         prompts = [encode_fact_prompt(self.tokenizer, q.s, q.r, q.prefix) for q in requests]
         results: list[KnockoutResult | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc="knockout", unit="fact", disable=not progress) as bar, \
@@ -303,6 +295,16 @@ class CausalTracer:
     def locate_important_layer(self, s: str, r: str, o_target: str | None = None, **kwargs) -> int:
         """`locate(...).layer`: the MLP layer to edit for this fact."""
         return self.locate(s, r, o_target, **kwargs).layer
+
+    def _checked_window(self, window: int | None, facts_per_forward: int) -> int:
+        """The window to use (None: `default_window(num_layers)`); one InputError line for a window or a
+        facts_per_forward below 1."""
+        window = default_window(self.num_layers) if window is None else int(window)
+        if window < 1:
+            raise InputError(f"window must be >= 1, got {window}")
+        if facts_per_forward < 1:
+            raise InputError(f"facts_per_forward must be >= 1, got {facts_per_forward}")
+        return window
 
     @torch.no_grad()
     def _replacement(self, request: TraceRequest, prompt: EncodedPrompt) -> tuple[torch.Tensor, float, str]:

@@ -194,10 +194,10 @@ def train_model(
     decay, no_decay, embedding = [], [], []
     embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     for param in model.parameters():  # no weight decay on embeddings, biases and norms
-        if id(param) in embeddings and config.embedding_lr_scale != 1.0:
-            embedding.append(param)
+        if id(param) in embeddings:
+            (embedding if config.embedding_lr_scale != 1.0 else no_decay).append(param)
         else:
-            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
+            (decay if param.ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if embedding:
         groups.append({"params": embedding, "weight_decay": 0.0, "lr": config.lr * config.embedding_lr_scale})

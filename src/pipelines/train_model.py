@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from src.kg.graph import read_graph_jsonl
 from src.lm.config import TrainConfig
 from src.lm.model import build_model
 from src.lm.tokenizer import build_kg_tokenizer, corpus_words
-from src.lm.train import Checkpoints, TrainResult, train_model
+from src.lm.train import Checkpoints, OptimConfig, TrainResult, train_model
 from src.utils.errors import InputError
 from src.utils.interrupts import note_kept
 from src.utils.io import atomic_directory, atomic_write_json, require_writable_dir, sha256_file, sha256_json
@@ -25,9 +25,9 @@ from src.viz.training import plot_training_curve
 
 TRAIN_LOG = "train_log.json"
 CURVE_PNG = "training_curve.png"
-# Optimiser settings hashed only where they differ from these values, at which they change nothing: adding such an
-# option to OptimConfig leaves the fingerprints of trained models, and so the models, as they are.
-HASHED_WHEN_SET = {"embedding_lr_scale": 1.0}
+# Optimiser settings hashed only where they differ from their OptimConfig default, at which they change nothing:
+# adding such an option leaves the fingerprints of trained models, and so the models, as they are.
+HASHED_WHEN_SET = ("embedding_lr_scale",)
 
 
 def training_fingerprint(config: TrainConfig) -> str:
@@ -39,8 +39,9 @@ def training_fingerprint(config: TrainConfig) -> str:
     settings = config.to_dict()
     settings.pop("kg_dir")
     settings.pop("output_dir")
-    for name, default in HASHED_WHEN_SET.items():
-        if settings["optim"].get(name) == default:
+    defaults = asdict(OptimConfig())
+    for name in HASHED_WHEN_SET:
+        if settings["optim"][name] == defaults[name]:
             del settings["optim"][name]
     return sha256_json({"settings": settings, "graph": sha256_file(graph_path), "corpus": sha256_file(corpus_path)})
 
