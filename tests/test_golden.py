@@ -3,8 +3,8 @@ behaviour (a refactor, a speed path).
 
 Pinned on the tiny model: the guide's edit (`run_editing_single`: edit_result.json without timings), a seeded
 locating run (traces.npz and locating_summary.json), and a seeded 30-edit evaluation of rome, memit and ft (the
-records without timings); on the default model, when `outputs/models/gpt_small` holds it: the guide's edit
-E_000 R_04 -> E_999.
+records without timings); on the default model, when `outputs/models/gpt_small` holds the model the file was
+written with (its sha256): the guide's edit E_000 R_04 -> E_999.
 
 Float rounding depends on the CPU, the thread count and torch, so the files in tests/golden/ hold on the machine that
 wrote them (their `machine` entry) and are skipped, saying so, elsewhere. A change that means to change results
@@ -61,19 +61,22 @@ def without_timings(value):
     return value
 
 
-def check_golden(name: str, observed: dict) -> None:
-    """Compare `observed` with tests/golden/<name>.json (exact), or write it under KG_ROME_WRITE_GOLDEN=1."""
+def check_golden(name: str, observed: dict, inputs: dict | None = None) -> None:
+    """Compare `observed` with tests/golden/<name>.json (exact), or write it under KG_ROME_WRITE_GOLDEN=1.
+    inputs: what else the outputs depend on (a model's digest), compared like the machine."""
     path = GOLDEN_DIR / f"{name}.json"
     observed = json.loads(json.dumps(observed))  # the JSON form: tuples as lists, floats as they round-trip
+    here = machine() | (inputs or {})
     if os.environ.get("KG_ROME_WRITE_GOLDEN") == "1":
         GOLDEN_DIR.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"machine": machine(), "observed": observed}, indent=1, sort_keys=True) + "\n")
+        path.write_text(json.dumps({"machine": here, "observed": observed}, indent=1, sort_keys=True) + "\n")
         return
     if not path.is_file():
         pytest.fail(f"no golden file {path.name}: write it with KG_ROME_WRITE_GOLDEN=1")
     golden = json.loads(path.read_text())
-    if golden["machine"] != machine():
-        pytest.skip(f"{path.name} was written on {golden['machine']}, this is {machine()}: float rounding differs")
+    if golden["machine"] != here:
+        pytest.skip(f"{path.name} was written on {golden['machine']}, this is {here}: float rounding or the model "
+                    "differs")
     assert observed == golden["observed"]
 
 
@@ -118,4 +121,6 @@ def test_the_guide_edit_on_the_default_model(tmp_path):
     args = ["--model-dir", str(DEFAULT_MODEL), "--kg-corpus", str(DEFAULT_CORPUS), "--device", "cpu",
             "-s", "E_000", "-r", "R_04", "-o", "E_999", "--output-dir", str(out)]
     assert run_cli(run_editing_single.main, args) == 0
-    check_golden("default_edit", without_timings(json.loads((out / "edit_result.json").read_text())))
+    weights = hashlib.sha256((DEFAULT_MODEL / "model.safetensors").read_bytes()).hexdigest()
+    check_golden("default_edit", without_timings(json.loads((out / "edit_result.json").read_text())),
+                 inputs={"model_sha256": weights})
