@@ -1,5 +1,6 @@
 """The speed paths compute what the plain paths compute: shared prompt stems, fused GELU, frozen parameters, MEMIT's
-last-block readout, ROME's forward resumed from the edited block, the kept statistics."""
+last-block readout, ROME's forward resumed from the edited block, the kept statistics, a Trace that stops before
+its module."""
 
 from __future__ import annotations
 
@@ -325,3 +326,29 @@ def test_weighted_gram_blocks_equal_a_sum_of_outer_products(block):
     total = torch.full((10, 10), 0.5, dtype=torch.float64)
     add_weighted_gram(total, keys, weights, block)
     torch.testing.assert_close(total, expected, rtol=1e-13, atol=1e-13)
+
+
+class _Counted(torch.nn.Linear):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("retain_output", [False, True])
+def test_a_stopping_trace_runs_its_module_only_when_its_output_is_kept(retain_output):
+    torch.manual_seed(0)
+    first, traced, last = torch.nn.Linear(3, 4), _Counted(4, 5), _Counted(5, 2)
+    model, x = torch.nn.Sequential(first, traced, last), torch.randn(6, 3)
+    _Counted.calls = 0
+    with Trace(traced, retain_input=True, retain_output=retain_output, stop=True) as trace:
+        model(x)
+    with torch.no_grad():
+        expected_input = x @ first.weight.T + first.bias  # by hand
+    assert torch.allclose(trace.input, expected_input, atol=1e-6)
+    assert _Counted.calls == (1 if retain_output else 0)  # the last module never runs
+    if retain_output:
+        assert torch.allclose(trace.output, expected_input @ traced.weight.T + traced.bias, atol=1e-6)
+    else:
+        assert trace.output is None

@@ -1,7 +1,8 @@
 """Forward hooks as context managers, after ROME's `nethook`.
 
 `Trace`/`TraceDict` record a module's output (or input); an optional `edit_output(output) -> output` rewrites it.
-`StopForward` with `stop=True` ends a forward pass early once the traced module has run.
+`StopForward` with `stop=True` ends a forward pass early: once the traced module has run, or before it runs when only
+its input is asked for.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Trace(AbstractContextManager):
         retain_output / retain_input: store the primary output tensor / first positional input.
         edit_output: function applied to the primary output tensor; its result replaces it.
         detach / clone: applied to what is retained.
-        stop: raise StopForward after this module ran (use as `with Trace(m, stop=True) as t: model(x)`).
+        stop: raise StopForward after this module ran (use as `with Trace(m, stop=True) as t: model(x)`); with
+            retain_output False and no edit_output, before it runs (its input is all that is kept).
     """
 
     def __init__(
@@ -67,7 +69,15 @@ class Trace(AbstractContextManager):
                 raise StopForward()
             return output
 
-        self._handle = module.register_forward_hook(hook)
+        def stop_before(_module, inputs):
+            if retain_input and inputs:
+                self.input = keep(inputs[0])
+            raise StopForward()
+
+        if stop and not retain_output and edit_output is None:
+            self._handle = module.register_forward_pre_hook(stop_before)
+        else:
+            self._handle = module.register_forward_hook(hook)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.close()
