@@ -61,23 +61,30 @@ def without_timings(value):
     return value
 
 
+def skip_if_written_elsewhere(name: str, inputs: dict | None = None) -> None:
+    """Skip, before any work, when tests/golden/<name>.json was written on another machine or for other inputs (a
+    model's digest: what else the outputs depend on); never while writing."""
+    path = GOLDEN_DIR / f"{name}.json"
+    if os.environ.get("KG_ROME_WRITE_GOLDEN") == "1" or not path.is_file():
+        return
+    written, here = json.loads(path.read_text())["machine"], machine() | (inputs or {})
+    if written != here:
+        pytest.skip(f"{path.name} was written on {written}, this is {here}: float rounding or the model differs")
+
+
 def check_golden(name: str, observed: dict, inputs: dict | None = None) -> None:
-    """Compare `observed` with tests/golden/<name>.json (exact), or write it under KG_ROME_WRITE_GOLDEN=1.
-    inputs: what else the outputs depend on (a model's digest), compared like the machine."""
+    """Compare `observed` with tests/golden/<name>.json (exact), or write it under KG_ROME_WRITE_GOLDEN=1."""
     path = GOLDEN_DIR / f"{name}.json"
     observed = json.loads(json.dumps(observed))  # the JSON form: tuples as lists, floats as they round-trip
-    here = machine() | (inputs or {})
     if os.environ.get("KG_ROME_WRITE_GOLDEN") == "1":
         GOLDEN_DIR.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"machine": here, "observed": observed}, indent=1, sort_keys=True) + "\n")
+        record = {"machine": machine() | (inputs or {}), "observed": observed}
+        path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         return
     if not path.is_file():
         pytest.fail(f"no golden file {path.name}: write it with KG_ROME_WRITE_GOLDEN=1")
-    golden = json.loads(path.read_text())
-    if golden["machine"] != here:
-        pytest.skip(f"{path.name} was written on {golden['machine']}, this is {here}: float rounding or the model "
-                    "differs")
-    assert observed == golden["observed"]
+    skip_if_written_elsewhere(name, inputs)
+    assert observed == json.loads(path.read_text())["observed"]
 
 
 def array_digests(path: Path) -> dict:
@@ -88,6 +95,7 @@ def array_digests(path: Path) -> dict:
 
 
 def test_the_guide_edit_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path):
+    skip_if_written_elsewhere("tiny_edit")
     out = tmp_path / "edit"
     args = ["--model-dir", str(tiny_trained[0]), "--kg-corpus", str(tiny_kg.corpus_path), "--device", "cpu",
             "-s", "E_000", "-r", "R_01", "-o", "E_005", "--output-dir", str(out)]
@@ -96,6 +104,7 @@ def test_the_guide_edit_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path):
 
 
 def test_a_seeded_locating_run_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path):
+    skip_if_written_elsewhere("tiny_locating")
     out = tmp_path / "locate"
     args = ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
             "--num-samples", "8", "--num-noise-samples", "4", "--seed", "3", "--no-plots", "--output-dir", str(out)]
@@ -105,6 +114,7 @@ def test_a_seeded_locating_run_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path
 
 
 def test_a_seeded_evaluation_of_rome_memit_and_ft_on_the_tiny_model(tiny_trained, tiny_kg, tmp_path):
+    skip_if_written_elsewhere("tiny_evaluation")
     out = tmp_path / "eval"
     args = ["--model-dir", str(tiny_trained[0]), "--kg-file", str(tiny_kg.graph_path), "--device", "cpu",
             "--methods", "rome,memit,ft", "--num-edits", "30", "--seed", "0", "--no-progress", "--output-dir", str(out)]
@@ -117,10 +127,10 @@ def test_a_seeded_evaluation_of_rome_memit_and_ft_on_the_tiny_model(tiny_trained
 @pytest.mark.skipif(not (DEFAULT_MODEL / "config.json").is_file() or not DEFAULT_CORPUS.is_file(),
                     reason="the default model is not trained here (make demo trains it)")
 def test_the_guide_edit_on_the_default_model(tmp_path):
+    weights = {"model_sha256": hashlib.sha256((DEFAULT_MODEL / "model.safetensors").read_bytes()).hexdigest()}
+    skip_if_written_elsewhere("default_edit", weights)
     out = tmp_path / "edit"
     args = ["--model-dir", str(DEFAULT_MODEL), "--kg-corpus", str(DEFAULT_CORPUS), "--device", "cpu",
             "-s", "E_000", "-r", "R_04", "-o", "E_999", "--output-dir", str(out)]
     assert run_cli(run_editing_single.main, args) == 0
-    weights = hashlib.sha256((DEFAULT_MODEL / "model.safetensors").read_bytes()).hexdigest()
-    check_golden("default_edit", without_timings(json.loads((out / "edit_result.json").read_text())),
-                 inputs={"model_sha256": weights})
+    check_golden("default_edit", without_timings(json.loads((out / "edit_result.json").read_text())), weights)
