@@ -58,9 +58,12 @@ class Trace(AbstractContextManager):
             tensor = tensor.detach() if detach else tensor
             return tensor.clone() if clone else tensor
 
-        def hook(_module, inputs, output):
+        def keep_input(inputs: tuple) -> None:
             if retain_input and inputs:
                 self.input = keep(inputs[0])
+
+        def hook(_module, inputs, output):
+            keep_input(inputs)
             if edit_output is not None:
                 output = replace_primary(output, edit_output(primary(output)))
             if retain_output:
@@ -70,8 +73,7 @@ class Trace(AbstractContextManager):
             return output
 
         def stop_before(_module, inputs):
-            if retain_input and inputs:
-                self.input = keep(inputs[0])
+            keep_input(inputs)
             raise StopForward()
 
         if stop and not retain_output and edit_output is None:
