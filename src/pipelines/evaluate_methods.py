@@ -290,7 +290,8 @@ def checkpoint(evaluator: KGEvaluator, model: PreTrainedModel, method: str, case
 # ------------------------------------------------------------------ summary
 
 
-def _estimate(name: str, values: Sequence, seed: int) -> estimates.Estimate:
+def metric_estimate(name: str, values: Sequence, seed: int = 0) -> estimates.Estimate:
+    """The summary's estimate of one metric over edits: Wilson's for a proportion, else a bootstrap of the mean."""
     return estimates.proportion(values) if name in PROPORTIONS else estimates.mean(values, seed)
 
 
@@ -309,7 +310,7 @@ def summarize(records: Sequence[EditRecord], checkpoints: Sequence[CheckpointRec
     by_method = {m: [r for r in records if r.method == m] for m in dict.fromkeys(r.method for r in records)}
     passes = {p.method: p for p in retention}
     for method, mine in by_method.items():
-        metrics = {name: _estimate(name, _values(mine, name), seed).to_dict() for name in SUMMARY_METRICS}
+        metrics = {name: metric_estimate(name, _values(mine, name), seed).to_dict() for name in SUMMARY_METRICS}
         if method in passes:
             over_facts = estimates.mean(passes[method].drops_points(), seed)
             metrics["retention_drop_points"] = replace(over_facts, interval="bootstrap over facts").to_dict()
