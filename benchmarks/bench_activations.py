@@ -14,11 +14,17 @@ GELU: on CPU, torch's tanh kernel is several times slower than its erf kernel (t
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 from transformers.activations import NewGELUActivation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 VARIANTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_new": NewGELUActivation(),
@@ -61,6 +67,7 @@ def main() -> None:
                   f"forward+backward {both * 1e3:7.3f} ({both / erf_both:4.1f}x)")
     difference = (VARIANTS["tanh"](x) - VARIANTS["erf"](x)).abs().max().item()
     print(f"max |tanh - erf| on these inputs: {difference:.2e}")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

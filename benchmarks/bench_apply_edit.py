@@ -15,7 +15,6 @@ first. A setting that changes the optimisation changes the edits: its quality co
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from src.edit.rank_one.hparams import load_hparams  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 # name -> (hyperparameter overrides, speed paths)
 SETTINGS = {"default": ({}, FAST), "no_reuse": ({}, SpeedPaths(reuse_statistics=False)),
@@ -102,7 +102,7 @@ def main() -> None:
         efficacy = np.mean([r.success for r in results])
         print(f"{name:<10}{total / n:>7.3f}{per['locate']:>8.3f}{per['delta']:>7.3f}{np.mean(steps):>7.1f}"
               f"{ms_per_step:>9.1f}{per['metrics']:>9.3f}{rest:>7.3f}{efficacy:>10.2f}{context:>9.2f}{paraphrase:>9.2f}")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ same best layer at the last token) and the largest difference of the exact trace
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from src.edit.tracing.stats import agreement, mean_agreement  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.pipelines.locate_sample import sample_facts  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 
 def prefixes_for(graph, count: int, num_prefixes: int, seed: int) -> list[str]:
@@ -108,7 +108,7 @@ def main() -> None:
         cells = "   ".join(f"{kind} {a.mean_rank_correlation:.3f} / {a.same_best_layer:.2f}"
                            for kind, a in per_kind.items())
         print(f"  {num_prefixes} prefixes: {cells}   (exact tracer vs plain: max |difference| {max_difference:.1e})")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 def yardstick(tracer: CausalTracer, request: TraceRequest, num_samples: int) -> None:

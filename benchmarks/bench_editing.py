@@ -26,6 +26,7 @@ from src.edit.rome import ROME  # noqa: E402
 from src.edit.rank_one.hparams import load_hparams  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 SETTINGS = {
     "default": {},
@@ -88,6 +89,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<15}" + "".join(f"{str(row[c]):>22}" for c in COLUMNS)
               + f"{row['seconds_per_edit_cached']:>9.3f}  {row['layers']}")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

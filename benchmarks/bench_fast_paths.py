@@ -40,6 +40,7 @@ from src.edit.evaluation.prompt_probe import PromptProbe  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.utils.device import resolve_device  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 
 PLAIN = SpeedPaths.plain()
@@ -140,6 +141,7 @@ def main() -> None:
                for a, b in zip(plain_run.records, fast_run.records))
     row("evaluation", plain_s / len(eval_requests), fast_s / len(eval_requests), "edit",
         f"{len(eval_requests)} edits, efficacy and retention equal on {same}")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

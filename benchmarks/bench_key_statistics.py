@@ -14,7 +14,6 @@ the symmetric one at several block widths, and the whole product in float32.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from src.edit.rank_one.key_statistics import (KeyPlan, add_weighted_gram, comput
                                              encode_lines)
 from src.kg.corpus import read_corpus  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 
 def time_products(num_keys: int, size: int, repeats: int = 5) -> None:
@@ -79,7 +79,7 @@ def main() -> None:
         differences = [float((moments[name] - moments["plain"]).abs().max() / scale) for name in ("fast", "full")]
         print(f"{layer:>5}" + "".join(f"{seconds[name]:>10.2f}" for name in settings)
               + f"{seconds['plain'] / seconds['fast']:>11.2f}x{differences[0]:>30.1e}{differences[1]:>10.1e}")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB; "
           f"torch threads: {torch.get_num_threads()}")
 
 

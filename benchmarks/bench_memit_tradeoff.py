@@ -33,6 +33,7 @@ from src.edit.model.layout import apply_update  # noqa: E402
 from src.utils.config import parse_overrides  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 
 def main() -> None:
@@ -86,6 +87,7 @@ def main() -> None:
             retention = evaluator.retention(predictions, edited)
             print(f"{layer_set:<18}{lam:>8g}{efficacy:>10.3f}{unchanged:>11.3f}{retention:>11.3f}")
         print(f"{'':<18}(z for {len(requests)} requests: {z_seconds:.0f} s)")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from src.edit.model.speedups import frozen_parameters, fused_activations  # noqa
 from src.edit.prompts.batch import PromptBatch  # noqa: E402
 from src.edit.model.resumed_forward import ResumedForward  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 PROMPT_LENGTHS = [2] + [6, 5] * 5 + [2] * 7
 
@@ -61,6 +62,7 @@ def main() -> None:
             whole_ms, resumed_ms = (seconds[n] / args.steps * 1e3 for n in ("whole", "resumed"))
             print(f"layer {layer}: whole {whole_ms:.2f} ms, resumed {resumed_ms:.2f} ms per step "
                   f"({whole_ms / resumed_ms:.2f}x); max logit difference {difference:.1e}")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from src.lm.model import build_model  # noqa: E402
 from src.lm.tokenizer import build_kg_tokenizer, corpus_words  # noqa: E402
 from src.pipelines.evaluate_methods import run_method  # noqa: E402
 from src.pipelines.locate_sample import sample_facts  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 EDIT_LAYER, EDIT_STEPS = 1, 20
 
@@ -196,7 +196,7 @@ def main() -> None:
         print_series("rome edit alone", "x", sizes, edit)
         print_series("rome edit with its evaluation", "x", sizes, whole)
         print_series("evaluation of one edit (minus the edit)", "x", sizes, [w - e for w, e in zip(whole, edit)])
-    print(f"\npeak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"\npeak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

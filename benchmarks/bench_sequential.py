@@ -28,6 +28,7 @@ from src.kg.split import FactSplit  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.utils.config import parse_overrides  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 SETTINGS = {  # name -> (method, hyperparameter overrides of the method's defaults)
     "rome": ("rome", {}),
@@ -98,6 +99,7 @@ def main() -> None:
     print(f"{'s/edit':>6}" + "".join(f"{results[n][1] / args.num_edits:>24.2f}" for n in names))
     for name in names:
         print(f"{name}: {SETTINGS[name][0]} {SETTINGS[name][1] if args.past_keys_weight is None else ''} {extra or ''}")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

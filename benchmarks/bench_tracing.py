@@ -15,7 +15,6 @@ per fact, one corrupted run instead of the noise samples).
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.pipelines.locate_sample import sample_facts  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 
 def main() -> None:
@@ -127,7 +127,7 @@ def main() -> None:
         print(f"  {kind}: one kind per call {t['kind'] / n * 1000:.1f} ms ({t['plain'] / t['kind']:.1f}x), sharing and "
               f"merging off {t['apart'] / n * 1000:.1f} ms ({t['plain'] / t['apart']:.1f}x), plain {t['plain'] / n * 1000:.1f} ms")
     print(f"max |score difference| from plain: {max_diff:.2e}")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

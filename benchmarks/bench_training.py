@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.lm.config import load_train_config  # noqa: E402
 from src.pipelines.train_model import train_and_save  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 # Optimiser overrides of each named recipe (OptimConfig fields).
 RECIPES = {
@@ -132,7 +132,7 @@ def main() -> None:
         for name, _, _, reached, _ in rows[1:]:
             if reached is not None:
                 print(f"{name}: {reached['flops'] / reference['flops']:.2f}x the FLOPs of {rows[0][0]} to the target")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from src.edit.rome import ROME  # noqa: E402
 from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
+from src.utils.resources import peak_rss_mib  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -87,6 +88,9 @@ def main() -> None:
     sync(); plain_s = (time.perf_counter() - start) / len(facts)
     print(f"\n{args.device} float32 tracing, 3 kinds: plain {plain_s:.4f} s/fact, batched {fast_s:.4f} s/fact, "
           f"speed-up {plain_s / fast_s:.1f}x, max |batched - plain| {worst:.2e}")
+    cuda = torch.cuda.is_available() and torch.device(args.device).type == "cuda"
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB"
+          + (f"; peak CUDA memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else ""))
 
 
 if __name__ == "__main__":
