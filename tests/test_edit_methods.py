@@ -110,6 +110,25 @@ def test_memit_batch_edits_the_requests_jointly(tiny_model, tiny_kg, env):
     assert hits >= 3  # 3 of 4 on this tiny model (its keys are nearly collinear); the default model: docs/results.md
 
 
+def test_memit_targets_are_the_same_bits_every_time_on_two_threads(tiny_model, tiny_kg, env):
+    """z for a batch whose rows map onto requests in two runs (rewrite prompts, then KL prompts), wide enough (134 rows
+    x 576) that torch splits a gradient's accumulation over both threads: every call gives the same bits (summing
+    repeated indices through advanced indexing's backward does not, on this batch)."""
+    from tests.tiny_models import tiny_gpt2
+
+    _, tokenizer = tiny_model
+    model = tiny_gpt2(tokenizer, n_layer=2, n_embd=576)
+    editor = build_editor("memit", model, tokenizer, {**FAST["memit"], "layers": [0, 1], "v_num_grad_steps": 5}, env)
+    sets, targets = editor.prepare(draw_requests(tiny_kg.graph, 30, seed=0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        targets_z = [editor._target_residuals(sets, targets)[0] for _ in range(8)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(targets_z[0], z) for z in targets_z[1:])
+
+
 def test_memit_hparams_are_checked():
     with pytest.raises(InputError, match="increasing"):
         MEMITHyperParams(layers=(2, 1))

@@ -205,7 +205,9 @@ class MEMITEditor(PromptEditor):
         steps = torch.zeros(n, dtype=torch.long)
         with speed.frozen(self.model), speed.fused(self.model):
             for _ in range(hp.v_num_grad_steps):
-                log_probs = torch.log_softmax(readout(delta[owner]), dim=-1)
+                # index_select, not delta[owner]: the indexing's backward (index_put_ accumulating repeated indices)
+                # sums in an order that varies from run to run on more than one CPU thread; index_add_ does not
+                log_probs = torch.log_softmax(readout(delta.index_select(0, owner)), dim=-1)
                 target_lp = log_probs[:n_rw].gather(1, targets[:, None])[:, 0]
                 with torch.no_grad():
                     hit = (log_probs[:n_rw].argmax(-1) == targets).float()
