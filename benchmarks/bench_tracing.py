@@ -33,6 +33,25 @@ from src.pipelines.locate_sample import sample_facts  # noqa: E402
 from src.utils.resources import peak_rss_mib  # noqa: E402
 
 
+class BlockRows:
+    """Count the token-rows every transformer block computes inside the context (rows x tokens of each call's
+    input): the work of an implementation, apart from how fast its kernels and overheads run."""
+
+    def __init__(self, blocks) -> None:
+        self.blocks, self.count = blocks, 0
+
+    def __enter__(self) -> "BlockRows":
+        def count(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.count += hidden.shape[0] * hidden.shape[1]
+        self.handles = [block.register_forward_pre_hook(count, with_kwargs=True) for block in self.blocks]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default="outputs/models/gpt_small")
@@ -127,6 +146,27 @@ def main() -> None:
         print(f"  {kind}: one kind per call {t['kind'] / n * 1000:.1f} ms ({t['plain'] / t['kind']:.1f}x), sharing and "
               f"merging off {t['apart'] / n * 1000:.1f} ms ({t['plain'] / t['apart']:.1f}x), plain {t['plain'] / n * 1000:.1f} ms")
     print(f"max |score difference| from plain: {max_diff:.2e}")
+    # the work of one one-kind call (untimed): token-rows through the blocks, the plain reference's and CausalTracer's
+    blocks = tracer.layout.blocks
+    for kind in KINDS:
+        def one_kind(trace: CausalTracer, request: TraceRequest):
+            return trace.trace_important_states(request.s, request.r, request.o_target, kind=kind, window=window,
+                                                num_samples=args.num_samples, noise=request.noise)
+
+        results = [one_kind(tracer, request) for request in requests]
+        with BlockRows(blocks) as plain_rows:
+            for request, result in zip(requests, results):
+                plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
+                            request.noise.to(tracer.device), kind, result.window)
+        work = {"plain": plain_rows.count / n}
+        for name, trace in (("kind", tracer), ("apart", apart)):
+            with BlockRows(blocks) as rows:
+                for request in requests:
+                    one_kind(trace, request)
+            work[name] = rows.count / n
+        print(f"  {kind}: block token-rows per one-kind call: plain {work['plain']:.0f}, CausalTracer "
+              f"{work['kind']:.0f} ({work['plain'] / work['kind']:.1f}x fewer), sharing and merging off "
+              f"{work['apart']:.0f} ({work['plain'] / work['apart']:.1f}x fewer)")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
