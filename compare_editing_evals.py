@@ -2,22 +2,25 @@
 """Two edit-evaluation runs of the same requests side by side (e.g. two models, or two hyperparameter files):
 
     python compare_editing_evals.py outputs/eval_D outputs/eval_A --labels D,A [--output comparison.json]
+        [--plot differences.png]
 
 Prints, as Markdown tables, each method's estimates in both runs, the paired differences first - second over the
-requests both edited (95% paired-bootstrap intervals), and each run's figures by the layers its edits changed.
+requests both edited (95% paired-bootstrap intervals), and each run's figures by the layers its edits changed;
+--output writes it all as JSON, --plot draws the paired differences (one panel per metric).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from src.cli.common import run_cli
 from src.edit.evaluation.estimates import Estimate
-from src.pipelines.compare_evaluations import compare_evaluations
+from src.pipelines.compare_evaluations import compare_evaluations, save_comparison
 from src.utils.errors import InputError
-from src.utils.io import atomic_write_json
+from src.utils.io import require_writable_dir
 
 COLUMNS = (("efficacy", "efficacy"), ("paraphrase", "paraphrase"), ("context_robustness", "context"),
            ("specificity_neighbourhood", "neighbourhood"), ("specificity_relation", "same relation"),
@@ -41,12 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("second", help="run directory of the same requests (same KG, seed, mode, split)")
     p.add_argument("--labels", default=None, help="FIRST,SECOND (default: the directories' names)")
     p.add_argument("--output", default=None, help="also write the comparison as JSON to this file")
+    p.add_argument("--plot", default=None, help="also draw the paired differences into this image file")
     a = p.parse_args(argv)
     labels = None
     if a.labels is not None:
         labels = tuple(label.strip() for label in a.labels.split(","))
         if len(labels) != 2:
             raise InputError(f"--labels expects FIRST,SECOND, got '{a.labels}'")
+    for option, path in (("--output", a.output), ("--plot", a.plot)):
+        if path:
+            require_writable_dir(Path(path).parent, f"the directory of {option}")
     comparison = compare_evaluations(a.first, a.second, labels)
     first, second = comparison.labels
     n = max(d["n"] for m in comparison.methods for d in comparison.differences[m].values())
@@ -61,9 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (f"{m} ({label}): {layers}, {metrics['efficacy']['n']}", metrics)
         for m in comparison.methods for label in comparison.labels
         for layers, metrics in comparison.by_layer[m][label].items()]))
-    if a.output:
-        atomic_write_json(a.output, comparison.to_dict())
-        print(f"-> {a.output}")
+    save_comparison(comparison, a.output, a.plot)
+    for written in (a.output, a.plot):
+        if written:
+            print(f"-> {written}")
     return 0
 
 

@@ -96,17 +96,20 @@ def test_other_requests_under_one_index_and_no_shared_method_are_refused(tmp_pat
 
 
 def test_the_script_prints_tables_and_writes_the_json(two_runs, tmp_path, capsys):
-    out = tmp_path / "comparison.json"
-    args = [str(two_runs[0]), str(two_runs[1]), "--labels", "A,B", "--output", str(out)]
+    out, plot = tmp_path / "comparison.json", tmp_path / "figures" / "differences.png"
+    args = [str(two_runs[0]), str(two_runs[1]), "--labels", "A,B", "--output", str(out), "--plot", str(plot)]
     assert run_cli(compare_editing_evals.main, args) == 0
     printed = capsys.readouterr().out
     assert "| rome (A) |" in printed and "| A - B |" in printed and "| rome (A): 1, 4 |" in printed
     assert json.loads(out.read_text())["differences"]["rome"]["paraphrase"]["n"] == 5
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("extra, message", [(["--labels", "A"], "--labels expects FIRST,SECOND"),
-                                            (["--labels", "A,A"], "two different, non-empty labels")])
+                                            (["--labels", "A,A"], "two different, non-empty labels"),
+                                            (["--plot", "run_a/eval_run.json/x.png"], "is a file, not a directory")])
 def test_bad_input_is_one_line_and_exit_2(two_runs, tmp_path, capsys, extra, message):
+    extra = [str(tmp_path / x) if x.endswith(".png") else x for x in extra]
     assert run_cli(compare_editing_evals.main, [str(two_runs[0]), str(two_runs[1]), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

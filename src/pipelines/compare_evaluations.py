@@ -5,7 +5,8 @@ both edited, and each run's estimates by the layers its edits changed.
 The runs must share the evaluation protocol (the KG and corpus bytes, seed, mode, split, and the number of prompts
 per metric), so that request i is the same request in both and every metric is scored on the same facts; the model
 and the hyperparameters may differ. The differences are `summarize`'s, over both runs' records with each method
-renamed by its run's label, so they are those an evaluation of both in one run would report."""
+renamed by its run's label, so they are those an evaluation of both in one run would report. `save_comparison` writes
+the comparison as JSON and the paired differences as a figure."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from src.edit.evaluation.metrics import EditRecord
 from src.pipelines.evaluate_methods import (COMPARED_METRICS, RECORDS_FILE, RUN_FILE, metric_estimate, read_records,
                                            summarize)
 from src.utils.errors import InputError
+from src.utils.io import atomic_write_json
+from src.viz.evaluation import plot_paired_differences
 
 # What two runs must share for their records to be paired: run parameters (eval_run.json) that decide the requests,
 # the split and the scored prompts.
@@ -106,3 +109,13 @@ def compare_evaluations(first_dir: str | Path, second_dir: str | Path,
         estimates={m: {label: summary[f"{m} ({label})"]["metrics"] for label in labels} for m in methods},
         differences={m: summary[f"{m} ({first})"]["compared"].get(f"{m} ({second})", {}) for m in methods},
         by_layer={m: {label: by_edited_layers(own[m][label]) for label in labels} for m in methods})
+
+
+def save_comparison(comparison: EvaluationComparison, json_path: str | Path | None = None,
+                    plot_path: str | Path | None = None) -> None:
+    """Write the comparison to `json_path` (atomically) and its paired differences, one panel per metric, to
+    `plot_path`; either may be None."""
+    if json_path is not None:
+        atomic_write_json(json_path, comparison.to_dict())
+    if plot_path is not None:
+        plot_paired_differences(comparison.differences, comparison.labels, plot_path)

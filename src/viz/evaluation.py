@@ -1,4 +1,5 @@
-"""Figures of an edit evaluation run: metrics per method (bars with 95% intervals) and sequential checkpoints."""
+"""Figures of an edit evaluation run: metrics per method (bars with 95% intervals) and sequential checkpoints; and of
+two runs compared: paired differences per method and metric."""
 
 from __future__ import annotations
 
@@ -64,5 +65,42 @@ def plot_sequential(summary: Mapping[str, dict], path: str | Path) -> None:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+DIFFERENCE_METRICS = {**{k: v.replace("\n", " ") for k, v in BAR_METRICS.items()},
+                      "retention_drop_points": "retention drop (points)"}
+
+
+def plot_paired_differences(differences: Mapping[str, Mapping[str, dict]], labels: tuple[str, str],
+                            path: str | Path) -> None:
+    """One panel per metric: per method (rows), the paired difference first - second (`labels`) with its 95%
+    interval, a line at 0; differences: method -> metric -> estimate dict (mean, low, high, n)."""
+    methods = list(differences)
+    metrics = [m for m in DIFFERENCE_METRICS if any(differences[x].get(m, {}).get("n") for x in methods)]
+    columns = min(4, max(1, len(metrics)))
+    rows = -(-len(metrics) // columns)
+    fig = Figure(figsize=(3.2 * columns, 0.5 + (0.35 * len(methods) + 0.9) * rows))
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    y = np.arange(len(methods))[::-1]
+    for ax, metric in zip(axes, metrics):
+        for row, method in zip(y, methods):
+            found = differences[method].get(metric)
+            if not found or not found["n"]:
+                continue
+            excludes_zero = not found["low"] <= 0 <= found["high"]
+            ax.errorbar(found["mean"], row, xerr=[[max(0.0, found["mean"] - found["low"])],
+                                                  [max(0.0, found["high"] - found["mean"])]],
+                        fmt="o", color="C3" if excludes_zero else "C0", capsize=3)
+        ax.axvline(0.0, color="0.5", linewidth=0.8)
+        ax.set_yticks(y, methods, fontsize=8)
+        ax.set_title(DIFFERENCE_METRICS[metric], fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.locator_params(axis="x", nbins=4)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{labels[0]} - {labels[1]}, paired over the same requests (95% intervals; red: 0 outside)",
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
