@@ -6,10 +6,11 @@ locating run (traces.npz and locating_summary.json), and a seeded 30-edit evalua
 records without timings); on the default model, when `outputs/models/gpt_small` holds the model the file was
 written with (its sha256): the guide's edit E_000 R_04 -> E_999.
 
-Float rounding depends on the CPU, the thread count and torch, so the files in tests/golden/ hold on the machine that
-wrote them (their `machine` entry) and are skipped, saying so, elsewhere. A change that means to change results
-rewrites them: `KG_ROME_WRITE_GOLDEN=1 python -m pytest tests/test_golden.py`, from a checkout whose results are
-the reference.
+Float rounding depends on the CPU, the thread count and torch, so each file in tests/golden/ holds one record per
+machine that wrote it (its `machine` entry, with the inputs it depends on) and a test is skipped, saying so, on a
+machine it has no record for. `KG_ROME_WRITE_GOLDEN=1 python -m pytest tests/test_golden.py` writes this machine's
+records (the others are kept): for a new machine, or, from a checkout whose results are the reference, after a
+change that means to change results (whose other machines' records then need rewriting on those machines).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,30 +63,50 @@ def without_timings(value):
     return value
 
 
+def writing() -> bool:
+    return os.environ.get("KG_ROME_WRITE_GOLDEN") == "1"
+
+
+def golden_records(name: str) -> list[dict]:
+    """The records of tests/golden/<name>.json, each {"machine": ..., "observed": ...} (a file of one record may be
+    that record alone)."""
+    data = json.loads((GOLDEN_DIR / f"{name}.json").read_text())
+    return data["records"] if "records" in data else [data]
+
+
+def record_here(name: str, inputs: dict | None = None) -> dict | None:
+    """The record written on this machine for these inputs (a model's digest), or None."""
+    here = machine() | (inputs or {})
+    return next((r for r in golden_records(name) if r["machine"] == here), None)
+
+
 def skip_if_written_elsewhere(name: str, inputs: dict | None = None) -> None:
-    """Skip, before any work, when tests/golden/<name>.json was written on another machine or for other inputs (a
-    model's digest: what else the outputs depend on); never while writing."""
+    """Skip, before any work, when tests/golden/<name>.json has no record of this machine with these inputs; never
+    while writing."""
     path = GOLDEN_DIR / f"{name}.json"
-    if os.environ.get("KG_ROME_WRITE_GOLDEN") == "1" or not path.is_file():
+    if writing() or not path.is_file() or record_here(name, inputs) is not None:
         return
-    written, here = json.loads(path.read_text())["machine"], machine() | (inputs or {})
-    if written != here:
-        pytest.skip(f"{path.name} was written on {written}, this is {here}: float rounding or the model differs")
+    written = [r["machine"] for r in golden_records(name)]
+    pytest.skip(f"{path.name} was written on {written}, this is {machine() | (inputs or {})}: float rounding or "
+                "the model differs")
 
 
 def check_golden(name: str, observed: dict, inputs: dict | None = None) -> None:
-    """Compare `observed` with tests/golden/<name>.json (exact), or write it under KG_ROME_WRITE_GOLDEN=1."""
+    """Compare `observed` with this machine's record in tests/golden/<name>.json (exact), or write that record
+    under KG_ROME_WRITE_GOLDEN=1 (the other machines' records kept)."""
     path = GOLDEN_DIR / f"{name}.json"
     observed = json.loads(json.dumps(observed))  # the JSON form: tuples as lists, floats as they round-trip
-    if os.environ.get("KG_ROME_WRITE_GOLDEN") == "1":
+    if writing():
+        here = machine() | (inputs or {})
+        kept = [r for r in golden_records(name) if r["machine"] != here] if path.is_file() else []
         GOLDEN_DIR.mkdir(exist_ok=True)
-        record = {"machine": machine() | (inputs or {}), "observed": observed}
-        path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        records = kept + [{"machine": here, "observed": observed}]
+        path.write_text(json.dumps({"records": records}, indent=1, sort_keys=True) + "\n")
         return
     if not path.is_file():
         pytest.fail(f"no golden file {path.name}: write it with KG_ROME_WRITE_GOLDEN=1")
     skip_if_written_elsewhere(name, inputs)  # the tests skip before their work; this keeps a direct call honest
-    assert observed == json.loads(path.read_text())["observed"]
+    assert observed == record_here(name, inputs)["observed"]
 
 
 def array_digests(path: Path) -> dict:
@@ -134,3 +156,20 @@ def test_the_guide_edit_on_the_default_model(tmp_path):
             "-s", "E_000", "-r", "R_04", "-o", "E_999", "--output-dir", str(out)]
     assert run_cli(run_editing_single.main, args) == 0
     check_golden("default_edit", without_timings(json.loads((out / "edit_result.json").read_text())), weights)
+
+
+def test_each_machine_is_compared_with_its_own_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "GOLDEN_DIR", tmp_path)
+    monkeypatch.delenv("KG_ROME_WRITE_GOLDEN", raising=False)
+    other = {**machine(), "cpu": "another CPU"}
+    (tmp_path / "two.json").write_text(json.dumps({"records": [{"machine": other, "observed": {"x": 1}},
+                                                               {"machine": machine(), "observed": {"x": 2}}]}))
+    check_golden("two", {"x": 2})
+    with pytest.raises(AssertionError):
+        check_golden("two", {"x": 1})
+    (tmp_path / "alone.json").write_text(json.dumps({"machine": other, "observed": {"x": 1}}))  # one record, bare
+    with pytest.raises(pytest.skip.Exception, match="another CPU"):
+        check_golden("alone", {"x": 1})
+    monkeypatch.setenv("KG_ROME_WRITE_GOLDEN", "1")  # writing adds this machine's record and keeps the other's
+    check_golden("alone", {"x": 3})
+    assert [r["observed"] for r in golden_records("alone")] == [{"x": 1}, {"x": 3}]
