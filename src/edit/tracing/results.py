@@ -124,9 +124,7 @@ class TraceResult:
         array = np.asarray(fields.pop("scores") if scores is None else scores, dtype=np.float32)
         fields.pop("scores", None)
         array.setflags(write=False)
-        for key in ("input_ids", "input_tokens", "subject_range"):
-            fields[key] = tuple(fields[key])
-        return cls(scores=array, **fields)
+        return cls(scores=array, **_prompt_fields_as_tuples(fields))
 
     def to_dict(self, include_scores: bool = True) -> dict:
         return {
@@ -214,14 +212,19 @@ class KnockoutResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "KnockoutResult":
-        fields = dict(data)
-        for key in ("input_ids", "input_tokens", "subject_range"):
-            fields[key] = tuple(fields[key])
+        fields = _prompt_fields_as_tuples(dict(data))
         fields["positions"] = {k: tuple(v) for k, v in fields["positions"].items()}
         scores = {k: np.asarray(v, dtype=np.float32) for k, v in fields.pop("scores").items()}
         for array in scores.values():
             array.setflags(write=False)
         return cls(scores=scores, **fields)
+
+
+def _prompt_fields_as_tuples(fields: dict) -> dict:
+    """`fields` (read from JSON) with the prompt's token ids, tokens and subject range as the tuples results hold."""
+    for key in ("input_ids", "input_tokens", "subject_range"):
+        fields[key] = tuple(fields[key])
+    return fields
 
 
 @dataclass(frozen=True, eq=False)
