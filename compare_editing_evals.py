@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             require_writable_dir(Path(path).parent, f"the directory of {option}")
     comparison = compare_evaluations(a.first, a.second, labels)
     first, second = comparison.labels
-    n = max(d["n"] for m in comparison.methods for d in comparison.differences[m].values())
+    n = max((d["n"] for m in comparison.methods for d in comparison.differences[m].values()), default=0)
     print(f"{first}: {comparison.directories[0]}; {second}: {comparison.directories[1]}; up to {n} requests in both; "
           "mean [95% interval]\n")
     print(table("method (run)", [(f"{m} ({label})", comparison.estimates[m][label])
