@@ -91,6 +91,7 @@ def main() -> None:
     replacing = [TraceRequest(q.s, q.r, q.o_target, seed=i) for i, q in enumerate(requests)]  # replacements drawn
     per_kind = {kind: {"plain": 0.0, "kind": 0.0, "apart": 0.0} for kind in KINDS}
     max_diff = 0.0
+    traced_alone = []  # per fact, trace_kinds' {kind: TraceResult}, for the work count below
     for i in range(0, len(requests), args.facts_per_forward):
         group = requests[i : i + args.facts_per_forward]
         many, elapsed = timed(lambda: tracer.trace_many(group, num_samples=args.num_samples, window=window,
@@ -106,6 +107,7 @@ def main() -> None:
             alone, elapsed = timed(lambda: tracer.trace_kinds(request.s, request.r, request.o_target, window=window,
                                                               num_samples=args.num_samples, noise=request.noise))
             seconds["one"] += elapsed
+            traced_alone.append(alone)
             for kind in KINDS:
                 single, elapsed = timed(lambda: tracer.trace_important_states(
                     request.s, request.r, request.o_target, num_samples=args.num_samples, kind=kind, window=window,
@@ -153,9 +155,8 @@ def main() -> None:
             return trace.trace_important_states(request.s, request.r, request.o_target, kind=kind, window=window,
                                                 num_samples=args.num_samples, noise=request.noise)
 
-        results = [one_kind(tracer, request) for request in requests]
         with BlockRows(blocks) as plain_rows:
-            for request, result in zip(requests, results):
+            for request, result in zip(requests, (traced[kind] for traced in traced_alone)):
                 plain_trace(model, list(result.input_ids), result.subject_range, result.answer_id,
                             request.noise.to(tracer.device), kind, result.window)
         work = {"plain": plain_rows.count / n}

@@ -90,14 +90,14 @@ def compare_evaluations(first_dir: str | Path, second_dir: str | Path,
     labels = labels or (dirs[0].name, dirs[1].name)
     if len(labels) != 2 or labels[0] == labels[1] or not all(labels):
         raise InputError(f"two different, non-empty labels are needed, got {list(labels)}")
-    renamed: tuple[list, list, list] = ([], [], [])
-    own: dict[str, dict[str, list[EditRecord]]] = {}
+    renamed: tuple[list, list, list] = ([], [], [])  # edits, checkpoints, retention passes of both runs
+    own: dict[str, dict[str, list[EditRecord]]] = {}  # method -> label -> that run's edit records
     for directory, label in zip(dirs, labels):
-        for kept, items in zip(renamed, read_records(directory / RECORDS_FILE)):
+        records = read_records(directory / RECORDS_FILE)
+        for kept, items in zip(renamed, records):
             kept += [replace(item, method=f"{item.method} ({label})") for item in items]
-            for item in items:
-                if isinstance(item, EditRecord):
-                    own.setdefault(item.method, {}).setdefault(label, []).append(item)
+        for record in records[0]:
+            own.setdefault(record.method, {}).setdefault(label, []).append(record)
     summary = summarize(*renamed)
     methods = tuple(m for m in own if set(own[m]) == set(labels))
     if not methods:
