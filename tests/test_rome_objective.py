@@ -69,3 +69,52 @@ def test_rome_original_sets_every_term_of_the_original_code(source):
     assert (hp.v_weight_decay_form, hp.kl_direction, hp.v_stop, hp.bare_prompt_weight) == ("norm", "reverse", "loss", None)
     assert (hp.fact_token, hp.clamp_norm_factor, hp.v_weight_decay, hp.v_num_grad_steps) == ("subject_last", 4.0, 0.5, 20)
     assert (hp.key_mode, hp.v_objective, hp.layer_retries) == ("original", "lookup", 0)
+
+
+@pytest.mark.parametrize("halvings", [1, 4, 12])
+def test_the_refined_stop_is_the_first_point_of_the_step_meeting_the_rule_to_the_bisection_resolution(halvings):
+    """A half-space rule a . v >= c, crossed by the step start -> end at t* = (c - a . start) / (a . (end - start)):
+    the point returned meets it and lies within 2^-halvings of the step past t*."""
+    from src.edit.rank_one.delta import shortest_meeting
+
+    generator = torch.Generator().manual_seed(1)
+    a, start = torch.randn(6, generator=generator, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    end = a * 2.0 / float(a @ a)  # a . end = 2
+    c = 0.7
+    crossing = (c - float(a @ start)) / float(a @ (end - start))
+    tests = []
+
+    def meets(vector):
+        tests.append(vector)
+        return float(a @ vector) >= c
+
+    found = shortest_meeting(start, end, halvings, meets)
+    t = float((found - start) @ (end - start)) / float((end - start) @ (end - start))
+    assert len(tests) == halvings and meets(found)
+    assert crossing <= t <= crossing + 2.0 ** -halvings
+    assert torch.allclose(found, start + t * (end - start))  # on the segment
+
+
+def test_a_refined_edit_meets_the_stop_rule_with_a_shorter_delta_after_as_many_steps(tiny_model, tiny_kg, tmp_path):
+    model, tokenizer = tiny_model
+    fact = tiny_kg.graph.facts[2]
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+    results = {}
+    for refine in (0, 8):
+        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                    progress=False, hparams={"layer": 1, "v_lr": 2.0, "v_stop_refine": refine})
+        results[refine] = rome.apply_edit(fact.s, fact.r, target, measure=False)[1]
+    plain, refined = results[0], results[8]
+    assert refined.v_steps == plain.v_steps >= 1
+    assert refined.delta_norm < plain.delta_norm
+    assert refined.target_prob_after < plain.target_prob_after  # less overshoot past the rule...
+    assert refined.success and refined.new_prediction == target  # the bare prompt is one of the rule's prompts
+
+
+def test_refining_needs_the_target_prob_rule():
+    from src.utils.errors import InputError
+
+    with pytest.raises(InputError, match="v_stop_refine 3 needs v_stop target_prob"):
+        ROMEHyperParams(v_stop="loss", v_stop_refine=3)
+    with pytest.raises(InputError, match="v_stop_refine must be >= 0, got -1"):
+        ROMEHyperParams(v_stop_refine=-1)

@@ -8,6 +8,8 @@ model at every position); "lookup" adds delta at the edit positions only, as the
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -60,28 +62,45 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
     if hp.v_objective == "rank_one":  # the update itself: out(k) += (k . u / u . k*) delta, at every token
         coefficients = (trace.input.float() @ (u / denominator).float().to(device))[..., None].to(dtype)
 
-        def added() -> torch.Tensor:
-            return coefficients * delta.to(dtype)
+        def added(vector: torch.Tensor) -> torch.Tensor:
+            return coefficients * vector.to(dtype)
     else:  # lookup: delta at the edit positions only (for a multi-token target, at each piece's read position)
         pieces = pieces_read(fact_token, target_ids)
         lookup_rows = torch.cat([rows[:n_rewrite].repeat_interleave(pieces), rows[n_rewrite:]])
         lookup_columns = torch.cat([(positions[:n_rewrite, None] + torch.arange(pieces, device=device)).reshape(-1),
                                         positions[n_rewrite:]])
 
-        def added() -> torch.Tensor:
-            return readout.placed(lookup_rows, lookup_columns, delta.expand(len(lookup_rows), -1))
+        def added(vector: torch.Tensor) -> torch.Tensor:
+            return readout.placed(lookup_rows, lookup_columns, vector.expand(len(lookup_rows), -1))
 
     weights = weights.to(device)  # (n_rewrite,) the rewrite prompts' shares of the NLL, the bare prompt's first
     optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
     steps = 0
+    previous = None  # delta before the last step: with v_stop_refine, where the search along that step starts
+
+    def read(vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, log-probabilities (n_read + n_kl, vocab), log p(target) (n_rewrite,)) with `vector` as delta."""
+        logits = readout(added(vector))
+        log_probs = torch.log_softmax(logits, dim=-1)
+        return logits, log_probs, log_probs[torch.arange(n_read, device=device), targets].view(n_rewrite, m).sum(1)
+
+    def target_met(logits: torch.Tensor, target_log_probs: torch.Tensor) -> bool:
+        """The target_prob stop rule: every rewrite prompt's target top-1 and their mean p >= v_stop_prob."""
+        return bool((logits[:n_read].argmax(-1) == targets).all()) and \
+            float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob
+
+    def meets(vector: torch.Tensor) -> bool:
+        logits, _, target_log_probs = read(vector)
+        return target_met(logits, target_log_probs)
+
     with speed.frozen(model), speed.fused(model):
         for steps in range(1, hp.v_num_grad_steps + 1):
-            logits = readout(added())
-            log_probs = torch.log_softmax(logits, dim=-1)
-            target_log_probs = log_probs[torch.arange(n_read, device=device), targets].view(n_rewrite, m).sum(1)
-            if hp.v_stop == "target_prob" and bool((logits[:n_read].argmax(-1) == targets).all()) and \
-                    float(target_log_probs.detach().exp().mean()) >= hp.v_stop_prob:
+            logits, log_probs, target_log_probs = read(delta)
+            if hp.v_stop == "target_prob" and target_met(logits, target_log_probs):
                 steps -= 1
+                if previous is not None and hp.v_stop_refine:
+                    with torch.no_grad():
+                        return shortest_meeting(previous, delta.detach(), hp.v_stop_refine, meets), steps
                 break
             loss = delta_objective(hp, target_log_probs, weights, m, log_probs[n_read:], kl_init, delta, out_bare)
             if hp.v_stop == "loss" and (float(loss.detach()) < hp.v_stop_loss or steps == hp.v_num_grad_steps):
@@ -89,12 +108,28 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
                 break
             optimizer.zero_grad()
             loss.backward()
+            previous = delta.detach().clone()
             optimizer.step()
             with torch.no_grad():
-                    norm = delta.norm()
-                    if norm > max_norm:
-                        delta.mul_(max_norm / norm)
+                norm = delta.norm()
+                if norm > max_norm:
+                    delta.mul_(max_norm / norm)
     return delta.detach(), steps
+
+
+def shortest_meeting(start: torch.Tensor, end: torch.Tensor, halvings: int,
+                     meets: Callable[[torch.Tensor], bool]) -> torch.Tensor:
+    """The point of the segment start -> end, (d,) each, closest to `start` that `meets` accepts, found by bisection
+    on t in [0, 1] with `halvings` tests; `end` is taken to meet the rule and `start` not (the last Adam step crossed
+    into the stop rule). A step larger than the rule needs overshoots it; this takes back the overshoot."""
+    low, high = 0.0, 1.0  # start fails the rule, start + high * (end - start) meets it
+    for _ in range(halvings):
+        middle = (low + high) / 2
+        if meets(start + middle * (end - start)):
+            high = middle
+        else:
+            low = middle
+    return start + high * (end - start) if high < 1.0 else end
 
 
 def delta_objective(hp: ROMEHyperParams, target_log_probs: torch.Tensor, weights: torch.Tensor, m: int,

@@ -35,6 +35,7 @@ class ROMEHyperParams:
     kl_direction: str = "forward"
     v_stop: str = "target_prob"
     v_stop_loss: float = 0.05
+    v_stop_refine: int = 0
     num_context_prefixes: int = 10
     bare_prompt_weight: float | None = 0.5
     key_mode: str = "consistent"
@@ -61,6 +62,9 @@ class ROMEHyperParams:
             (self.v_stop in V_STOPS, f"v_stop must be one of {', '.join(V_STOPS)}, got '{self.v_stop}'"),
             (self.mom2_source in MOM2_SOURCES, f"mom2_source must be one of {', '.join(MOM2_SOURCES)}, got '{self.mom2_source}'"),
             (self.clamp_norm_factor > 0, f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}"),
+            (self.v_stop_refine >= 0, f"v_stop_refine must be >= 0, got {self.v_stop_refine}"),
+            (self.v_stop_refine == 0 or self.v_stop == "target_prob",
+             f"v_stop_refine {self.v_stop_refine} needs v_stop target_prob, got v_stop '{self.v_stop}'"),
             (self.v_num_grad_steps >= 1, f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"),
             (self.num_context_prefixes >= 0, f"num_context_prefixes must be >= 0, got {self.num_context_prefixes}"),
             (self.bare_prompt_weight is None or 0 < self.bare_prompt_weight <= 1,
