@@ -108,7 +108,7 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
                 break
             optimizer.zero_grad()
             loss.backward()
-            previous = delta.detach().clone()
+            previous = delta.detach().clone() if hp.v_stop_refine else None
             optimizer.step()
             with torch.no_grad():
                 norm = delta.norm()
