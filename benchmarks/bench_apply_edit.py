@@ -4,13 +4,13 @@
     python benchmarks/bench_apply_edit.py [--num-edits 20] [--settings default,lr_1,lr_2,lr_2_refine]
 
 Per setting (hyperparameter overrides of configs/rome_gpt_small.yaml and speed paths; "no_reuse": C read and
-factorised for every edit), the same seeded edits, each from the original
-weights as the usage guide calls it (copy_model=True, metrics included): seconds per edit in all and in its parts
-(locating the layer by tracing, the optimisation of delta with its steps and time per step, the metrics' greedy
-predictions before and after, the rest: keys, the update, decoding, the model copy), and efficacy, context
-robustness and paraphrase on the edit's own evaluation prompts (figures of what the method saw, not held-out ones)
-and the mean |delta|. A warm-up edit per layer fills the statistics cache
-first. A setting that changes the optimisation changes the edits: its quality columns say by how much.
+factorised for every edit), the same seeded edits, each from the original weights as the usage guide calls it
+(copy_model=True, metrics included): seconds per edit in all and in its parts (locating the layer by tracing, the
+optimisation of delta with its steps and time per step, v_stop_refine's forwards counted in delta's time, the
+metrics' greedy predictions before and after, the rest: keys, the update, decoding, the model copy), efficacy,
+context robustness and paraphrase on the edit's own evaluation prompts (context prefixes other than those the edit
+was computed with, and the relation's alias), and the mean |delta|. A warm-up edit per layer fills the statistics
+cache first. A setting that changes the optimisation changes the edits: its quality columns say by how much.
 """
 
 from __future__ import annotations

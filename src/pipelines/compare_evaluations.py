@@ -93,11 +93,12 @@ def compare_evaluations(first_dir: str | Path, second_dir: str | Path,
     renamed: tuple[list, list, list] = ([], [], [])  # edits, checkpoints, retention passes of both runs
     own: dict[str, dict[str, list[EditRecord]]] = {}  # method -> label -> that run's edit records
     for directory, label in zip(dirs, labels):
-        records = read_records(directory / RECORDS_FILE)
+        records = read_records(directory / RECORDS_FILE)  # (edits, checkpoints, retention passes)
         for kept, items in zip(renamed, records):
             kept += [replace(item, method=f"{item.method} ({label})") for item in items]
-        for record in records[0]:
-            own.setdefault(record.method, {}).setdefault(label, []).append(record)
+        edits = records[0]
+        for edit in edits:
+            own.setdefault(edit.method, {}).setdefault(label, []).append(edit)
     summary = summarize(*renamed)
     methods = tuple(m for m in own if set(own[m]) == set(labels))
     if not methods:

@@ -98,7 +98,7 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
             logits, log_probs, target_log_probs = read(delta)
             if hp.v_stop == "target_prob" and target_met(logits, target_log_probs):
                 steps -= 1
-                if previous is not None and hp.v_stop_refine:
+                if previous is not None:  # kept under v_stop_refine only: take back the step's overshoot
                     with torch.no_grad():
                         return shortest_meeting(previous, delta.detach(), hp.v_stop_refine, meets), steps
                 break
