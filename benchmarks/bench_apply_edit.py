@@ -4,8 +4,8 @@
     python benchmarks/bench_apply_edit.py [--num-edits 20] [--settings default,lr_1,lr_2,lr_2_refine]
 
 Per setting (hyperparameter overrides of configs/rome_gpt_small.yaml and speed paths; "no_reuse": C read and
-factorised for every edit), the same seeded edits, each from the original weights as the usage guide calls it
-(copy_model=True, metrics included): seconds per edit in all and in its parts (locating the layer by tracing, the
+factorised for every edit; "padded": delta's forwards on the padded batch, not packed), the same seeded edits,
+each from the original weights as the usage guide calls it (copy_model=True, metrics included): seconds per edit in all and in its parts (locating the layer by tracing, the
 optimisation of delta with its steps and time per step, v_stop_refine's forwards counted in delta's time, the
 metrics' greedy predictions before and after, the rest: keys, the update, decoding, the model copy), efficacy,
 context robustness and paraphrase on the edit's own evaluation prompts (context prefixes other than those the edit
@@ -35,6 +35,7 @@ from src.utils.resources import peak_rss_mib  # noqa: E402
 
 # name -> (hyperparameter overrides, speed paths)
 SETTINGS = {"default": ({}, FAST), "no_reuse": ({}, SpeedPaths(reuse_statistics=False)),
+            "padded": ({}, SpeedPaths(pack_prompts=False)),
             "lr_1": ({"v_lr": 1.0}, FAST), "lr_2": ({"v_lr": 2.0}, FAST), "no_locate": ({"layer": 1}, FAST),
             "lr_2_refine": ({"v_lr": 2.0, "v_stop_refine": 4}, FAST)}
 

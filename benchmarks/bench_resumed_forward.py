@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""One step of ROME's delta optimisation, forward + backward, two ways side by side in one process:
+"""One step of ROME's delta optimisation, forward + backward, three ways side by side in one process:
 
     python benchmarks/bench_resumed_forward.py [--model-dir outputs/models/gpt_small] [--layers 0,1] [--steps 60]
 
   whole    the whole model with a hook adding the tensor to block l's output (the plain way)
-  resumed  `ResumedForward`: blocks l+1.. only, the final norm and the unembedding at the positions read (what ROME
-           runs)
+  padded   `ResumedForward` with pack=False: blocks l+1.. only on the padded batch, the final norm and the
+           unembedding at the positions read
+  packed   `ResumedForward` as ROME runs it: the same, on the prompts packed into fewer rows (no pads)
 
-The batch has ROME's shape for a one-token subject: the bare prompt, 10 prompts behind context prefixes and 7 KL
-prompts (18 rows, up to 6 tokens; random token ids). Prints milliseconds per step, the ratio and the largest logit
-difference. Steps alternate between the two ways, so that the machine's speed drifts alike for both.
+The batch has the shape of ROME's on the default KG: the bare prompt (2 tokens), 10 prompts behind context prefixes
+(6 tokens) and 7 KL prompts (2 tokens): 18 rows of 6 tokens padded, 13 packed; random token ids. Prints
+milliseconds per step, the ratios and the largest logit difference from the whole model. Steps alternate between
+the ways, so that the machine's speed drifts alike for all.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from src.edit.model.resumed_forward import ResumedForward  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
 from src.utils.resources import peak_rss_mib  # noqa: E402
 
-PROMPT_LENGTHS = [2] + [6, 5] * 5 + [2] * 7
+PROMPT_LENGTHS = [2] + [6] * 10 + [2] * 7
 
 
 def main() -> None:
@@ -46,10 +48,11 @@ def main() -> None:
     print(f"{args.model_dir}: {len(prompts)} prompts, batch {tuple(batch.input_ids.shape)}, {args.steps} steps each")
     with frozen_parameters(model), fused_activations(model):
         for layer in (int(x) for x in args.layers.split(",")):
-            resumed = ResumedForward(model, layer, batch, rows, batch.last)
+            packed = ResumedForward(model, layer, batch, rows, batch.last)
+            padded = ResumedForward(model, layer, batch, rows, batch.last, pack=False)
             whole = ResumedForward(model, layer, batch, rows, batch.last, resume=False)  # the plain path
-            added = (torch.randn(resumed.start.shape, generator=generator) * 0.1).requires_grad_(True)
-            ways = {"whole": lambda: whole(added), "resumed": lambda: resumed(added)}
+            added = (torch.randn(packed.start.shape, generator=generator) * 0.1).requires_grad_(True)
+            ways = {"whole": lambda: whole(added), "padded": lambda: padded(added), "packed": lambda: packed(added)}
             seconds = dict.fromkeys(ways, 0.0)
             logits = {}
             for _ in range(args.steps):
@@ -58,10 +61,12 @@ def main() -> None:
                     logits[name] = way()
                     logits[name].sum().backward()
                     seconds[name] += time.perf_counter() - started
-            difference = (logits["whole"] - logits["resumed"]).abs().max().item()
-            whole_ms, resumed_ms = (seconds[n] / args.steps * 1e3 for n in ("whole", "resumed"))
-            print(f"layer {layer}: whole {whole_ms:.2f} ms, resumed {resumed_ms:.2f} ms per step "
-                  f"({whole_ms / resumed_ms:.2f}x); max logit difference {difference:.1e}")
+            difference = max((logits["whole"] - logits[n]).abs().max().item() for n in ("padded", "packed"))
+            ms = {name: seconds[name] / args.steps * 1e3 for name in ways}
+            rows_packed = packed.packing.num_rows if packed.packed else len(prompts)
+            print(f"layer {layer}: whole {ms['whole']:.2f} ms, padded {ms['padded']:.2f} ms, packed "
+                  f"{ms['packed']:.2f} ms per step ({rows_packed} rows); whole / packed {ms['whole'] / ms['packed']:.2f}x,"
+                  f" padded / packed {ms['padded'] / ms['packed']:.2f}x; max logit difference {difference:.1e}")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 

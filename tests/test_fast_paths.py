@@ -1,6 +1,6 @@
 """The speed paths compute what the plain paths compute: shared prompt stems, fused GELU, frozen parameters, MEMIT's
-last-block readout, ROME's forward resumed from the edited block, the kept statistics, a Trace that stops before
-its module."""
+last-block readout, ROME's forward resumed from the edited block (prompts packed or padded), the kept statistics, a
+Trace that stops before its module."""
 
 from __future__ import annotations
 
@@ -126,18 +126,22 @@ def test_last_block_readout_equals_the_whole_forward(family):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_resumed_forward_equals_the_whole_forward_with_a_hook(family, side):
+@pytest.mark.parametrize("pack", [True, False])
+def test_resumed_forward_equals_the_whole_forward_with_a_hook(family, side, pack):
     """ROME's delta step: logits (and their gradient in the added tensor) from block l on equal a whole forward whose
-    block l output gets the tensor by a hook, at the first, a middle and the last block, with padded prompts."""
+    block l output gets the tensor by a hook, at the first, a middle and the last block, with padded prompts, run
+    packed into 3 rows or padded in 5."""
     tokenizer = tiny_tokenizer()
     model = tiny_family_model(tokenizer, family)
     layout = ModelLayout.of(model)
-    batch = PromptBatch.of([[1, 2, 3], [4, 5], [6, 7, 8, 9]], pad_id=0, device=torch.device("cpu"), side=side)
-    read_rows = torch.tensor([0, 0, 1, 2])
-    read_columns = batch.offset[read_rows] + torch.tensor([1, 2, 1, 3])  # real tokens of each row
+    batch = PromptBatch.of([[1, 2, 3], [4, 5], [6, 7, 8, 9], [2, 3], [5]], pad_id=0, device=torch.device("cpu"),
+                           side=side)
+    read_rows = torch.tensor([0, 0, 1, 2, 3, 4])
+    read_columns = batch.offset[read_rows] + torch.tensor([1, 2, 1, 3, 0, 0])  # real tokens of each row
     generator = torch.Generator().manual_seed(0)
     for layer in (0, layout.num_layers // 2, layout.num_layers - 1):
-        resumed = ResumedForward(model, layer, batch, read_rows, read_columns)
+        resumed = ResumedForward(model, layer, batch, read_rows, read_columns, pack=pack)
+        assert resumed.packed == (pack and layer < layout.num_layers - 1)  # the last block has no blocks above
         added = torch.randn(resumed.start.shape, generator=generator).requires_grad_(True)
         with Trace(layout.block(layer), retain_output=False, edit_output=lambda output: output + added):
             expected = batch.forward(model).logits[read_rows, read_columns]

@@ -5,8 +5,9 @@ step (only the MLP's output changes, and it enters the block's output by additio
 once, keeps block l's output (B, T, d) and the arguments the model called its blocks with (mask, positions, rotary
 embeddings), and then gives the logits for any added tensor by running blocks l+1..L-1 only, then the final norm and
 the unembedding at the positions read. Exact up to float rounding (block output + added, instead of adding inside the
-block); an edit at layer 1 of 8 runs 6 blocks per step instead of 8. `resume=False` is the plain path it replaces:
-the whole model per call, the tensor added to block l's output by a hook.
+block); an edit at layer 1 of 8 runs 6 blocks per step instead of 8. With `pack`, the blocks run on the prompts
+packed into fewer rows (`src.edit.model.packing`) when that saves rows: no pads computed. `resume=False` is the
+plain path it replaces: the whole model per call, the tensor added to block l's output by a hook.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from src.edit.model.block_call import BlockCall
+from src.edit.model.block_call import BlockCall, attention_takes_any_mask
 from src.edit.model.hooks import RecordCall, Trace
 from src.edit.model.layout import ModelLayout
+from src.edit.model.packing import PackedLayout, packed_call
 from src.edit.prompts.batch import PromptBatch
 
 
@@ -25,10 +27,11 @@ class ResumedForward:
 
     Built under no_grad: `initial_logits` (n, vocab) float32 are the model's own at those positions, and
     `start` (B, T, d) is block `layer`'s output. Calling it with `added` (B, T, d) gives the logits (n, vocab) float32
-    of the model whose block `layer` output is start + added, differentiable in `added`."""
+    of the model whose block `layer` output is start + added, differentiable in `added`. pack: run the blocks above
+    on the prompts packed (used when it saves rows and the blocks' arguments can be packed; `packed` says if so)."""
 
     def __init__(self, model: PreTrainedModel, layer: int, batch: PromptBatch, read_rows: torch.Tensor,
-                 read_columns: torch.Tensor, resume: bool = True) -> None:
+                 read_columns: torch.Tensor, resume: bool = True, pack: bool = True) -> None:
         self.layout = ModelLayout.of(model)
         self.model, self.batch, self.resume = model, batch, resume
         block = self.block = self.layout.block(layer)
@@ -38,6 +41,17 @@ class ResumedForward:
         self.call = BlockCall.bind(block, record.args[1:], record.kwargs, num_tokens=batch.input_ids.shape[1])
         self.blocks = [self.layout.block(j) for j in range(layer + 1, self.layout.num_layers)]
         self.read_rows, self.read_columns = read_rows, read_columns
+        self.packing, self.packed_call = None, None
+        if resume and pack and self.blocks and attention_takes_any_mask(model):
+            packing = PackedLayout.of(batch.attention_mask)
+            call = packed_call(self.call, packing) if packing.num_rows < len(batch.input_ids) else None
+            if call is not None:
+                self.packing, self.packed_call = packing, call
+                self.packed_read = packing.slots(read_rows, read_columns)
+
+    @property
+    def packed(self) -> bool:
+        return self.packing is not None
 
     def placed(self, rows: torch.Tensor, columns: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """(B, T, d): zeros with vectors (n, d) at (rows, columns), (n,) each; differentiable in `vectors`."""
@@ -47,6 +61,9 @@ class ResumedForward:
         if not self.resume:
             with Trace(self.block, retain_output=False, edit_output=lambda output: output + added.to(output.dtype)):
                 return self.batch.forward(self.model).logits[self.read_rows, self.read_columns].float()
-        hidden = self.call.through(self.blocks, self.start + added.to(self.start.dtype))
-        read = hidden[self.read_rows, self.read_columns]
+        hidden = self.start + added.to(self.start.dtype)
+        if self.packing is not None:
+            read = self.packed_call.through(self.blocks, self.packing.gather(hidden))[self.packed_read]
+        else:
+            read = self.call.through(self.blocks, hidden)[self.read_rows, self.read_columns]
         return self.layout.unembed(self.layout.final_norm(read)).float()

@@ -84,6 +84,8 @@ class SpeedPaths:
     activation_budget: `rows_per_forward`'s budget; None runs every prompt of a batch in one forward.
     resume_forward: `ResumedForward` runs only the blocks above the edited one per step (False: the whole model, with
     the vector added by a hook).
+    pack_prompts: `ResumedForward` runs its blocks on the prompts packed into fewer rows, without pads
+    (`src.edit.model.packing`; False: the padded batch).
     share_stems: `PromptProbe` runs prompts that share all but their last token over the shared part once (False:
     every prompt whole).
     share_prefixes: key statistics take each distinct token prefix's key once, weighted by its count, and skip lines
@@ -99,6 +101,7 @@ class SpeedPaths:
     freeze_weights: bool = True
     activation_budget: int | None = ACTIVATION_BUDGET
     resume_forward: bool = True
+    pack_prompts: bool = True
     share_stems: bool = True
     share_prefixes: bool = True
     reuse_statistics: bool = True
@@ -107,7 +110,7 @@ class SpeedPaths:
     @classmethod
     def plain(cls) -> "SpeedPaths":
         return cls(fuse_gelu=False, freeze_weights=False, activation_budget=None, resume_forward=False,
-                   share_stems=False, share_prefixes=False, reuse_statistics=False,
+                   pack_prompts=False, share_stems=False, share_prefixes=False, reuse_statistics=False,
                    symmetric_product=False)
 
     def fused(self, model: nn.Module) -> AbstractContextManager:

@@ -52,7 +52,8 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
 
     # read-out logits (n_rewrite * m + n_kl, vocab) from block `layer` on: the blocks below do not depend on delta
     with speed.fused(model), Trace(module, retain_input=True) as trace:
-        readout = ResumedForward(model, layer, batch, read_rows, read_columns, resume=speed.resume_forward)
+        readout = ResumedForward(model, layer, batch, read_rows, read_columns, resume=speed.resume_forward,
+                                  pack=speed.pack_prompts)
     out_bare = trace.output[0, positions[0]].float()
     kl_init = torch.log_softmax(readout.initial_logits[n_read:], dim=-1) if kl_prompts else None
     max_norm = hp.clamp_norm_factor * float(out_bare.norm())
