@@ -2,6 +2,7 @@
 tensors it reports; MEMIT's layer update against its normal equations; FT's L-infinity constraint."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from src.edit.evaluation.requests import EditRequest, draw_requests
 from src.edit.methods import METHODS, EditEnvironment, apply_method, build_editor
 from src.edit.methods.memit import MEMITHyperParams
+from src.edit.model.speedups import SpeedPaths
 from src.lm.fact_accuracy import predict_objects
 from src.kg.graph import Fact
 from src.utils.errors import InputError
@@ -127,6 +129,31 @@ def test_memit_targets_are_the_same_bits_every_time_on_two_threads(tiny_model, t
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(targets_z[0], z) for z in targets_z[1:])
+
+
+def test_memit_targets_on_packed_prompts_equal_those_on_the_padded_batch(tiny_model, tiny_kg, env, monkeypatch):
+    """z at block 2 of 5: the blocks above run on the rewrite and KL prompts packed into fewer rows
+    (`SpeedPaths.pack_prompts`) and give the targets the padded batch gives, to float32 rounding."""
+    import src.edit.model.resumed_forward as resumed_forward
+
+    packed = []
+
+    def spy(call, layout):
+        packed.append(layout.num_rows < layout.batch_rows)
+        return resumed_forward_packed_call(call, layout)
+
+    resumed_forward_packed_call = resumed_forward.packed_call
+    monkeypatch.setattr(resumed_forward, "packed_call", spy)
+    model, tokenizer = tiny_model
+    requests = draw_requests(tiny_kg.graph, 4, seed=1)
+    targets_z = {}
+    for pack in (True, False):
+        editor = build_editor("memit", model, tokenizer, {**FAST["memit"], "v_num_grad_steps": 5},
+                              dataclasses.replace(env, speed=SpeedPaths(pack_prompts=pack)))
+        sets, targets = editor.prepare(requests)
+        targets_z[pack] = editor._target_residuals(sets, targets)[0]
+    assert packed == [True]  # packed once, with fewer rows; the padded run never asks
+    torch.testing.assert_close(targets_z[True], targets_z[False], atol=1e-5, rtol=1e-5)
 
 
 def test_memit_hparams_are_checked():

@@ -191,7 +191,8 @@ class MEMITEditor(PromptEditor):
 
         speed = self.env.speed
         with speed.fused(self.model):
-            readout = LastTokenReadout(self.model, self.layout, self.layers[-1], batch, speed.resume_forward)
+            readout = LastTokenReadout(self.model, self.layout, self.layers[-1], batch, speed.resume_forward,
+                                       speed.pack_prompts)
         logits_init = readout.initial_logits
         bare_rows = torch.tensor([0] + [len(s.rewrite) for s in sets[:-1]], device=device).cumsum(0)
         h_bare = readout.last_hidden[bare_rows].float()  # (n, d)
@@ -241,12 +242,13 @@ class LastTokenReadout:
     A `ResumedForward` from block `layer`: the model runs once here (`initial_logits`; `last_hidden`, block `layer`'s
     output at each row's last token), and each call runs only the blocks above `layer`, the final norm and the
     unembedding. For MEMIT's default z layer, the last block, that is the final norm and the unembedding alone.
-    resume=False runs the whole model per call (the plain path)."""
+    resume=False runs the whole model per call (the plain path); pack: the blocks above run on the prompts packed
+    (`ResumedForward`)."""
 
     def __init__(self, model: PreTrainedModel, layout: ModelLayout, layer: int, batch: PromptBatch,
-                 resume: bool = True) -> None:
+                 resume: bool = True, pack: bool = True) -> None:
         rows = torch.arange(len(batch.last), device=batch.last.device)
-        self._resumed = ResumedForward(model, layer, batch, rows, batch.last, resume=resume)
+        self._resumed = ResumedForward(model, layer, batch, rows, batch.last, resume=resume, pack=pack)
         self.initial_logits = self._resumed.initial_logits  # (rows, vocab) float32
         self.last_hidden = self._resumed.start[rows, batch.last]  # (rows, d), the model's dtype
 

@@ -10,6 +10,7 @@ tables) into the layout. Exact up to float rounding; the padded batch is the pla
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, replace
 
 import torch
@@ -34,29 +35,31 @@ class PackedLayout:
     def of(cls, attention_mask: torch.Tensor) -> "PackedLayout":
         """From a padded batch's (B, T) 0/1 mask (real tokens in order, on either side of the pads)."""
         B, T = attention_mask.shape
-        real = [row.nonzero()[:, 0].tolist() for row in attention_mask.cpu()]
-        order = sorted(range(B), key=lambda b: -len(real[b]))  # longest first; stable, so ties keep their order
-        rows: list[list[int]] = []  # the prompts in each packed row, in slot order
-        free: list[int] = []  # slots left in each row
-        for b in order:
-            fits = next((r for r, left in enumerate(free) if left >= len(real[b])), None)
-            if fits is None:
-                rows.append([])
-                free.append(T)
-                fits = len(rows) - 1
-            rows[fits].append(b)
-            free[fits] -= len(real[b])
-        index = torch.full((len(rows), T), B * T, dtype=torch.long)
-        segment = torch.full((len(rows), T), -1, dtype=torch.long)
-        place = torch.full((B * T,), -1, dtype=torch.long)
-        for r, prompts in enumerate(rows):
-            w = 0
-            for b in prompts:
-                for t in real[b]:
-                    index[r, w], segment[r, w], place[b * T + t] = b * T + t, b, r * T + w
-                    w += 1
         device = attention_mask.device
-        return cls(index.to(device), segment.to(device), place.to(device), B)
+        lengths = attention_mask.sum(1).tolist()
+        by_free: list[list[int]] = [[] for _ in range(T + 1)]  # heaps of the rows with f slots free, by f
+        used: list[int] = []  # slots taken in each row
+        row_of, start_of = [0] * B, [0] * B
+        for b in sorted(range(B), key=lambda b: -lengths[b]):  # longest first; stable, so ties keep their order
+            n = lengths[b]
+            tops = [by_free[f][0] for f in range(n, T + 1) if by_free[f]]
+            if tops:  # the first row it fits in
+                r = min(tops)
+                heapq.heappop(by_free[T - used[r]])
+            else:
+                r = len(used)
+                used.append(0)
+            row_of[b], start_of[b] = r, used[r]
+            used[r] += n
+            heapq.heappush(by_free[T - used[r]], r)
+        rows, columns = attention_mask.nonzero(as_tuple=True)  # real tokens, row by row in order
+        rank = attention_mask.cumsum(1)[rows, columns] - 1  # each token's place within its prompt
+        slot = torch.tensor(row_of, device=device)[rows] * T + torch.tensor(start_of, device=device)[rows] + rank
+        index = torch.full((len(used) * T,), B * T, dtype=torch.long, device=device)
+        segment = torch.full((len(used) * T,), -1, dtype=torch.long, device=device)
+        place = torch.full((B * T,), -1, dtype=torch.long, device=device)
+        index[slot], segment[slot], place[rows * T + columns] = rows * T + columns, rows, slot
+        return cls(index.view(-1, T), segment.view(-1, T), place, B)
 
     @property
     def num_rows(self) -> int:
