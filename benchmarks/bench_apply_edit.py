@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the time of one `ROME.apply_edit` goes, with key statistics cached, for settings side by side.
 
-    python benchmarks/bench_apply_edit.py [--num-edits 20] [--settings default,lr_1,lr_2,lr_2_refine]
+    python benchmarks/bench_apply_edit.py [--num-edits 20] [--settings default,lr_2,normalized_gd_16]
 
 Per setting (hyperparameter overrides of configs/rome_gpt_small.yaml and speed paths; "no_reuse": C read and
 factorised for every edit; "padded": delta's forwards on the padded batch, not packed), the same seeded edits,
@@ -37,7 +37,9 @@ from src.utils.resources import peak_rss_mib  # noqa: E402
 SETTINGS = {"default": ({}, FAST), "no_reuse": ({}, SpeedPaths(reuse_statistics=False)),
             "padded": ({}, SpeedPaths(pack_prompts=False)),
             "lr_1": ({"v_lr": 1.0}, FAST), "lr_2": ({"v_lr": 2.0}, FAST), "no_locate": ({"layer": 1}, FAST),
-            "lr_2_refine": ({"v_lr": 2.0, "v_stop_refine": 4}, FAST)}
+            "lr_2_refine": ({"v_lr": 2.0, "v_stop_refine": 4}, FAST),
+            "normalized_gd_8": ({"v_optimizer": "normalized_gd", "v_lr": 8.0}, FAST),
+            "normalized_gd_16": ({"v_optimizer": "normalized_gd", "v_lr": 16.0}, FAST)}
 
 
 class Timed:
@@ -74,7 +76,8 @@ def main() -> None:
     requests = draw_requests(graph, args.num_edits, args.seed)
     base = load_hparams(args.hparams)
     print(f"{args.num_edits} edits of {args.model_dir}, statistics cached; seconds per edit")
-    print(f"{'setting':<12}{'total':>7}{'locate':>8}{'delta':>7}{'steps':>7}{'ms/step':>9}{'metrics':>9}{'rest':>7}"
+    width = max(len(name) for name in ["setting", *args.settings.split(",")]) + 2
+    print(f"{'setting':<{width}}{'total':>7}{'locate':>8}{'delta':>7}{'steps':>7}{'ms/step':>9}{'metrics':>9}{'rest':>7}"
           f"{'efficacy':>10}{'context':>9}{'paraphr.':>9}{'|delta|':>9}")
     for name in args.settings.split(","):
         overrides, speed = SETTINGS[name]
@@ -104,7 +107,7 @@ def main() -> None:
         paraphrase = np.mean([m.paraphrase for m in metrics if m.paraphrase is not None])
         efficacy = np.mean([r.success for r in results])
         delta_norm = np.mean([r.delta_norm for r in results if r.status == "edited"])
-        print(f"{name:<12}{total / n:>7.3f}{per['locate']:>8.3f}{per['delta']:>7.3f}{np.mean(steps):>7.1f}"
+        print(f"{name:<{width}}{total / n:>7.3f}{per['locate']:>8.3f}{per['delta']:>7.3f}{np.mean(steps):>7.1f}"
               f"{ms_per_step:>9.1f}{per['metrics']:>9.3f}{rest:>7.3f}{efficacy:>10.2f}{context:>9.2f}{paraphrase:>9.2f}"
               f"{delta_norm:>9.1f}")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")

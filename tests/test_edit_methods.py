@@ -197,7 +197,8 @@ def test_sequential_rome_config_fixes_the_layer_and_keeps_each_methods_key_mixtu
 
 @pytest.mark.parametrize("name, method", [("memit_gpt_mlp1024", "memit"), ("memit_sequential_gpt_small", "memit"),
                                           ("rome_original_gpt_small", "rome"),
-                                          ("rome_original_last_token_gpt_small", "rome-original")])
+                                          ("rome_original_last_token_gpt_small", "rome-original"),
+                                          ("rome_fast_gpt_small", "rome"), ("rome_normalized_gd_gpt_small", "rome")])
 def test_an_overlay_method_config_is_its_base_with_its_own_keys(name, method):
     """`base:` overlays: loading gives the base file's hyperparameters with exactly the keys the overlay writes."""
     import yaml

@@ -118,3 +118,41 @@ def test_refining_needs_the_target_prob_rule():
         ROMEHyperParams(v_stop="loss", v_stop_refine=3)
     with pytest.raises(InputError, match="v_stop_refine must be >= 0, got -1"):
         ROMEHyperParams(v_stop_refine=-1)
+
+
+def test_a_normalized_step_moves_the_vector_its_length_against_the_gradient():
+    from src.edit.rank_one.delta import normalized_step
+
+    vector = torch.tensor([1.0, -1.0, 2.0], requires_grad=True)
+    vector.grad = torch.tensor([3.0, 4.0, 0.0])  # |grad| = 5
+    normalized_step(vector, 2.0)
+    assert torch.allclose(vector.detach(), torch.tensor([1.0 - 2.0 * 0.6, -1.0 - 2.0 * 0.8, 2.0]))
+    vector.grad = torch.zeros(3)
+    before = vector.detach().clone()
+    normalized_step(vector, 2.0)
+    assert torch.equal(vector.detach(), before)  # no gradient, no step
+
+
+def test_normalized_gd_takes_steps_of_length_v_lr_and_makes_the_edit(tiny_model, tiny_kg, tmp_path):
+    model, tokenizer = tiny_model
+    fact = tiny_kg.graph.facts[2]
+    target = next(e for e in tiny_kg.graph.entities if e not in (fact.o, fact.s))
+
+    def edit(**hparams):
+        rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=tiny_kg.corpus_path, stats_dir=tmp_path,
+                    progress=False, hparams={"layer": 1, "v_optimizer": "normalized_gd", **hparams})
+        return rome.apply_edit(fact.s, fact.r, target, measure=False)[1]
+
+    one_step = edit(v_lr=0.75, v_num_grad_steps=1)  # from delta = 0, one step: |delta| = its length
+    assert one_step.v_steps == 1 and one_step.delta_norm == pytest.approx(0.75, rel=1e-5)
+    full = edit(v_lr=4.0)
+    assert full.success and full.new_prediction == target and full.v_steps >= 2
+
+
+def test_the_optimizer_and_its_step_are_checked():
+    from src.utils.errors import InputError
+
+    with pytest.raises(InputError, match="v_optimizer must be one of adam, normalized_gd, got 'sgd'"):
+        ROMEHyperParams(v_optimizer="sgd")
+    with pytest.raises(InputError, match="v_lr must be > 0, got 0"):
+        ROMEHyperParams(v_lr=0)

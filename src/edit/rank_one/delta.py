@@ -3,7 +3,8 @@
 The loss: the NLL of the target on the rewrite prompts (every piece of a multi-token target, teacher-forced), a KL
 term that keeps the subject's other facts, a weight decay |delta|^2 / |out(k_bare)|^2 and a norm clamp at
 clamp_norm_factor * |out(k_bare)|. v_objective "rank_one" optimises through the final update itself (the edited
-model at every position); "lookup" adds delta at the edit positions only, as the original.
+model at every position); "lookup" adds delta at the edit positions only, as the original. v_optimizer "adam" takes
+Adam steps of learning rate v_lr, as the original; "normalized_gd" steps of length v_lr along the negative gradient.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
             return readout.placed(lookup_rows, lookup_columns, vector.expand(len(lookup_rows), -1))
 
     weights = weights.to(device)  # (n_rewrite,) the rewrite prompts' shares of the NLL, the bare prompt's first
-    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+    if hp.v_optimizer == "adam":
+        step = torch.optim.Adam([delta], lr=hp.v_lr).step
+    else:
+        def step() -> None:
+            normalized_step(delta, hp.v_lr)
     steps = 0
     previous = None  # delta before the last step: with v_stop_refine, where the search along that step starts
 
@@ -107,15 +112,24 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
             if hp.v_stop == "loss" and (float(loss.detach()) < hp.v_stop_loss or steps == hp.v_num_grad_steps):
                 steps -= 1  # the original: the loss is computed, no step is taken
                 break
-            optimizer.zero_grad()
+            delta.grad = None
             loss.backward()
             previous = delta.detach().clone() if hp.v_stop_refine else None
-            optimizer.step()
+            step()
             with torch.no_grad():
                 norm = delta.norm()
                 if norm > max_norm:
                     delta.mul_(max_norm / norm)
     return delta.detach(), steps
+
+
+@torch.no_grad()
+def normalized_step(vector: torch.Tensor, length: float) -> None:
+    """vector -= length * grad / |grad|, in place: a step of `length` (in vector's units) along the negative gradient
+    in `vector.grad`, none where the gradient is 0 (v_optimizer "normalized_gd")."""
+    norm = vector.grad.norm()
+    if norm > 0:
+        vector.sub_(vector.grad, alpha=length / float(norm))
 
 
 def shortest_meeting(start: torch.Tensor, end: torch.Tensor, halvings: int,

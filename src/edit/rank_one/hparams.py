@@ -16,6 +16,7 @@ MOM2_SOURCES = ("corpus", "fact_prompts", "both")
 WEIGHT_DECAY_FORMS = ("squared", "norm")
 KL_DIRECTIONS = ("forward", "reverse")
 V_STOPS = ("target_prob", "loss")
+V_OPTIMIZERS = ("adam", "normalized_gd")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ROMEHyperParams:
     v_stop: str = "target_prob"
     v_stop_loss: float = 0.05
     v_stop_refine: int = 0
+    v_optimizer: str = "adam"
     num_context_prefixes: int = 10
     bare_prompt_weight: float | None = 0.5
     key_mode: str = "consistent"
@@ -60,6 +62,9 @@ class ROMEHyperParams:
              f"v_weight_decay_form must be one of {', '.join(WEIGHT_DECAY_FORMS)}, got '{self.v_weight_decay_form}'"),
             (self.kl_direction in KL_DIRECTIONS, f"kl_direction must be one of {', '.join(KL_DIRECTIONS)}, got '{self.kl_direction}'"),
             (self.v_stop in V_STOPS, f"v_stop must be one of {', '.join(V_STOPS)}, got '{self.v_stop}'"),
+            (self.v_optimizer in V_OPTIMIZERS,
+             f"v_optimizer must be one of {', '.join(V_OPTIMIZERS)}, got '{self.v_optimizer}'"),
+            (self.v_lr > 0, f"v_lr must be > 0, got {self.v_lr}"),
             (self.mom2_source in MOM2_SOURCES, f"mom2_source must be one of {', '.join(MOM2_SOURCES)}, got '{self.mom2_source}'"),
             (self.clamp_norm_factor > 0, f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}"),
             (self.v_stop_refine >= 0, f"v_stop_refine must be >= 0, got {self.v_stop_refine}"),
