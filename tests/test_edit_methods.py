@@ -136,13 +136,12 @@ def test_memit_targets_on_packed_prompts_equal_those_on_the_padded_batch(tiny_mo
     (`SpeedPaths.pack_prompts`) and give the targets the padded batch gives, to float32 rounding."""
     import src.edit.model.resumed_forward as resumed_forward
 
-    packed = []
+    packed, original = [], resumed_forward.packed_call
 
     def spy(call, layout):
         packed.append(layout.num_rows < layout.batch_rows)
-        return resumed_forward_packed_call(call, layout)
+        return original(call, layout)
 
-    resumed_forward_packed_call = resumed_forward.packed_call
     monkeypatch.setattr(resumed_forward, "packed_call", spy)
     model, tokenizer = tiny_model
     requests = draw_requests(tiny_kg.graph, 4, seed=1)

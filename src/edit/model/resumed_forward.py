@@ -41,13 +41,13 @@ class ResumedForward:
         self.call = BlockCall.bind(block, record.args[1:], record.kwargs, num_tokens=batch.input_ids.shape[1])
         self.blocks = [self.layout.block(j) for j in range(layer + 1, self.layout.num_layers)]
         self.read_rows, self.read_columns = read_rows, read_columns
-        self.packing, self.packed_call = None, None
+        self.packing, self.call_packed, self.read_packed = None, None, None  # the packed rows' layout, call, reads
         if resume and pack and self.blocks and attention_takes_any_mask(model):
             packing = PackedLayout.of(batch.attention_mask)
             call = packed_call(self.call, packing) if packing.num_rows < len(batch.input_ids) else None
             if call is not None:
-                self.packing, self.packed_call = packing, call
-                self.packed_read = packing.slots(read_rows, read_columns)
+                self.packing, self.call_packed = packing, call
+                self.read_packed = packing.slots(read_rows, read_columns)
 
     @property
     def packed(self) -> bool:
@@ -63,7 +63,7 @@ class ResumedForward:
                 return self.batch.forward(self.model).logits[self.read_rows, self.read_columns].float()
         hidden = self.start + added.to(self.start.dtype)
         if self.packing is not None:
-            read = self.packed_call.through(self.blocks, self.packing.gather(hidden))[self.packed_read]
+            read = self.call_packed.through(self.blocks, self.packing.gather(hidden))[self.read_packed]
         else:
             read = self.call.through(self.blocks, hidden)[self.read_rows, self.read_columns]
         return self.layout.unembed(self.layout.final_norm(read)).float()
