@@ -4,13 +4,15 @@
     python benchmarks/bench_apply_edit.py [--num-edits 20] [--settings default,lr_2,normalized_gd_16]
 
 Per setting (hyperparameter overrides of configs/rome_gpt_small.yaml and speed paths; "no_reuse": C read and
-factorised for every edit; "padded": delta's forwards on the padded batch, not packed), the same seeded edits,
-each from the original weights as the usage guide calls it (copy_model=True, metrics included): seconds per edit in all and in its parts (locating the layer by tracing, the
-optimisation of delta with its steps and time per step, v_stop_refine's forwards counted in delta's time, the
-metrics' greedy predictions before and after, the rest: keys, the update, decoding, the model copy), efficacy,
-context robustness and paraphrase on the edit's own evaluation prompts (context prefixes other than those the edit
-was computed with, and the relation's alias), and the mean |delta|. A warm-up edit per layer fills the statistics
-cache first. A setting that changes the optimisation changes the edits: its quality columns say by how much.
+factorised for every edit; "padded": delta's forwards on the padded batch, not packed; "lr_N": Adam's learning rate
+N; "normalized_gd_N": normalized gradient steps of length N), the same seeded edits, each from the original weights
+as the usage guide calls it (copy_model=True, metrics included): seconds per edit in all and in its parts (locating
+the layer by tracing, the optimisation of delta with its steps and time per step, v_stop_refine's forwards counted
+in delta's time, the metrics' greedy predictions before and after, the rest: keys, the update, decoding, the model
+copy), efficacy, context robustness and paraphrase on the edit's own evaluation prompts (context prefixes other
+than those the edit was computed with, and the relation's alias), and the mean |delta|. A warm-up edit per layer
+fills the statistics cache first. A setting that changes the optimisation changes the edits: its quality columns say
+by how much.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def main() -> None:
     base = load_hparams(args.hparams)
     print(f"{args.num_edits} edits of {args.model_dir}, statistics cached; seconds per edit")
     width = max(len(name) for name in ["setting", *args.settings.split(",")]) + 2
-    print(f"{'setting':<{width}}{'total':>7}{'locate':>8}{'delta':>7}{'steps':>7}{'ms/step':>9}{'metrics':>9}{'rest':>7}"
-          f"{'efficacy':>10}{'context':>9}{'paraphr.':>9}{'|delta|':>9}")
+    print(f"{'setting':<{width}}{'total':>7}{'locate':>8}{'delta':>7}{'steps':>7}{'ms/step':>9}{'metrics':>9}"
+          f"{'rest':>7}{'efficacy':>10}{'context':>9}{'paraphr.':>9}{'|delta|':>9}")
     for name in args.settings.split(","):
         overrides, speed = SETTINGS[name]
         rome = ROME(model, tokenizer, device="cpu", kg_corpus_path=Path(args.kg_dir) / "corpus.train.txt",

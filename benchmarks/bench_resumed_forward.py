@@ -65,8 +65,9 @@ def main() -> None:
             ms = {name: seconds[name] / args.steps * 1e3 for name in ways}
             rows_packed = packed.packing.num_rows if packed.packed else len(prompts)
             print(f"layer {layer}: whole {ms['whole']:.2f} ms, padded {ms['padded']:.2f} ms, packed "
-                  f"{ms['packed']:.2f} ms per step ({rows_packed} rows); whole / packed {ms['whole'] / ms['packed']:.2f}x,"
-                  f" padded / packed {ms['padded'] / ms['packed']:.2f}x; max logit difference {difference:.1e}")
+                  f"{ms['packed']:.2f} ms per step ({rows_packed} rows); whole / packed "
+                  f"{ms['whole'] / ms['packed']:.2f}x, padded / packed {ms['padded'] / ms['packed']:.2f}x; "
+                  f"max logit difference {difference:.1e}")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 

@@ -4,8 +4,9 @@ A padded batch (B, T) computes every pad: ROME's delta batch holds 11 rewrite pr
 prompts of 2, so about a third of its token-rows are pads. `PackedLayout` places whole prompts one after another
 in rows of T slots (first fit, longest first) and an attention mask that lets each token see the earlier tokens of
 its own prompt only, so every real token sees exactly the keys it saw in the padded batch, at other slots; the keys
-it does not see weigh exactly 0, as the pads did. `packed_call` rearranges a block call's per-token arguments (mask, position ids, rotary
-tables) into the layout. Exact up to float rounding; the padded batch is the plain path it replaces.
+it does not see weigh exactly 0, as the pads did. `packed_call` rearranges a block call's per-token arguments
+(mask, position ids, rotary tables) into the layout. Exact up to float rounding; the padded batch is the plain path
+it replaces.
 """
 
 from __future__ import annotations
