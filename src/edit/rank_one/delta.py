@@ -77,9 +77,9 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
 
     weights = weights.to(device)  # (n_rewrite,) the rewrite prompts' shares of the NLL, the bare prompt's first
     if hp.v_optimizer == "adam":
-        step = torch.optim.Adam([delta], lr=hp.v_lr).step
+        take_step = torch.optim.Adam([delta], lr=hp.v_lr).step
     else:
-        def step() -> None:
+        def take_step() -> None:
             normalized_step(delta, hp.v_lr)
     steps = 0
     previous = None  # delta before the last step: with v_stop_refine, where the search along that step starts
@@ -115,7 +115,7 @@ def compute_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hp
             delta.grad = None
             loss.backward()
             previous = delta.detach().clone() if hp.v_stop_refine else None
-            step()
+            take_step()
             with torch.no_grad():
                 norm = delta.norm()
                 if norm > max_norm:
