@@ -119,13 +119,9 @@ class BlockCall:
     @property
     def supports_suffix(self) -> bool:
         """True if every per-token argument is one this class knows how to slice, and the block takes a cache."""
-        def per_token(value) -> bool:
-            if isinstance(value, torch.Tensor):
-                return self.num_tokens in value.shape
-            return isinstance(value, (tuple, list)) and any(per_token(v) for v in value)
-
         unknown = [name for name, value in self.arguments.items()
-                   if name not in _SEQUENCE_ARGUMENTS and name != self.cache_argument and per_token(value)]
+                   if name not in _SEQUENCE_ARGUMENTS and name != self.cache_argument
+                   and per_token(value, self.num_tokens)]
         return self.cache_argument is not None and not unknown
 
     def __call__(self, block: nn.Module, hidden: torch.Tensor, first: int = 0,
@@ -149,7 +145,7 @@ class BlockCall:
         low = torch.finfo(dtype).min
         mask = self.arguments.get("attention_mask")
         if isinstance(mask, torch.Tensor):
-            additive = torch.where(mask, 0.0, low).to(dtype) if mask.dtype == torch.bool else mask.to(dtype)
+            additive = additive_mask(mask, dtype) if mask.dtype == torch.bool else mask.to(dtype)
         else:
             future = torch.ones(T, T, dtype=torch.bool, device=hidden.device).triu(1)
             additive = torch.zeros(T, T, dtype=dtype, device=hidden.device).masked_fill(future, low)[None, None]
@@ -186,6 +182,20 @@ class BlockCall:
             additive = torch.zeros(queries.shape[0], T, dtype=dtype, device=prefix[0].device)
             arguments["attention_mask"] = additive.masked_fill(keys > queries, torch.finfo(dtype).min)[None, None]
         return arguments
+
+
+def per_token(value, num_tokens: int, rows: int | None = None) -> bool:
+    """Whether a block argument (a tensor, or tuples and lists of them) holds anything per token: a dimension of
+    `num_tokens`, or, given `rows`, a first dimension of `rows` (per row of the batch)."""
+    if isinstance(value, torch.Tensor):
+        return num_tokens in value.shape or (rows is not None and value.dim() >= 1 and value.shape[0] == rows)
+    return isinstance(value, (tuple, list)) and any(per_token(v, num_tokens, rows) for v in value)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool attention mask (True: the query sees the key) as an additive one: 0 where allowed, else the dtype's
+    minimum."""
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
 def _first_row(value, batch: int):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from src.edit.model.block_call import BlockCall
+from src.edit.model.block_call import BlockCall, additive_mask, per_token
 
 
 @dataclass(frozen=True)
@@ -99,31 +99,19 @@ def packed_call(call: BlockCall, layout: PackedLayout) -> BlockCall | None:
     the mask replaced by the layout's (in the recorded mask's form: bool, or additive with the dtype's minimum), the
     position ids and rotary tables gathered; None if the call holds a per-token argument this does not know, or was
     made without a mask (the attention then builds its own)."""
-    B, T = layout.batch_rows, call.num_tokens
-
-    def per_token(value) -> bool:
-        if isinstance(value, torch.Tensor):
-            return T in value.shape or (value.dim() >= 1 and value.shape[0] == B)
-        return isinstance(value, (tuple, list)) and any(per_token(v) for v in value)
-
     arguments = dict(call.arguments)
     for name, value in call.arguments.items():
-        if name == "attention_mask":
-            if not isinstance(value, torch.Tensor):
-                return None  # a block called without a mask builds its own (causal) one
+        if name == "attention_mask" and isinstance(value, torch.Tensor):
             mask = layout.mask()
-            if value.dtype != torch.bool:
-                mask = torch.zeros(mask.shape, dtype=value.dtype, device=mask.device).masked_fill(
-                    ~mask, torch.finfo(value.dtype).min)
-            arguments[name] = mask
+            arguments[name] = mask if value.dtype == torch.bool else additive_mask(mask, value.dtype)
         elif name == "position_ids" and isinstance(value, torch.Tensor):
             arguments[name] = layout.gather(value[..., None])[..., 0]
         elif name == "position_embeddings" and isinstance(value, tuple):
             arguments[name] = tuple(layout.gather(v) for v in value)
         elif name == "cache_position" or name == call.cache_argument:
             continue  # no cache is passed: the rows' cache positions (0..T-1) are the slots'
-        elif per_token(value):
+        elif per_token(value, call.num_tokens, layout.batch_rows):
             return None
     if not isinstance(arguments.get("attention_mask"), torch.Tensor):
-        return None
+        return None  # a block called without a mask builds its own (causal) one, which packed rows must not get
     return replace(call, arguments=arguments)

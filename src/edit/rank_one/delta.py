@@ -135,8 +135,8 @@ def normalized_step(vector: torch.Tensor, length: float) -> None:
 def shortest_meeting(start: torch.Tensor, end: torch.Tensor, halvings: int,
                      meets: Callable[[torch.Tensor], bool]) -> torch.Tensor:
     """The point of the segment start -> end, (d,) each, closest to `start` that `meets` accepts, found by bisection
-    on t in [0, 1] with `halvings` tests; `end` is taken to meet the rule and `start` not (the last Adam step crossed
-    into the stop rule). A step larger than the rule needs overshoots it; this takes back the overshoot."""
+    on t in [0, 1] with `halvings` tests; `end` is taken to meet the rule and `start` not (the last optimisation
+    step crossed into the stop rule). A step larger than the rule needs overshoots it; this takes back the overshoot."""
     low, high = 0.0, 1.0  # start fails the rule, start + high * (end - start) meets it
     for _ in range(halvings):
         middle = (low + high) / 2
