@@ -52,6 +52,7 @@ bench:
 	$(PYTHON) benchmarks/bench_fast_paths.py
 	$(PYTHON) benchmarks/bench_activations.py
 	$(PYTHON) benchmarks/bench_resumed_forward.py
+	$(PYTHON) benchmarks/bench_floors.py
 
 test: install
 	$(PYTHON) -m pytest tests
