@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.edit.model.speedups import SpeedPaths  # noqa: E402
 from src.edit.model.layout import ModelLayout  # noqa: E402
-from src.edit.rank_one.key_statistics import (KeyPlan, add_weighted_gram, compute_second_moment,  # noqa: E402
+from src.edit.rank_one.key_statistics import (KeyPlan, WeightedGram, compute_second_moment,  # noqa: E402
                                              encode_lines)
 from src.kg.corpus import read_corpus  # noqa: E402
 from src.lm.model import load_model  # noqa: E402
@@ -35,11 +35,10 @@ def time_products(num_keys: int, size: int, repeats: int = 5) -> None:
     """Best-of-`repeats` milliseconds of one batch's product of (num_keys, size) keys, by method."""
     keys = torch.randn(num_keys, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     weights = torch.ones(num_keys, dtype=torch.float64)
-    total = torch.zeros(size, size, dtype=torch.float64)
     keys32 = keys.float()
-    ways = {"whole, float64": lambda: add_weighted_gram(total, keys, weights, None)}
-    ways.update({f"symmetric, blocks of {b}": (lambda b=b: add_weighted_gram(total, keys, weights, b))
-                 for b in (128, 256, 512, 1024) if b < size})
+    grams = {b: WeightedGram(size, b) for b in (None, 128, 256, 512, 1024) if b is None or b < size}
+    ways = {"whole, float64": lambda: grams[None].add(keys, weights)}
+    ways.update({f"symmetric, blocks of {b}": (lambda b=b: grams[b].add(keys, weights)) for b in grams if b})
     ways["whole, float32"] = lambda: keys32.T @ keys32
     print(f"one batch's product, ({num_keys}, {size}) keys, best of {repeats}:")
     for name, work in ways.items():

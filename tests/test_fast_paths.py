@@ -317,19 +317,25 @@ def test_statistics_lines_are_tokenized_as_prompts_are(bos):
 
 @pytest.mark.parametrize("block", [1, 4, 10, 512, None])
 def test_weighted_gram_blocks_equal_a_sum_of_outer_products(block):
-    """C's symmetric product (blocks on and above the diagonal, mirrored; widths that divide d and that do not)
-    against sum_i w_i k_i k_i^T written out row by row."""
-    from src.edit.rank_one.key_statistics import add_weighted_gram
+    """C's symmetric product (blocks on and above the diagonal, mirrored once at the end; widths that divide d and
+    that do not), over two batches, against sum_i w_i k_i k_i^T written out row by row; every block below the
+    diagonal holds the bits of its mirror above it."""
+    from src.edit.rank_one.key_statistics import WeightedGram
 
     generator = torch.Generator().manual_seed(0)
     keys = torch.randn(7, 10, generator=generator, dtype=torch.float64)
     weights = torch.tensor([1.0, 3.0, 2.0, 1.0, 5.0, 1.0, 4.0], dtype=torch.float64)
-    expected = torch.full((10, 10), 0.5, dtype=torch.float64)  # what `total` held before
+    expected = torch.zeros(10, 10, dtype=torch.float64)
     for k, w in zip(keys, weights):
         expected += w * torch.outer(k, k)
-    total = torch.full((10, 10), 0.5, dtype=torch.float64)
-    add_weighted_gram(total, keys, weights, block)
+    gram = WeightedGram(10, block)
+    gram.add(keys[:3], weights[:3])
+    gram.add(keys[3:], weights[3:])
+    total = gram.result()
     torch.testing.assert_close(total, expected, rtol=1e-13, atol=1e-13)
+    if block is not None:
+        for i in range(0, 10, block):
+            assert torch.equal(total[i + block:, i:i + block], total[i:i + block, i + block:].T)
 
 
 class _Counted(torch.nn.Linear):

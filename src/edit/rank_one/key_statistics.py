@@ -156,20 +156,34 @@ def encode_lines(tokenizer: PreTrainedTokenizerBase, lines: Sequence[str]) -> li
     return ids
 
 
-def add_weighted_gram(total: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, block: int | None) -> None:
-    """total (d, d) += sum_i weights_i k_i k_i^T over the rows k_i of keys (n, d); weights (n,). block: compute the
-    blocks of `block` columns on and above the diagonal only and mirror them below it ((1 + d / block) / 2 of the
-    products of the whole); None: one product of the whole."""
-    weighted = keys * weights[:, None]
-    if block is None:
-        total.add_(keys.T @ weighted)
-        return
-    size = keys.shape[1]
-    for i in range(0, size, block):
-        rows = slice(i, i + block)
-        upper = keys[:, rows].T @ weighted[:, i:]  # (block, size - i): this block row from the diagonal on
-        total[rows, i:] += upper
-        total[i + block:, rows] += upper[:, block:].T
+class WeightedGram:
+    """sum_i w_i k_i k_i^T over batches of keys, accumulated in a (d, d) float64 `total`.
+
+    block: compute and accumulate only the blocks of `block` columns on and above the diagonal ((1 + d / block) / 2
+    of the products of the whole), and mirror them below it once, in `result()` (the lower blocks then hold the same
+    bits as if each batch's had been added there too); None: each batch's whole product."""
+
+    def __init__(self, size: int, block: int | None, device: torch.device | str = "cpu") -> None:
+        self.total = torch.zeros(size, size, dtype=torch.float64, device=device)
+        self.block = block
+
+    def add(self, keys: torch.Tensor, weights: torch.Tensor) -> None:
+        """keys (n, d) float64, rows k_i; weights (n,)."""
+        weighted = keys * weights[:, None]
+        if self.block is None:
+            self.total.add_(keys.T @ weighted)
+            return
+        for i in range(0, keys.shape[1], self.block):
+            rows = slice(i, i + self.block)
+            self.total[rows, i:] += keys[:, rows].T @ weighted[:, i:]  # this block row from the diagonal on
+
+    def result(self) -> torch.Tensor:
+        """The (d, d) sum (symmetric)."""
+        if self.block is not None:
+            for i in range(0, self.total.shape[0], self.block):
+                rows = slice(i, i + self.block)
+                self.total[i + self.block:, rows] = self.total[rows, i + self.block:].T
+        return self.total
 
 
 @torch.no_grad()
@@ -186,13 +200,13 @@ def compute_second_moment(
     """(C (d_ff, d_ff) float64 on CPU, accumulated in float64, number of keys). Lines are grouped by token length: no
     padding. last_token_only: one key per line, at its last token (else every token). speed.share_prefixes: each
     distinct token prefix's key once, weighted (`KeyPlan.shared`); False: every key (`KeyPlan.plain`).
-    speed.symmetric_product: C's blocks on and above its diagonal only (`add_weighted_gram`); False: the whole."""
+    speed.symmetric_product: C's blocks on and above its diagonal only (`WeightedGram`); False: the whole."""
     layout = ModelLayout.of(model)
     device = next(model.parameters()).device
     encoded = encode_lines(tokenizer, lines)
     plan = (KeyPlan.shared if speed.share_prefixes else KeyPlan.plain)(encoded, last_token_only)
     batches = batches_by_key([len(ids) for ids in plan.lines], batch_size)
-    total = None
+    gram = None
     for batch in tqdm(batches, desc=f"key statistics, layer {layer}", unit="batch", disable=not progress):
         with Trace(layout.mlp_out(layer), retain_input=True, retain_output=False, stop=True) as trace:
             model(input_ids=torch.tensor([plan.lines[i] for i in batch], device=device), use_cache=False)
@@ -200,12 +214,13 @@ def compute_second_moment(
         kept = weights.nonzero()[:, 0]
         # float64 (C's condition number reaches 1e8)
         keys = trace.input.reshape(-1, trace.input.shape[-1])[kept].to(torch.float64)
-        if total is None:
-            total = torch.zeros(keys.shape[1], keys.shape[1], dtype=torch.float64, device=device)
-        add_weighted_gram(total, keys, weights[kept], SYMMETRIC_BLOCK if speed.symmetric_product else None)
+        if gram is None:
+            gram = WeightedGram(keys.shape[1], SYMMETRIC_BLOCK if speed.symmetric_product else None, device)
+        gram.add(keys, weights[kept])
     count = plan.num_keys
-    if total is None or count == 0:
+    if gram is None or count == 0:
         raise InputError("the statistics corpus has no tokens")
+    total = gram.result()
     return (total / count).cpu(), count
 
 
