@@ -15,6 +15,9 @@ Steps and their targets:
   ROME's layer search call it); target: a tenth of the plain one-forward-per-restoration reference, timed here.
 - statistics: key statistics of one layer over the default corpus, no cache (`compute_second_moment`); target 3 s.
 - edit: `ROME.apply_edit` with statistics cached, as the usage guide calls it (copy, metrics); target 0.5 s.
+- evaluation: per rome edit of `./run_editing_eval.sh --methods rome --num-edits 200 --procs 2` (two processes of one
+  thread each): evaluations of 2 and 2 + --eval-edits edits on one thread, the difference per edit; target 1.2 s
+  (100 edits per process in 120 s).
 - training: `train_model` on a fresh model of the config for --training-steps steps, per step, then times the
   steps the model in --model-dir took to reach its target (its train_log.json); target: all of `make demo` in 300 s.
 Peak RSS is printed last.
@@ -26,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +46,7 @@ from src.edit.evaluation.requests import draw_requests  # noqa: E402
 from src.edit.rank_one.key_statistics import compute_second_moment  # noqa: E402
 from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
+from src.pipelines.evaluate_methods import EvalConfig, run_evaluation  # noqa: E402
 from src.kg.corpus import read_corpus  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.config import load_train_config  # noqa: E402
@@ -50,7 +55,8 @@ from src.lm.train import train_model  # noqa: E402
 from src.utils.resources import peak_rss_mib  # noqa: E402
 
 PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
-STEPS = ("trace", "statistics", "edit", "training")
+STEPS = ("trace", "statistics", "edit", "evaluation", "training")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +77,11 @@ class Floor:
 
 
 def measure(step: str, call: Callable[[object], None], items: Sequence, target: float,
-            per_optimizer_step: bool = False) -> Floor:
+            per_optimizer_step: bool = False, flops: bool = True) -> Floor:
     """Time `call(item)` over `items` alone, then once more under the profiler. The profiler's events are tallied and
     dropped after each item (with per_optimizer_step, after each step of any torch optimizer), so that it holds one
-    call's or one training step's events at a time."""
+    call's or one training step's events at a time. flops: count the products' FLOPs (their input shapes recorded;
+    False keeps fewer bytes per event, and the rate is reported as 0)."""
     start = time.perf_counter()
     for item in items:
         call(item)
@@ -87,7 +94,7 @@ def measure(step: str, call: Callable[[object], None], items: Sequence, target: 
         tally["flops"] += sum(e.flops for e in events)
 
     warnings.filterwarnings("ignore", message=".*(warmup|clears events).*")  # one call or step per cycle, as meant
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True, on_trace_ready=count,
+    with profile(activities=[ProfilerActivity.CPU], with_flops=flops, on_trace_ready=count,
                  schedule=schedule(wait=0, warmup=0, active=1)) as prof:
         hook = register_optimizer_step_post_hook(lambda *_: prof.step()) if per_optimizer_step else None
         try:
@@ -148,6 +155,33 @@ def edit_floor(model, tokenizer, graph, corpus_path: Path, num_edits: int) -> Fl
     return measure("ROME.apply_edit", call, requests, 0.5)
 
 
+def evaluation_floor(model_dir: Path, kg_dir: Path, counts: tuple[int, int]) -> Floor:
+    """Per edit of `./run_editing_eval.sh --methods rome --num-edits 200 --procs 2`, whose two processes run one
+    thread each: evaluations of counts[0] and counts[1] rome edits in this process on one thread, their difference
+    per edit (what each further edit costs, the run's fixed work left out). Target: 200 edits in 120 s, i.e. 100
+    edits per process, 1.2 s each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = []
+        for count in counts:
+            with tempfile.TemporaryDirectory() as tmp:
+                config = EvalConfig(model_dir=str(model_dir), kg_file=str(kg_dir / "graph.jsonl"),
+                                    kg_corpus=str(kg_dir / "corpus.train.txt"), methods=("rome",), num_edits=count,
+                                    output_dir=str(Path(tmp) / "eval"), device="cpu", progress=False)
+                # one profile for the whole run: torch's profiler crashed (a segmentation fault) closing a cycle from
+                # an optimizer step hook inside the evaluation; without shapes the run's events stay a few GiB
+                runs.append(measure("evaluation", lambda _: run_evaluation(config, REPO_ROOT), [None], 0.0,
+                                    flops=False))
+    finally:
+        torch.set_num_threads(threads)
+    small, large = runs
+    edits = counts[1] - counts[0]
+    products = large.products - small.products
+    return Floor("evaluated rome edit, one thread", edits, (large.wall - small.wall) / edits, products / edits, 0.0,
+                 1.2)
+
+
 def training_floor(config_path: Path, model_dir: Path, tokenizer, steps: int) -> tuple[Floor, int]:
     """Per-step figures of `steps` steps on a fresh model of the config (with the trained model's tokenizer), and the
     steps the trained model in `model_dir` took to its target."""
@@ -175,6 +209,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/train_gpt_small.yaml", help="the model's training config")
     parser.add_argument("--num-facts", type=int, default=16, help="facts traced (one call each)")
     parser.add_argument("--num-edits", type=int, default=10)
+    parser.add_argument("--eval-edits", type=int, default=4, help="edits of the evaluation step beyond its first 2")
     parser.add_argument("--layers", default="0,1", help="layers of the statistics step")
     parser.add_argument("--training-steps", type=int, default=30)
     args = parser.parse_args()
@@ -196,6 +231,8 @@ def main() -> None:
             floors.extend(statistics_floor(model, tokenizer, corpus, int(layer)) for layer in args.layers.split(","))
         elif step == "edit":
             floors.append(edit_floor(model, tokenizer, graph, kg_dir / "corpus.train.txt", args.num_edits))
+        elif step == "evaluation":
+            floors.append(evaluation_floor(Path(args.model_dir), kg_dir, (2, 2 + args.eval_edits)))
         else:
             training = training_floor(Path(args.config), Path(args.model_dir), tokenizer, args.training_steps)
     rates = {dtype: yardstick(dtype) for dtype in (torch.float32, torch.float64)}
@@ -203,7 +240,8 @@ def main() -> None:
     print(f"\nseconds per call; products: the matrix products' self time (profiled), at the rate in GFLOP/s; rest: "
           f"wall - products (other kernels, Python, hooks)\nyardstick, 2048^3 products on these cores: float32 "
           f"{rates[torch.float32] / 1e9:.0f} GFLOP/s, float64 {rates[torch.float64] / 1e9:.0f} GFLOP/s")
-    rows = [(f.step, f.calls, f.wall, f.products, f"{f.product_rate / 1e9:.0f}", f.rest, f.target) for f in floors]
+    rows = [(f.step, f.calls, f.wall, f.products, f"{f.product_rate / 1e9:.0f}" if f.product_rate else "-", f.rest,
+             f.target) for f in floors]
     if training is not None:
         f, to_target = training
         rows.append((f.step, f.calls, f.wall, f.products, f"{f.product_rate / 1e9:.0f}", f.rest, None))
