@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How far each step of the researcher's loop is from what its matrix products alone cost on these cores.
 
-    python benchmarks/bench_floors.py [--steps trace,statistics,edit,training] [--model-dir outputs/models/gpt_small]
+    python benchmarks/bench_floors.py [--steps trace,statistics,edit,evaluation,training] [--model-dir DIR]
 
 Each step runs as users call it, first timed alone (wall seconds per call), then again under torch.profiler, which
 gives the self time of its matrix products (aten::mm, addmm, bmm, baddbmm) and their FLOPs, hence the rate they ran
@@ -39,24 +39,24 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile, schedule
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
 from src.edit.causal_tracing import CausalTracer  # noqa: E402
 from src.edit.evaluation.requests import draw_requests  # noqa: E402
 from src.edit.rank_one.key_statistics import compute_second_moment  # noqa: E402
 from src.edit.reference.plain_tracing import plain_trace  # noqa: E402
 from src.edit.rome import ROME  # noqa: E402
-from src.pipelines.evaluate_methods import EvalConfig, run_evaluation  # noqa: E402
 from src.kg.corpus import read_corpus  # noqa: E402
 from src.kg.graph import read_graph_jsonl  # noqa: E402
 from src.lm.config import load_train_config  # noqa: E402
 from src.lm.model import build_model, load_model  # noqa: E402
 from src.lm.train import train_model  # noqa: E402
+from src.pipelines.evaluate_methods import EvalConfig, run_evaluation  # noqa: E402
 from src.utils.resources import peak_rss_mib  # noqa: E402
 
 PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 STEPS = ("trace", "statistics", "edit", "evaluation", "training")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
