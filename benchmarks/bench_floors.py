@@ -62,21 +62,22 @@ STEPS = ("trace", "statistics", "edit", "evaluation", "training")
 @dataclasses.dataclass(frozen=True)
 class Floor:
     """Seconds per call of one step: wall (timed alone), its matrix products (their self time under the profiler)
-    and the rate they ran at (FLOP/s), everything else (wall - products), and the step's target."""
+    and the rate they ran at (FLOP/s; 0: not counted), everything else (wall - products), and the step's target
+    (None: none of its own)."""
 
     step: str
     calls: int
     wall: float
     products: float
     product_rate: float
-    target: float
+    target: float | None
 
     @property
     def rest(self) -> float:
         return max(0.0, self.wall - self.products)
 
 
-def measure(step: str, call: Callable[[object], None], items: Sequence, target: float,
+def measure(step: str, call: Callable[[object], object], items: Sequence, target: float | None,
             per_optimizer_step: bool = False, flops: bool = True) -> Floor:
     """Time `call(item)` over `items` alone, then once more under the profiler. The profiler's events are tallied and
     dropped after each item (with per_optimizer_step, after each step of any torch optimizer), so that it holds one
@@ -93,17 +94,18 @@ def measure(step: str, call: Callable[[object], None], items: Sequence, target: 
         tally["seconds"] += sum(e.self_cpu_time_total for e in events) / 1e6
         tally["flops"] += sum(e.flops for e in events)
 
-    warnings.filterwarnings("ignore", message=".*(warmup|clears events).*")  # one call or step per cycle, as meant
-    with profile(activities=[ProfilerActivity.CPU], with_flops=flops, on_trace_ready=count,
-                 schedule=schedule(wait=0, warmup=0, active=1)) as prof:
-        hook = register_optimizer_step_post_hook(lambda *_: prof.step()) if per_optimizer_step else None
-        try:
-            for item in items:
-                call(item)
-                prof.step()
-        finally:
-            if hook is not None:
-                hook.remove()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(warmup|clears events).*")  # one call or step per cycle, as meant
+        with profile(activities=[ProfilerActivity.CPU], with_flops=flops, on_trace_ready=count,
+                     schedule=schedule(wait=0, warmup=0, active=1)) as prof:
+            hook = register_optimizer_step_post_hook(lambda *_: prof.step()) if per_optimizer_step else None
+            try:
+                for item in items:
+                    call(item)
+                    prof.step()
+            finally:
+                if hook is not None:
+                    hook.remove()
     products = tally["seconds"]
     return Floor(step, len(items), wall, products / len(items), tally["flops"] / products if products else 0.0, target)
 
@@ -123,12 +125,10 @@ def trace_floor(model, tokenizer, facts, num_facts: int) -> Floor:
     tracer = CausalTracer(model, tokenizer, device="cpu")
     chosen = facts[:num_facts]
 
-    def call(fact) -> None:
-        tracer.trace_important_states(fact.s, fact.r, fact.o, kind="mlp", window=10, num_samples=10)
+    def call(fact):
+        return tracer.trace_important_states(fact.s, fact.r, fact.o, kind="mlp", window=10, num_samples=10)
 
-    tracer.trace_important_states(chosen[0].s, chosen[0].r, chosen[0].o, kind="mlp", window=10)  # warm-up
-    reference_calls = chosen[:4]
-    traced = [tracer.trace_important_states(f.s, f.r, f.o, kind="mlp", window=10) for f in reference_calls]
+    traced = [call(fact) for fact in chosen[:4]]  # the reference's prompts and answers (and a warm-up)
     noises = [torch.randn(10, r.subject_range[1] - r.subject_range[0], model.config.hidden_size,
                           generator=torch.Generator().manual_seed(i)) * r.noise_std for i, r in enumerate(traced)]
     start = time.perf_counter()
@@ -171,7 +171,7 @@ def evaluation_floor(model_dir: Path, kg_dir: Path, counts: tuple[int, int]) -> 
                                     output_dir=str(Path(tmp) / "eval"), device="cpu", progress=False)
                 # one profile for the whole run: torch's profiler crashed (a segmentation fault) closing a cycle from
                 # an optimizer step hook inside the evaluation; without shapes the run's events stay a few GiB
-                runs.append(measure("evaluation", lambda _: run_evaluation(config, REPO_ROOT), [None], 0.0,
+                runs.append(measure("evaluation", lambda _: run_evaluation(config, REPO_ROOT), [None], None,
                                     flops=False))
     finally:
         torch.set_num_threads(threads)
@@ -196,8 +196,9 @@ def training_floor(config_path: Path, model_dir: Path, tokenizer, steps: int) ->
         model = build_model(config.model, tokenizer)
         train_model(model, tokenizer, lines, few_facts, optim, config.seed, progress=False)
 
-    floor = measure("training step", call, [None], 0.0, per_optimizer_step=True)
-    per_step = dataclasses.replace(floor, calls=steps, wall=floor.wall / steps, products=floor.products / steps)
+    floor = measure("training step", call, [None], None, per_optimizer_step=True)
+    per_step = dataclasses.replace(floor, calls=steps, wall=floor.wall / steps, products=floor.products / steps,
+                                   target=None)
     return per_step, to_target
 
 
@@ -240,13 +241,12 @@ def main() -> None:
     print(f"\nseconds per call; products: the matrix products' self time (profiled), at the rate in GFLOP/s; rest: "
           f"wall - products (other kernels, Python, hooks)\nyardstick, 2048^3 products on these cores: float32 "
           f"{rates[torch.float32] / 1e9:.0f} GFLOP/s, float64 {rates[torch.float64] / 1e9:.0f} GFLOP/s")
-    rows = [(f.step, f.calls, f.wall, f.products, f"{f.product_rate / 1e9:.0f}" if f.product_rate else "-", f.rest,
-             f.target) for f in floors]
     if training is not None:
         f, to_target = training
-        rows.append((f.step, f.calls, f.wall, f.products, f"{f.product_rate / 1e9:.0f}", f.rest, None))
-        rows.append(("training, to the target", to_target, f.wall * to_target, f.products * to_target, "",
-                     f.rest * to_target, 300.0))
+        floors += [f, Floor("training, to the target", to_target, f.wall * to_target, f.products * to_target, 0.0,
+                            300.0)]
+    rows = [(f.step, f.calls, f.wall, f.products, f"{f.product_rate / 1e9:.0f}" if f.product_rate else "-", f.rest,
+             f.target) for f in floors]
     width = max(len(row[0]) for row in rows) + 2
     print(f"{'step':<{width}}{'calls':>6}{'wall':>10}{'products':>10}{'GFLOP/s':>9}{'rest':>10}{'target':>9}"
           f"{'products / target':>19}")
